@@ -1,0 +1,17 @@
+"""prunelab: explore neural-network pruning interactively.
+
+    import prunelab as pl
+    demo = pl.demos.load("digits-mlp")
+    pruner = pl.Pruner(demo.model, demo.val, train_data=demo.train)
+    pruner.prune(0.9); print(pruner.evaluate())
+"""
+
+from . import demos
+from ._version import __version__
+from .criteria import Attribution, Criterion, Magnitude, Random, Taylor
+from .evaluation import Metrics
+from .layers import Layer
+from .pruner import Pruner
+
+__all__ = ["Attribution", "Criterion", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
+           "__version__", "demos"]

@@ -1,0 +1,214 @@
+"""Importance criteria: how much each weight, and each output unit, matters.
+
+A criterion is a callable object (as in Torch-Pruning): given a :class:`ScoringContext` it returns
+``{layer name: scores}`` shaped like each layer's weight; higher means more important, and the
+lowest-scored weights are pruned first. Unit scores for structured pruning default to the sum of
+a unit's weight scores (its row, or its filter).
+
+Scores are always taken on the dense model (the Pruner loads the unmasked weights while scoring),
+so one ordering serves every sparsity and a slider can move both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .layers import Layer
+
+
+@dataclass
+class ScoringContext:
+    """What a criterion may use. ``batches`` yields ``(inputs, targets)`` on the model's device."""
+
+    model: nn.Module
+    layers: list[Layer]
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    classification: bool
+    seed: int = 0
+
+
+class Criterion:
+    """Base class: subclasses implement ``weight_scores``; ``unit_scores`` may be refined."""
+
+    name = "criterion"
+
+    def weight_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def unit_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        scores = self.weight_scores(ctx)
+        return {name: s.reshape(s.shape[0], -1).sum(1) for name, s in scores.items()}
+
+    def __call__(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        return self.weight_scores(ctx)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Magnitude(Criterion):
+    """|w|. Units are ranked by the L1 norm of their weights."""
+
+    name = "magnitude"
+
+    def weight_scores(self, ctx):
+        return {l.name: l.module.weight.detach().abs() for l in ctx.layers}
+
+
+class Random(Criterion):
+    """Uniform random scores: the baseline every criterion must beat. Seeded per layer, so the
+    same seed gives the same masks on every run."""
+
+    name = "random"
+
+    def weight_scores(self, ctx):
+        out = {}
+        for i, l in enumerate(ctx.layers):
+            gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + i)
+            out[l.name] = torch.rand(l.shape, generator=gen).to(l.module.weight.device)
+        return out
+
+    def unit_scores(self, ctx):
+        out = {}
+        for i, l in enumerate(ctx.layers):
+            gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + i + 500_009)
+            out[l.name] = torch.rand(l.units, generator=gen).to(l.module.weight.device)
+        return out
+
+
+class Taylor(Criterion):
+    """First-order Taylor: the loss change from removing a weight is about |w * dL/dw|. The
+    product is taken per batch and averaged over the scoring data (Molchanov et al., 2017/2019).
+    A unit's score is the sum over its weights."""
+
+    name = "taylor"
+
+    def weight_scores(self, ctx):
+        weights = {l.name: l.module.weight for l in ctx.layers}
+        total = {n: torch.zeros_like(w) for n, w in weights.items()}
+        count = 0
+        was_training = ctx.model.training
+        ctx.model.eval()
+        try:
+            for x, y in ctx.batches():
+                ctx.model.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    ctx.loss(ctx.model(x), y).backward()
+                for n, w in weights.items():
+                    if w.grad is not None:
+                        total[n] += (w.detach() * w.grad).abs()
+                count += 1
+        finally:
+            ctx.model.zero_grad(set_to_none=True)
+            ctx.model.train(was_training)
+        return {n: t / max(count, 1) for n, t in total.items()}
+
+
+class Attribution(Criterion):
+    """Attribution-based importance with captum.
+
+    Each layer's output units are scored by a captum layer attribution method (default
+    ``LayerGradientXActivation``; ``LayerConductance`` and others work too) toward the true class,
+    as the mean absolute attribution over the scoring data (and over positions, for
+    convolutions).
+
+    Unit scores become weight scores by sharing a unit's importance among its incoming weights in
+    proportion to their magnitude: ``score[i, j] = unit[i] * |w[i, j]| / sum_j |w[i, j]|``. Weights of
+    important units rank high; within a unit, the larger weights survive.
+
+    Layers that are never called as modules in the forward pass (MultiheadAttention's
+    ``out_proj`` runs inside a functional call) have no attribution; their units all get the mean
+    score of the other layers, so they are ranked by magnitude alone.
+    """
+
+    name = "attribution"
+
+    def __init__(self, method: str = "LayerGradientXActivation", **attribute_kwargs):
+        self.method = method
+        self.attribute_kwargs = attribute_kwargs
+        self._units: dict[str, torch.Tensor] | None = None
+
+    def __repr__(self):
+        return f"Attribution(method={self.method!r})"
+
+    def unit_scores(self, ctx):
+        import captum.attr as attr_lib
+
+        if not ctx.classification:
+            raise ValueError("criterion='attribution' attributes toward the true class, so it needs "
+                             "class-index targets; use 'magnitude' or 'taylor' for other targets.")
+        method_cls = getattr(attr_lib, self.method, None)
+        if method_cls is None:
+            raise ValueError(f"captum has no layer attribution method {self.method!r}; "
+                             "try 'LayerGradientXActivation' or 'LayerConductance'.")
+        called = _called_layers(ctx)
+        layers = [l for l in ctx.layers if l.name in called]
+        totals = {l.name: torch.zeros(l.units, device=l.module.weight.device) for l in layers}
+        count = 0
+        was_training = ctx.model.training
+        ctx.model.eval()
+        try:
+            for x, y in ctx.batches():
+                for l in layers:  # one layer at a time keeps captum's hooks simple and memory flat
+                    method = method_cls(ctx.model, l.module)
+                    a = method.attribute(x, target=y, **self.attribute_kwargs)
+                    a = a[0] if isinstance(a, (tuple, list)) else a
+                    totals[l.name] += _per_unit(a.detach(), l)
+                count += 1
+        finally:
+            ctx.model.zero_grad(set_to_none=True)
+            ctx.model.train(was_training)
+        units = {n: t / max(count, 1) for n, t in totals.items()}
+        fallback = torch.stack([u.mean() for u in units.values()]).mean() if units else torch.tensor(1.0)
+        for l in ctx.layers:
+            if l.name not in units:
+                units[l.name] = torch.full((l.units,), float(fallback), device=l.module.weight.device)
+        return units
+
+    def weight_scores(self, ctx):
+        units = self.unit_scores(ctx)
+        out = {}
+        for l in ctx.layers:
+            w = l.module.weight.detach().abs().reshape(l.units, -1)
+            share = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+            out[l.name] = (units[l.name][:, None] * share).reshape(l.shape)
+        return out
+
+
+def _per_unit(a: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """Mean |attribution| per output unit: dim 1 for convolutions, the last dim for Linear."""
+    a = a.abs()
+    if isinstance(layer.module, nn.Linear):
+        return a.reshape(-1, a.shape[-1]).mean(0)
+    return a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
+
+
+def _called_layers(ctx: ScoringContext) -> set[str]:
+    called: set[str] = set()
+    hooks = [l.module.register_forward_hook(lambda m, i, o, n=l.name: called.add(n)) for l in ctx.layers]
+    try:
+        x, _ = next(iter(ctx.batches()))
+        with torch.no_grad():
+            ctx.model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return called
+
+
+CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (Magnitude, Random, Taylor, Attribution)}
+
+
+def get_criterion(criterion: str | Criterion) -> Criterion:
+    """Resolve a name or pass a Criterion instance through."""
+    if isinstance(criterion, Criterion):
+        return criterion
+    if isinstance(criterion, str) and criterion in CRITERIA:
+        return CRITERIA[criterion]()
+    raise ValueError(f"unknown criterion {criterion!r}: choose one of {sorted(CRITERIA)} "
+                     "or pass a prunelab.Criterion instance.")

@@ -1,0 +1,130 @@
+"""Built-in demos: small trained models on scikit-learn's bundled 8x8 digits (no network needed).
+
+``load(name)`` builds a fresh model and loads weights shipped with the package, so every call is
+independent, identical and takes well under a second. ``train(name)`` is how those weights were
+made (deterministic); ``python -m prunelab.demos`` regenerates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+WEIGHTS = Path(__file__).parent / "demo_weights"
+
+
+@dataclass
+class Demo:
+    """A trained model with its data. ``train``/``val`` are TensorDatasets of (input, class)."""
+
+    name: str
+    model: nn.Module
+    train: TensorDataset
+    val: TensorDataset
+    description: str
+    image_shape: tuple[int, int] = (8, 8)
+    classes: list[str] = field(default_factory=lambda: [str(d) for d in range(10)])
+
+    def __repr__(self) -> str:
+        return (f"Demo({self.name!r}: {self.description}; {len(self.train)} train / "
+                f"{len(self.val)} validation samples)")
+
+
+def _mlp() -> nn.Module:
+    # LeNet-300-100's shape on 64 inputs. Sequential, so layers are named "0", "2", "4".
+    return nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def _cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+_BUILDERS = {
+    "digits-mlp": (_mlp, "MLP 64-300-100-10 (LeNet-300-100 shape)", (-1, 64)),
+    "digits-cnn": (_cnn, "CNN conv16-conv32-fc64-fc10 with BatchNorm", (-1, 1, 8, 8)),
+}
+NAMES = tuple(_BUILDERS)
+
+
+def digits(shape: tuple[int, ...] = (-1, 64)) -> tuple[TensorDataset, TensorDataset]:
+    """The digits split used by every demo: 80% train, 20% validation, stratified, fixed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    train_idx, val_idx = train_test_split(range(len(y)), test_size=0.2, stratify=data.target, random_state=0)
+    x = x.reshape(shape)
+    return (TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]))
+
+
+def _check(name: str):
+    if name not in _BUILDERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, NAMES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown demo {name!r}.{hint} Demos: {list(NAMES)}.")
+
+
+def load(name: str = "digits-mlp") -> Demo:
+    """A fresh trained demo model with its train and validation data."""
+    from safetensors.torch import load_file
+
+    _check(name)
+    build, description, shape = _BUILDERS[name]
+    model = build()
+    model.load_state_dict(load_file(WEIGHTS / f"{name}.safetensors"))
+    model.eval()
+    train_set, val_set = digits(shape)
+    return Demo(name, model, train_set, val_set, description)
+
+
+def train(name: str, epochs: int = 40, lr: float = 2e-3, seed: int = 0) -> nn.Module:
+    """Train a demo model from scratch, deterministically (same seed, same weights on one machine)."""
+    _check(name)
+    build, _, shape = _BUILDERS[name]
+    torch.manual_seed(seed)
+    model = build()
+    train_set, _ = digits(shape)
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=32, shuffle=True, generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def accuracy(model: nn.Module, dataset: TensorDataset) -> float:
+    x, y = dataset.tensors
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _regenerate():
+    from safetensors.torch import save_file
+
+    WEIGHTS.mkdir(exist_ok=True)
+    for name in NAMES:
+        model = train(name)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, WEIGHTS / f"{name}.safetensors")
+        print(f"{name}: validation accuracy {accuracy(model, digits(_BUILDERS[name][2])[1]):.2%}")
+
+
+if __name__ == "__main__":
+    _regenerate()

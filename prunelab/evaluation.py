@@ -1,0 +1,235 @@
+"""Measuring a model: outputs on a fixed evaluation set (recomputing only what changed), metrics,
+and FLOPs.
+
+Incremental evaluation: the model is traced once with torch.fx. After each evaluation the values
+alive just before every parametrised node (for a chain, the input of each layer; with residual
+connections, the skip tensors too) are kept per batch. When only some modules changed, the run
+resumes from the last cached point before the first node that reads them. Models that fx cannot
+trace are evaluated with a plain forward; both paths give the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import fx, nn
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One measurement of the model's current state.
+
+    ``accuracy`` is top-1 accuracy, or the user's metric when one was given (``metric_name``
+    says which). Sizes are bytes: ``dense_bytes`` stores every parameter as fp32; ``sparse_bytes``
+    stores masked weights as a bitmask plus their nonzero values. FLOPs are per sample.
+    """
+
+    accuracy: float
+    loss: float | None
+    per_class: tuple[float, ...]
+    samples: int
+    data: str
+    params: int
+    nonzero_params: int
+    dense_bytes: int
+    sparse_bytes: int
+    flops: int
+    nonzero_flops: int
+    metric_name: str = "accuracy"
+    accuracy_interval: tuple[float, float] | None = field(default=None)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.params / max(self.nonzero_params, 1)
+
+    @property
+    def theoretical_speedup(self) -> float:
+        return self.flops / max(self.nonzero_flops, 1)
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzero_params / max(self.params, 1)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(compression_ratio=self.compression_ratio, theoretical_speedup=self.theoretical_speedup)
+        return d
+
+    def __str__(self) -> str:
+        return (f"{self.metric_name} {self.accuracy:.1%} on {self.samples} {self.data} samples, "
+                f"{self.nonzero_params:,}/{self.params:,} params nonzero "
+                f"({self.compression_ratio:.1f}x smaller, {self.theoretical_speedup:.1f}x fewer FLOPs)")
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval for an accuracy measured on n samples."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: int):
+    """(accuracy, mean cross-entropy, per-class accuracy, correct count)."""
+    pred = logits.argmax(1)
+    hit = (pred == targets)
+    loss = float(nn.functional.cross_entropy(logits.float(), targets))
+    totals = torch.bincount(targets, minlength=classes).clamp_min(1)
+    per_class = torch.bincount(targets[hit], minlength=classes) / totals
+    correct = int(hit.sum())
+    return correct / len(targets), loss, tuple(per_class.tolist()), correct
+
+
+def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    per_layer = {n: int(counts.get(f"{root}.{n}", 0)) for n in layer_names}
+    return int(counts.get("Global", sum(per_layer.values()))), per_layer
+
+
+class Evaluator:
+    """Outputs of ``model`` on fixed inputs, recomputing from the first changed module onward."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024,
+                 cache_bytes: int = 512 * 2**20):
+        self.model = model
+        self.inputs = inputs
+        self.batch_size = batch_size
+        self.cache_bytes = cache_bytes
+        self._caches: list[dict[int, list[torch.Tensor]]] = []
+        self._outputs: torch.Tensor | None = None
+        self._trace()
+
+    @property
+    def incremental(self) -> bool:
+        return self._graph is not None
+
+    def _trace(self):
+        self._graph = None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            gm = fx.symbolic_trace(self.model)
+        except Exception:  # untraceable control flow: plain forward it is
+            return
+        finally:
+            self.model.train(was_training)
+        nodes = list(gm.graph.nodes)
+        if sum(n.op == "placeholder" for n in nodes) != 1:
+            return
+        self._gm, self._nodes, self._graph = gm, nodes, gm.graph
+        index = {n: i for i, n in enumerate(nodes)}
+        # Which module each node reads parameters of ("" for none).
+        self._reads = []
+        for n in nodes:
+            if n.op == "call_module":
+                self._reads.append(n.target)
+            elif n.op == "get_attr":
+                self._reads.append(n.target.rpartition(".")[0])
+            else:
+                self._reads.append(None)
+        # Cut points: nodes that read parameters. Live set: earlier values used at or after the cut.
+        last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in nodes}
+        self._cuts = {}
+        for i, r in enumerate(self._reads):
+            if r is not None and i > 0:
+                self._cuts[i] = [n for n in nodes[:i] if last_use[n] >= i]
+        self._inplace = any(_maybe_inplace(n, gm) for n in nodes)
+        self._kept_cuts = set(self._cuts)
+
+    def first_reader(self, modules: set[str]) -> int:
+        """Index of the first node reading any of ``modules``; 0 when unknown."""
+        first = len(self._nodes)
+        for m in modules:
+            hits = [i for i, r in enumerate(self._reads)
+                    if r is not None and (r == m or m.startswith(r + ".") or r.startswith(m + ".") or m == "")]
+            if not hits:
+                return 0
+            first = min(first, hits[0])
+        return first
+
+    @torch.no_grad()
+    def outputs(self, changed: set[str] | None = None) -> torch.Tensor:
+        """Outputs for all inputs. ``changed``: modules whose parameters changed since the last
+        call (None: unknown, recompute everything)."""
+        if self._outputs is not None and changed is not None and not changed:
+            return self._outputs
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self._graph is None:
+                out = torch.cat([self.model(x) for x in self.inputs.split(self.batch_size)])
+            else:
+                start = 0 if (changed is None or self._outputs is None) else self.first_reader(changed)
+                out = torch.cat([self._run(b, x, start) for b, x in enumerate(self.inputs.split(self.batch_size))])
+                self._trim_caches()
+        finally:
+            self.model.train(was_training)
+        self._outputs = out
+        return out
+
+    def _run(self, b: int, x: torch.Tensor, start: int) -> torch.Tensor:
+        if b >= len(self._caches):
+            self._caches.append({})
+        cache = self._caches[b]
+        resume = max((c for c in cache if c <= start), default=0)
+        interp = fx.Interpreter(self._gm, garbage_collect_values=False)
+        if resume:
+            values = cache[resume]
+            interp.env = {n: (v.clone() if self._inplace else v) for n, v in zip(self._cuts[resume], values)}
+        else:
+            interp.args_iter = iter([x])
+        for i in range(resume, len(self._nodes)):
+            node = self._nodes[i]
+            if i > resume and i in self._kept_cuts:
+                live = [interp.env[n] for n in self._cuts[i]]
+                cache[i] = [v.clone() for v in live] if self._inplace else live
+            result = interp.run_node(node)
+            if node.op == "output":
+                return result
+            interp.env[node] = result
+        raise RuntimeError("traced graph has no output node")
+
+    def _trim_caches(self):
+        """Keep the latest cut points whose cached values fit the memory budget."""
+        if not self._caches:
+            return
+        sizes = {c: sum(_nbytes(v) for cache in self._caches for v in cache.get(c, [])) for c in self._cuts}
+        budget, kept = self.cache_bytes, set()
+        for c in sorted(self._cuts, reverse=True):
+            if sizes[c] <= budget:
+                kept.add(c)
+                budget -= sizes[c]
+        self._kept_cuts = kept
+        for cache in self._caches:
+            for c in [c for c in cache if c not in kept]:
+                del cache[c]
+
+
+def _nbytes(v) -> int:
+    return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 0
+
+
+def _maybe_inplace(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return bool(node.kwargs.get("inplace", False)) or (name.endswith("_") and not name.endswith("__"))
+    return False

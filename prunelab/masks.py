@@ -1,0 +1,55 @@
+"""From scores and an amount to boolean masks (True = kept).
+
+Scores are sorted once (a :class:`Ranking`); any sparsity is then an index lookup into that
+order, so dragging a slider never re-sorts. Counts are exact: ``round(amount * n)`` entries go.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pruned_count(amount: float, n: int) -> int:
+    return int(round(amount * n))
+
+
+class Ranking:
+    """Entries of one or more score tensors in ascending order of score (ties by position)."""
+
+    def __init__(self, scores: list[torch.Tensor]):
+        self.shapes = [s.shape for s in scores]
+        self.sizes = [s.numel() for s in scores]
+        flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
+        self.order = torch.argsort(flat, stable=True)
+        self.sorted_scores = flat[self.order]
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.sizes))
+
+    def masks(self, amount: float) -> list[torch.Tensor]:
+        """Keep-masks, one per score tensor, with the lowest ``amount`` of all entries removed."""
+        return self._split(self.order[: pruned_count(amount, self.total)])
+
+    def masks_below(self, threshold: float) -> list[torch.Tensor]:
+        """Keep-masks that remove every entry scored below ``threshold``."""
+        k = int(torch.searchsorted(self.sorted_scores, torch.tensor(float(threshold))))
+        return self._split(self.order[:k])
+
+    def _split(self, dropped: torch.Tensor) -> list[torch.Tensor]:
+        keep = torch.ones(self.total, dtype=torch.bool, device=self.order.device)
+        keep[dropped] = False
+        return [part.reshape(shape) for part, shape in zip(keep.split(self.sizes), self.shapes)]
+
+
+def n_of_m_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Keep the ``n`` highest-scored weights in every ``m`` consecutive weights of a row (2:4 when
+    n=2, m=4: the pattern that sparse tensor cores accelerate). Rows run over the input dimension
+    (flattened with the kernel for convolutions)."""
+    rows = scores.reshape(scores.shape[0], -1)
+    if rows.shape[1] % m:
+        raise ValueError(f"{n}:{m} sparsity needs each row's length ({rows.shape[1]}) to be a multiple of {m}")
+    blocks = rows.reshape(-1, m)
+    keep = torch.zeros_like(blocks, dtype=torch.bool)
+    keep.scatter_(1, blocks.topk(n, dim=1).indices, True)
+    return keep.reshape(scores.shape)
