@@ -22,6 +22,9 @@ class Ranking:
         flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
         self.order = torch.argsort(flat, stable=True)
         self.sorted_scores = flat[self.order]
+        # rank[i]: position of entry i in the order. Keeping "rank >= k" is one comparison, no scatter.
+        self.rank = torch.empty_like(self.order)
+        self.rank[self.order] = torch.arange(len(flat), device=flat.device)
 
     @property
     def total(self) -> int:
@@ -29,16 +32,16 @@ class Ranking:
 
     def masks(self, amount: float) -> list[torch.Tensor]:
         """Keep-masks, one per score tensor, with the lowest ``amount`` of all entries removed."""
-        return self._split(self.order[: pruned_count(amount, self.total)])
+        return self._split(pruned_count(amount, self.total))
 
     def masks_below(self, threshold: float) -> list[torch.Tensor]:
         """Keep-masks that remove every entry scored below ``threshold``."""
-        k = int(torch.searchsorted(self.sorted_scores, torch.tensor(float(threshold))))
-        return self._split(self.order[:k])
+        k = int(torch.searchsorted(self.sorted_scores, torch.tensor(float(threshold), device=self.order.device)))
+        return self._split(k)
 
-    def _split(self, dropped: torch.Tensor) -> list[torch.Tensor]:
-        keep = torch.ones(self.total, dtype=torch.bool, device=self.order.device)
-        keep[dropped] = False
+    def _split(self, k: int) -> list[torch.Tensor]:
+        """Keep-masks dropping the first ``k`` entries of the order."""
+        keep = self.rank >= k
         return [part.reshape(shape) for part, shape in zip(keep.split(self.sizes), self.shapes)]
 
 

@@ -106,6 +106,7 @@ class Pruner:
         self._cursor = 0
         self._next_token = 1
         self._masks: dict[str, torch.Tensor] = {}  # param name -> effective keep-mask (absent: dense)
+        self._kept: dict[str, int] = {}            # param name -> entries kept by its mask (counted once)
         self._changed: set[str] = set()            # modules changed since the last evaluation
         self._scores: dict = {}
         self._rankings: dict = {}
@@ -176,8 +177,8 @@ class Pruner:
         """Fraction of each layer's weights that are zero in effect (masked)."""
         out = {}
         for l in self.layers:
-            m = self._masks.get(f"{l.name}.weight" if l.name else "weight")
-            out[l.name] = 0.0 if m is None else 1 - int(m.sum()) / m.numel()
+            kept = self._kept.get(_weight_name(l))
+            out[l.name] = 0.0 if kept is None else 1 - kept / l.params
         return out
 
     def overall_sparsity(self) -> float:
@@ -470,10 +471,12 @@ class Pruner:
                 if w in params:
                     fresh[w] = fresh[w] & plan.keep if w in fresh else plan.keep.clone()
         for p in params:
-            if p in fresh and not bool(fresh[p].all()):
-                self._masks[p] = fresh[p]
+            kept = int(fresh[p].count_nonzero()) if p in fresh else None
+            if kept is not None and kept < fresh[p].numel():
+                self._masks[p], self._kept[p] = fresh[p], kept
             else:
                 self._masks.pop(p, None)
+                self._kept.pop(p, None)
             self._write(p)
             self._changed.add(p.rpartition(".")[0])
 
@@ -575,7 +578,7 @@ class Pruner:
         sparsity = self.sparsity()
         nonzero_flops = total_flops - sum(layer_flops[n] * s for n, s in sparsity.items())
         params = sum(p.numel() for p in self._params.values())
-        masked = sum(m.numel() - int(m.sum()) for m in self._masks.values())
+        masked = sum(self._masks[p].numel() - kept for p, kept in self._kept.items())
         mask_bits = sum(m.numel() for m in self._masks.values())
         metrics = Metrics(
             accuracy=acc, loss=loss, per_class=per_class, samples=len(y),
