@@ -1,0 +1,53 @@
+"""The same Pruner on a CUDA device: masks, scores and evaluation stay on the model's device.
+
+Skipped where no GPU is present (CI); run on a GPU machine with `pytest tests/test_cuda.py`.
+"""
+
+import pytest
+import torch
+
+import prunelab as pl
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(params=["digits-mlp", "digits-cnn"])
+def gpu_and_cpu(request):
+    demo = pl.demos.load(request.param)
+    cpu = pl.Pruner(demo.model, demo.val, train_data=demo.train)
+    gpu_demo = pl.demos.load(request.param)
+    gpu = pl.Pruner(gpu_demo.model.cuda(), gpu_demo.val, train_data=gpu_demo.train)
+    return gpu, cpu
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "random", "taylor", "attribution"])
+@pytest.mark.parametrize("granularity", ["unstructured", "structured"])
+def test_prune_and_evaluate_on_cuda(gpu_and_cpu, criterion, granularity):
+    gpu, cpu = gpu_and_cpu
+    original = {k: v.clone() for k, v in gpu.model.state_dict().items()}
+    gpu.prune(0.6, criterion=criterion, granularity=granularity)
+    for name, mask in gpu.masks().items():
+        assert mask.device.type == "cuda", name
+    gpu.model.eval()
+    with torch.no_grad():
+        full = gpu.model(gpu.val_inputs)
+    torch.testing.assert_close(gpu.outputs(), full)
+    m = gpu.evaluate()
+    assert m.samples == len(gpu.val_targets)
+    cpu.prune(0.6, criterion=criterion, granularity=granularity)
+    if criterion in ("magnitude", "random"):  # identical rankings on both devices
+        assert gpu.sparsity() == pytest.approx(cpu.sparsity())
+        assert abs(m.accuracy - cpu.evaluate().accuracy) <= 1 / m.samples
+    gpu.reset()
+    for k, v in gpu.model.state_dict().items():
+        assert torch.equal(v, original[k]), k
+
+
+def test_two_four_and_late_layer_change_on_cuda(gpu_and_cpu):
+    gpu, _ = gpu_and_cpu
+    gpu.evaluate()
+    gpu.prune(0.5, granularity="2:4", scope="layer")
+    gpu.prune({gpu.layer_names[-1]: 0.8})
+    gpu.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(gpu.outputs(), gpu.model(gpu.val_inputs))
