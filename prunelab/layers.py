@@ -109,8 +109,15 @@ def find_unit_groups(
 
     names = _param_names(model)
     by_module = {l.module: l for l in layers}
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    # torch-pruning switches the model to eval mode while tracing and leaves it there: restore
+    # every module's own flag so the user's train/eval setting survives.
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
     groups: dict[str, UnitGroup] = {}
     blocked: dict[str, str] = {}
