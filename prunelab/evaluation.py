@@ -85,20 +85,41 @@ def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: 
 
 
 def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer.
+
+    A layer's FLOPs are those of the operations that read its weight (matched by storage), so a
+    layer used functionally inside another module, like MultiheadAttention's ``out_proj``, counts."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+    modules = dict(model.named_modules())
+    owner = {_storage(modules[n].weight): n for n in layer_names}
+    per_layer = dict.fromkeys(layer_names, 0)
+
+    def attributing(formula):
+        def counted(*args, out_val=None, **kwargs):
+            flops = formula(*args, out_val=out_val, **kwargs)
+            readers = {owner.get(_storage(a)) for a in (*args, *kwargs.values())} - {None}
+            for n in readers:
+                per_layer[n] += int(flops)
+            return flops
+        counted._get_raw = True  # FlopCounterMode passes raw tensors to such formulas
+        return counted
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # Grad enabled on purpose: under no_grad, eval-mode MultiheadAttention (and Transformer
+        # layers) take a fused fast path whose op FlopCounterMode does not count, hiding its FLOPs.
+        mapping = {op: attributing(f) for op, f in flop_registry.items()}
+        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             model(example)
     finally:
         model.train(was_training)
-    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
-    root = type(model).__name__
-    per_layer = {n: int(counts.get(f"{root}.{n}", 0)) for n in layer_names}
-    return int(counts.get("Global", sum(per_layer.values()))), per_layer
+    return int(counter.get_total_flops()), per_layer
+
+
+def _storage(t) -> int | None:
+    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
 
 
 class Evaluator:
