@@ -94,6 +94,8 @@ class Pruner:
         self.metric = metric
         self.classification = self._check_fit(x, y, metric)
         self.classes = self._out_features if self.classification else 0
+        if train_data is not None:  # fail now, not at the first taylor or attribution scoring
+            self._forward_check(first_samples(train_data, 2, "train_data", device=self.device)[0], "train_data")
         if loss is None and self.classification:
             loss = nn.functional.cross_entropy
         self.loss = loss
@@ -119,21 +121,25 @@ class Pruner:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_fit(self, x: torch.Tensor, y: torch.Tensor, metric) -> bool:
+    def _forward_check(self, x: torch.Tensor, what: str):
+        """The model's outputs on the first two inputs, or a ValueError saying why they do not fit."""
         was_training = self.model.training
         try:
             self.model.eval()
             with torch.no_grad():
-                out = self.model(x[:2])
+                return self.model(x[:2])
         except Exception as e:
             raise ValueError(
-                f"val_data does not fit the model: a batch of inputs shaped {tuple(x.shape[1:])} "
+                f"{what} does not fit the model: a batch of inputs shaped {tuple(x.shape[1:])} "
                 f"({x.dtype}, on {x.device}) failed in {type(self.model).__name__}.forward with: {e}. "
                 "Check the input shape the model expects, and that the inputs have the model's dtype "
                 f"({self.layers[0].module.weight.dtype})."
             ) from None
         finally:
             self.model.train(was_training)
+
+    def _check_fit(self, x: torch.Tensor, y: torch.Tensor, metric) -> bool:
+        out = self._forward_check(x, "val_data")
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"the model returned {type(out).__name__}; prunelab needs a model that returns "
                              "one tensor of outputs. Wrap it in a module that picks the output tensor.")
