@@ -94,6 +94,8 @@ class Pruner:
         self.metric = metric
         self.classification = self._check_fit(x, y, metric)
         self.classes = self._out_features if self.classification else 0
+        if self.classification and y.dtype != torch.long:  # cross-entropy wants int64 class indices
+            self.val_targets = y = y.long()
         if train_data is not None:  # fail now, not at the first taylor or attribution scoring
             self._forward_check(first_samples(train_data, 2, "train_data", device=self.device)[0], "train_data")
         if loss is None and self.classification:
@@ -227,7 +229,8 @@ class Pruner:
         source = self.train_data if self.train_data is not None else (self.val_inputs, self.val_targets)
         what = "train_data" if self.train_data is not None else "val_data"
         if not hasattr(self, "_score_data"):
-            self._score_data = first_samples(source, samples, what, device=self.device)
+            x, y = first_samples(source, samples, what, device=self.device)
+            self._score_data = x, (y.long() if self.classification and not y.dtype.is_floating_point else y)
         x, y = self._score_data
         return ScoringContext(self.model, self.layers, lambda: batches(x, y, min(self.batch_size, 256)),
                               self.loss or _missing_loss, self.classification, self.seed)
