@@ -339,6 +339,12 @@ class Pruner:
         # structured: one decision per unit group (coupled layers share it)
         groups = self._unit_groups()
         roots = list(dict.fromkeys(groups[n].layers[0] for n in eligible))
+        if per_layer:  # coupled layers lose the same units, so one amount must serve them all
+            for root in roots:
+                given = {n: amounts[n] for n in groups[root].layers if n in amounts}
+                if len(set(given.values())) > 1:
+                    raise ValueError(f"layers {list(given)} are coupled (they lose the same units, e.g. through a "
+                                     f"residual addition) but got different amounts {given}; give them one amount.")
         if per_layer or scope == "layer":
             for root in roots:
                 g = groups[root]
