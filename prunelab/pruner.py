@@ -88,9 +88,10 @@ class Pruner:
         self.train_data = train_data
         self._by_name = {l.name: l for l in self.layers}
 
-        x, y = materialize(val_data, "val_data", max_samples=eval_samples, device=self.device, seed=seed)
+        x, y = materialize(val_data, "val_data")
+        self.val_total = len(x)  # before taking the subset, so Metrics.data can say what it is a subset of
+        x, y = materialize((x, y), "val_data", max_samples=eval_samples, device=self.device, seed=seed)
         self.val_inputs, self.val_targets = x, y
-        self.val_total = len(x)
         self.metric = metric
         self.classification = self._check_fit(x, y, metric)
         self.classes = self._out_features if self.classification else 0
