@@ -1,0 +1,551 @@
+"""The Pruner: exact sparsity, structured pruning, masks in place, history, and bad input."""
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import (IMAGE, TOKENS, VECTOR, assert_same_state, make_attention_net, make_bn_cnn, make_concat_cnn,
+                      make_depthwise_cnn, make_mlp, make_residual_cnn, random_data, state_of)
+from prunelab import Pruner
+
+
+def masked_count(pruner, names=None):
+    return sum(int((~pruner.mask(n)).sum()) for n in (names or pruner.layer_names))
+
+
+def total_weights(pruner, names=None):
+    return sum(pruner.layer(n).params for n in (names or pruner.layer_names))
+
+
+def removed_units(pruner, layer):
+    """Output units of ``layer`` whose whole weight row is masked."""
+    rows = pruner.mask(layer).reshape(pruner.layer(layer).units, -1)
+    return set((~rows.any(1)).nonzero().flatten().tolist())
+
+
+def planned_removed(pruner, layer):
+    """Units a structured plan removes from ``layer`` (its unit keep-vector)."""
+    plan = pruner.plans.get(layer)
+    return 0 if plan is None else int((~plan.keep).sum())
+
+
+def snapshot(pruner):
+    return (state_of(pruner.model), pruner.plans, pruner.sparsity(), len(pruner._history), pruner._cursor,
+            pruner.masks(), pruner.model.training)
+
+
+def assert_unchanged(pruner, snap):
+    state, plans, sparsity, length, cursor, masks, training = snap
+    assert_same_state(pruner.model, state)
+    assert pruner.plans.keys() == plans.keys() and all(pruner.plans[k] is plans[k] for k in plans)
+    assert pruner.sparsity() == sparsity
+    assert (len(pruner._history), pruner._cursor) == (length, cursor)
+    now = pruner.masks()
+    assert now.keys() == masks.keys() and all(torch.equal(now[k], masks[k]) for k in masks)
+    assert pruner.model.training == training
+
+
+@pytest.fixture
+def pruner(mlp, mlp_data):
+    return Pruner(mlp, mlp_data)
+
+
+@pytest.fixture
+def cnn_pruner(image_data):
+    return Pruner(make_bn_cnn(), image_data)
+
+
+# ---------------------------------------------------------------- exact unstructured sparsity
+
+@pytest.mark.parametrize("amount", [0.0, 0.013, 0.3, 0.5, 0.777, 0.9, 1.0])
+def test_global_amount_masks_exactly_that_share_of_all_weights(pruner, amount):
+    pruner.prune(amount)
+    assert masked_count(pruner) == round(amount * total_weights(pruner))
+    assert pruner.overall_sparsity() == pytest.approx(masked_count(pruner) / total_weights(pruner))
+
+
+def test_global_ranking_is_by_magnitude_across_layers(pruner):
+    pruner.prune(0.6)
+    with pruner.dense():
+        w = {n: pruner.layer(n).module.weight.detach().abs() for n in pruner.layer_names}
+    dropped = torch.cat([w[n][~pruner.mask(n)] for n in w])
+    kept = torch.cat([w[n][pruner.mask(n)] for n in w])
+    assert dropped.max() <= kept.min()
+
+
+@pytest.mark.parametrize("amount", [0.25, 0.61])
+def test_layer_scope_prunes_each_layer_to_the_amount(pruner, amount):
+    pruner.prune(amount, scope="layer")
+    for l in pruner.layers:
+        assert int((~pruner.mask(l.name)).sum()) == round(amount * l.params)
+
+
+def test_per_layer_dict_is_exact_and_leaves_other_layers_alone(pruner):
+    pruner.prune({"0": 0.5, "4": 0.2})
+    assert int((~pruner.mask("0")).sum()) == round(0.5 * 128)
+    assert int((~pruner.mask("4")).sum()) == round(0.2 * 36)
+    assert pruner.sparsity()["2"] == 0.0
+    pruner.prune({"2": 0.75})
+    assert int((~pruner.mask("2")).sum()) == round(0.75 * 192)
+    assert int((~pruner.mask("0")).sum()) == 64  # untouched by a call that does not name it
+
+
+def test_amount_is_a_slider_not_a_ratchet(pruner, mlp):
+    original = mlp[0].weight.detach().clone()
+    pruner.prune({"0": 0.8})
+    pruner.prune({"0": 0.3})
+    assert int((~pruner.mask("0")).sum()) == round(0.3 * 128)
+    kept = pruner.mask("0")
+    assert torch.equal(mlp[0].weight[kept], original[kept])  # weights come back with their values
+    pruner.prune({"0": 0})
+    assert "0" not in pruner.plans and torch.equal(mlp[0].weight, original)
+
+
+def test_plans_record_how_each_layer_is_pruned(pruner):
+    pruner.prune({"0": 0.5}, criterion="random")
+    plan = pruner.plans["0"]
+    assert (plan.granularity, plan.criterion, plan.amount, plan.threshold) == ("unstructured", "random", 0.5, None)
+    assert torch.equal(plan.keep, pruner.mask("0"))
+
+
+def test_threshold_prunes_exactly_the_weights_below_it(pruner, mlp):
+    with torch.no_grad():
+        dense = {n: pruner.layer(n).module.weight.abs().clone() for n in pruner.layer_names}
+    pruner.prune(threshold=0.1)
+    for n, w in dense.items():
+        assert torch.equal(pruner.mask(n), w >= 0.1)
+        assert pruner.plans[n].threshold == 0.1
+    pruner.prune(threshold={"2": 0.2})
+    assert torch.equal(pruner.mask("2"), dense["2"] >= 0.2)
+    assert torch.equal(pruner.mask("0"), dense["0"] >= 0.1)
+
+
+def test_structured_threshold_removes_units_by_mean_magnitude(pruner, mlp):
+    mean_abs = mlp[0].weight.detach().abs().mean(1)
+    t = float(mean_abs.median())
+    pruner.prune(threshold={"0": t}, granularity="structured")
+    assert removed_units(pruner, "0") == set((mean_abs < t).nonzero().flatten().tolist())
+
+
+def test_masked_weights_are_zero_in_the_model_and_kept_ones_untouched(pruner, mlp):
+    before = state_of(mlp)
+    pruner.prune(0.7)
+    for n in pruner.layer_names:
+        w, keep = mlp.get_submodule(n).weight.detach(), pruner.mask(n)
+        assert bool((w[~keep] == 0).all())
+        assert torch.equal(w[keep], before[f"{n}.weight"][keep])
+        assert torch.equal(mlp.get_submodule(n).bias, before[f"{n}.bias"])  # unstructured leaves biases
+
+
+def test_masks_lists_only_masked_parameters(pruner):
+    assert pruner.masks() == {}
+    pruner.prune({"2": 0.5})
+    assert set(pruner.masks()) == {"2.weight"}
+    m = pruner.masks()["2.weight"]
+    m[:] = False  # a copy: changing it changes nothing
+    assert pruner.sparsity()["2"] == 0.5
+
+
+# ---------------------------------------------------------------- structured
+
+def test_structured_zeroes_rows_biases_and_the_next_layers_columns(pruner, mlp):
+    pruner.prune({"0": 0.25}, granularity="structured")
+    gone = sorted(removed_units(pruner, "0"))
+    assert len(gone) == round(0.25 * 16)
+    assert bool((mlp[0].weight[gone] == 0).all()) and bool((mlp[0].bias[gone] == 0).all())
+    assert bool((mlp[2].weight[:, gone] == 0).all())
+    kept = [i for i in range(16) if i not in gone]
+    assert bool((mlp[0].weight[kept] != 0).all())
+    assert set(pruner.masks()) == {"0.weight", "0.bias", "2.weight"}
+
+
+def test_structured_removes_the_weakest_units_by_l1(pruner, mlp):
+    l1 = mlp[2].weight.detach().abs().sum(1)
+    pruner.prune({"2": 0.5}, granularity="structured")
+    assert removed_units(pruner, "2") == set(l1.argsort()[:6].tolist())
+
+
+def test_structured_conv_zeroes_batchnorm_and_removed_channels_output_zero(cnn_pruner, image_data):
+    model = cnn_pruner.model
+    cnn_pruner.prune({"3": 0.5}, granularity="structured")
+    gone = sorted(removed_units(cnn_pruner, "3"))
+    assert len(gone) == 3
+    bn = model[4]
+    assert bool((bn.weight[gone] == 0).all()) and bool((bn.bias[gone] == 0).all())
+    assert bool((model[3].bias[gone] == 0).all())
+    cols = torch.arange(96).reshape(6, 16)[gone].flatten()
+    assert bool((model[8].weight[:, cols] == 0).all())
+    seen = {}
+    model[5].register_forward_hook(lambda m, i, o: seen.setdefault("relu", o.detach().clone()))
+    model.eval()
+    with torch.no_grad():
+        model(image_data[0])
+    assert bool((seen["relu"][:, gone] == 0).all())  # the channel is really gone, after BatchNorm too
+
+
+def test_residual_coupled_layers_lose_the_same_units(image_data):
+    pruner = Pruner(make_residual_cnn(), image_data)
+    pruner.prune({"b": 0.5}, granularity="structured")
+    assert pruner.plans["stem"] is pruner.plans["b"]
+    gone = removed_units(pruner, "stem")
+    assert gone == removed_units(pruner, "b") and len(gone) == 3
+    m, idx = pruner.model, sorted(gone)
+    for bn in (m.stem_bn, m.b_bn):
+        assert bool((bn.weight[idx] == 0).all()) and bool((bn.bias[idx] == 0).all())
+    assert bool((m.a.weight[:, idx] == 0).all()) and bool((m.head.weight[:, idx] == 0).all())
+
+
+def test_unknown_layer_suggests_close_names(image_data):
+    pruner = Pruner(make_residual_cnn(), image_data)
+    with pytest.raises(ValueError, match="unknown layer 'stme'. Did you mean 'stem'"):
+        pruner.prune({"stme": 0.5})
+
+
+def test_conflicting_amounts_for_coupled_layers_are_refused(image_data):
+    pruner = Pruner(make_residual_cnn(), image_data)
+    snap = snapshot(pruner)
+    with pytest.raises(ValueError, match="coupled"):
+        pruner.prune({"stem": 0.5, "b": 0.25}, granularity="structured")
+    assert_unchanged(pruner, snap)
+    pruner.prune({"stem": 0.5, "b": 0.5}, granularity="structured")  # agreeing amounts are fine
+    assert len(removed_units(pruner, "b")) == 3
+
+
+def test_concat_branches_clear_their_own_columns_of_the_consumer(image_data):
+    pruner = Pruner(make_concat_cnn(), image_data)
+    pruner.prune({"right": 0.4}, granularity="structured")
+    gone = sorted(removed_units(pruner, "right"))
+    assert len(gone) == 2
+    mix = pruner.model.mix.weight.detach()
+    zero_cols = [c for c in range(8) if bool((mix[:, c] == 0).all())]
+    assert zero_cols == [3 + g for g in gone]
+
+
+def test_depthwise_channels_go_with_the_layer_feeding_them(image_data):
+    pruner = Pruner(make_depthwise_cnn(), image_data)
+    pruner.prune({"0": 0.5}, granularity="structured")
+    gone = sorted(removed_units(pruner, "0"))
+    assert removed_units(pruner, "2") == set(gone)
+    m = pruner.model
+    assert bool((m[3].weight[gone] == 0).all()) and bool((m[5].weight[:, gone] == 0).all())
+
+
+@pytest.mark.parametrize("amount", [0.2, 0.5, 0.9])
+def test_global_structured_removes_that_share_of_all_units(cnn_pruner, amount):
+    cnn_pruner.prune(amount, granularity="structured")
+    units = {"0": 4, "3": 6, "8": 10}
+    assert sum(planned_removed(cnn_pruner, n) for n in units) == round(amount * sum(units.values()))
+    for n in units:  # each planned unit is removed (more rows go dark when a whole input is gone)
+        plan = cnn_pruner.plans.get(n)
+        if plan is not None:
+            assert set((~plan.keep).nonzero().flatten().tolist()) <= removed_units(cnn_pruner, n)
+    assert cnn_pruner.sparsity()["10"] > 0  # the output layer loses the columns of removed units only
+    assert removed_units(cnn_pruner, "10") == set()
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.5])
+def test_structured_layer_scope_is_exact_per_group(image_data, amount):
+    pruner = Pruner(make_residual_cnn(), image_data)
+    pruner.prune(amount, granularity="structured", scope="layer")
+    assert len(removed_units(pruner, "stem")) == round(amount * 6)
+    assert len(removed_units(pruner, "a")) == round(amount * 5)
+
+
+def test_output_layer_is_reported_and_refused_for_structured(pruner):
+    assert "output" in pruner.structured_blocked["4"]
+    snap = snapshot(pruner)
+    with pytest.raises(ValueError, match="cannot be pruned structurally"):
+        pruner.prune({"4": 0.5}, granularity="structured")
+    assert_unchanged(pruner, snap)
+
+
+def test_unstructured_after_structured_replaces_the_group_plan(pruner):
+    pruner.prune({"0": 0.5}, granularity="structured")
+    pruner.prune({"0": 0.1})
+    assert pruner.sparsity()["2"] == 0.0 and "0.bias" not in pruner.masks()
+    assert int((~pruner.mask("0")).sum()) == round(0.1 * 128)
+
+
+# ---------------------------------------------------------------- 2:4
+
+def test_two_of_four_zeroes_exactly_two_in_every_four(pruner, mlp):
+    pruner.prune(0.5, granularity="2:4")
+    for n in pruner.layer_names:
+        keep = pruner.mask(n)
+        assert (keep.reshape(-1, 4).sum(1) == 2).all()
+        w = mlp.get_submodule(n).weight.detach()
+        assert ((w == 0).reshape(-1, 4).sum(1) >= 2).all()
+    pruner.prune(0, granularity="2:4")
+    assert pruner.masks() == {}
+
+
+def test_two_of_four_skips_rows_that_do_not_divide_by_four_in_a_global_call(cnn_pruner):
+    cnn_pruner.prune(0.5, granularity="2:4")  # conv "0" has rows of 9 weights
+    assert cnn_pruner.sparsity()["0"] == 0.0
+    assert cnn_pruner.sparsity()["3"] == 0.5
+    with pytest.raises(ValueError, match="multiple of 4"):
+        cnn_pruner.prune({"0": 0.5}, granularity="2:4")
+
+
+def test_two_of_four_amount_must_be_half(pruner):
+    snap = snapshot(pruner)
+    with pytest.raises(ValueError, match="0.5"):
+        pruner.prune(0.7, granularity="2:4")
+    assert_unchanged(pruner, snap)
+
+
+# ---------------------------------------------------------------- the model stays an ordinary module
+
+def test_model_stays_a_plain_module_while_pruned(pruner, mlp):
+    keys = list(mlp.state_dict())
+    names = [n for n, _ in mlp.named_parameters()]
+    pruner.prune(0.5, granularity="structured")
+    assert list(mlp.state_dict()) == keys  # no weight_orig / weight_mask
+    assert [n for n, _ in mlp.named_parameters()] == names
+    assert type(mlp) is nn.Sequential and type(mlp[0]) is nn.Linear
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._parameters.get("weight_orig")
+               for m in mlp.modules())
+
+
+def test_deepcopy_holds_the_pruned_weights_and_is_independent(pruner, mlp, mlp_data):
+    pruner.prune(0.8)
+    clone = copy.deepcopy(mlp)
+    assert torch.equal(clone[0].weight, mlp[0].weight)
+    with torch.no_grad():
+        assert torch.equal(clone(mlp_data[0]), mlp(mlp_data[0]))
+    zeros = int((clone[0].weight == 0).sum())
+    assert zeros == int((~pruner.mask("0")).sum()) > 0
+    pruner.reset()
+    assert int((clone[0].weight == 0).sum()) == zeros  # the copy keeps its zeros
+    assert int((mlp[0].weight == 0).sum()) == 0
+
+
+def test_torch_save_and_weights_only_load_round_trip(cnn_pruner):
+    cnn_pruner.prune(0.6)
+    buffer = io.BytesIO()
+    torch.save(cnn_pruner.model.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    fresh = make_bn_cnn()
+    fresh.load_state_dict(loaded)  # strict: same keys as an unpruned model
+    for k, v in cnn_pruner.model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    buffer = io.BytesIO()
+    torch.save(cnn_pruner.model, buffer)  # the whole module pickles too (no wrappers)
+    buffer.seek(0)
+    whole = torch.load(buffer, weights_only=False)
+    assert torch.equal(whole[3].weight, cnn_pruner.model[3].weight)
+
+
+def test_dense_loads_the_original_weights_temporarily(pruner, mlp):
+    original = mlp[0].weight.detach().clone()
+    pruner.prune(0.9)
+    pruned = mlp[0].weight.detach().clone()
+    with pruner.dense() as model:
+        assert model is mlp and torch.equal(mlp[0].weight, original)
+    assert torch.equal(mlp[0].weight, pruned)
+
+
+def test_train_mode_survives_pruning_and_measuring(image_data):
+    model = make_bn_cnn().train()
+    pruner = Pruner(model, image_data)
+    pruner.prune(0.5, granularity="structured")
+    pruner.prune(0.5, criterion="taylor")
+    pruner.evaluate()
+    assert model.training and all(m.training for m in model.modules())
+
+
+# ---------------------------------------------------------------- history
+
+def test_reset_restores_the_original_weights_bit_for_bit(cnn_pruner):
+    before = state_of(cnn_pruner.model)
+    cnn_pruner.prune(0.9).prune(0.5, granularity="structured").prune({"3": 0.2}, criterion="random")
+    cnn_pruner.set_weights({"3.weight": torch.randn(6, 4, 3, 3)})
+    cnn_pruner.reset()
+    assert_same_state(cnn_pruner.model, before)
+    assert cnn_pruner.plans == {} and cnn_pruner.masks() == {}
+
+
+def test_undo_and_redo_walk_the_history(pruner, mlp):
+    states = [state_of(mlp)]
+    for a in (0.3, 0.6, 0.9):
+        pruner.prune(a)
+        states.append(state_of(mlp))
+    assert not pruner.can_redo
+    for i in (2, 1, 0):
+        assert pruner.undo()
+        assert_same_state(mlp, states[i])
+    assert not pruner.can_undo and pruner.undo() is False
+    for i in (1, 2, 3):
+        assert pruner.redo()
+        assert_same_state(mlp, states[i])
+    assert pruner.redo() is False
+    assert masked_count(pruner) == round(0.9 * total_weights(pruner))
+
+
+def test_a_new_change_drops_the_redo_branch(pruner):
+    pruner.prune(0.3).prune(0.6)
+    pruner.undo()
+    assert pruner.can_redo
+    pruner.prune(0.1)
+    assert not pruner.can_redo and pruner.redo() is False
+    pruner.undo()
+    assert masked_count(pruner) == round(0.3 * total_weights(pruner))
+
+
+def test_reset_is_a_step_of_history_and_can_be_undone(pruner, mlp):
+    original = state_of(mlp)
+    pruner.prune(0.7)
+    pruned = state_of(mlp)
+    pruner.reset()
+    assert_same_state(mlp, original)
+    assert pruner.can_undo
+    pruner.undo()
+    assert_same_state(mlp, pruned)
+    assert pruner.sparsity() == pytest.approx(
+        {n: int((~pruner.mask(n)).sum()) / pruner.layer(n).params for n in pruner.layer_names})
+    pruner.redo()
+    assert_same_state(mlp, original)
+
+
+def test_reset_of_an_unpruned_model_adds_no_history(pruner):
+    pruner.reset()
+    assert not pruner.can_undo
+
+
+def test_set_weights_is_undoable_and_masks_stay(pruner, mlp):
+    pruner.prune({"0": 0.5})
+    keep = pruner.mask("0")
+    new = torch.full((16, 8), 0.5)
+    pruner.set_weights({"0.weight": new})
+    assert torch.equal(mlp[0].weight, new * keep)
+    pruner.undo()
+    assert not torch.equal(mlp[0].weight, new * keep) and torch.equal(pruner.mask("0"), keep)
+
+
+def test_listeners_hear_every_change(pruner):
+    calls = []
+    unsubscribe = pruner.on_change(lambda: calls.append(pruner.overall_sparsity()))
+    pruner.prune(0.5)
+    pruner.undo()
+    pruner.redo()
+    pruner.reset()
+    assert calls == pytest.approx([0.5, 0.0, 0.5, 0.0], abs=0.01)
+    unsubscribe()
+    pruner.prune(0.2)
+    assert len(calls) == 4
+
+
+# ---------------------------------------------------------------- bad input: a clear error, nothing changed
+
+@pytest.fixture
+def pruned(pruner):
+    pruner.prune({"0": 0.5, "2": 0.3})
+    return pruner
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: p.prune(1.5), r"\[0, 1\]"),
+    (lambda p: p.prune(-0.1), r"\[0, 1\]"),
+    (lambda p: p.prune(float("nan")), r"\[0, 1\]"),
+    (lambda p: p.prune({"0": 0.2, "2": 2.0}), r"\[0, 1\]"),
+    (lambda p: p.prune(True), r"\[0, 1\]"),
+    (lambda p: p.prune("0.5"), r"\[0, 1\]"),
+    (lambda p: p.prune({"O": 0.5}), r"unknown layer 'O'. Prunable layers: \['0', '2', '4'\]"),
+    (lambda p: p.prune({"00": 0.5}), r"unknown layer '00'. Did you mean '0'"),
+    (lambda p: p.prune({"0": 0.9, "fc9": 0.5}), r"unknown layer 'fc9'"),
+    (lambda p: p.prune(0.5, criterion="magnitud"), r"unknown criterion 'magnitud'.*magnitude"),
+    (lambda p: p.prune(0.5, granularity="channel"), r"unknown granularity 'channel'.*structured"),
+    (lambda p: p.prune(0.5, scope="model"), r"unknown scope"),
+    (lambda p: p.prune(), r"either amount .* or threshold"),
+    (lambda p: p.prune(0.5, threshold=0.1), r"not both"),
+    (lambda p: p.prune(threshold=-1.0), r"threshold must be a number >= 0"),
+    (lambda p: p.prune(threshold=0.1, criterion="random"), r"criterion='magnitude' only"),
+    (lambda p: p.prune(threshold=0.1, granularity="2:4"), r"2:4"),
+    (lambda p: p.prune(threshold={"nope": 0.1}), r"unknown layer 'nope'"),
+    (lambda p: p.layer("00"), r"unknown layer '00'. Did you mean '0'"),
+    (lambda p: p.set_weights({"0.weight": torch.zeros(3, 3)}), r"shape"),
+    (lambda p: p.set_weights({"9.weight": torch.zeros(3, 3)}), r"unknown parameter"),
+])
+def test_bad_prune_arguments_raise_and_change_nothing(pruned, call, message):
+    snap = snapshot(pruned)
+    with pytest.raises(ValueError, match=message):
+        call(pruned)
+    assert_unchanged(pruned, snap)
+
+
+def test_regression_without_loss_cannot_score_by_taylor(mlp, mlp_data):
+    x, _ = mlp_data
+    pruner = Pruner(mlp, (x, torch.randn(len(x), 3)), metric=lambda o, t: float(-((o - t) ** 2).mean()))
+    snap = snapshot(pruner)
+    with pytest.raises(ValueError, match="loss="):
+        pruner.prune(0.5, criterion="taylor")
+    with pytest.raises(ValueError, match="class-index targets"):
+        pruner.prune(0.5, criterion="attribution")
+    assert_unchanged(pruner, snap)
+
+
+def test_attention_model_has_no_structurally_prunable_layer(image_data):
+    x, y = random_data(TOKENS)
+    pruner = Pruner(make_attention_net(), (x, y))
+    snap = snapshot(pruner)
+    with pytest.raises(ValueError, match="no layer of this model can be pruned structurally.*MultiheadAttention"):
+        pruner.prune(0.5, granularity="structured")
+    assert_unchanged(pruner, snap)
+    pruner.prune(0.5)  # unstructured works, out_proj included
+    assert pruner.sparsity()["attn.out_proj"] > 0
+
+
+def constructor_cases():
+    x, y = random_data(VECTOR)
+    bad_weights = make_mlp()
+    with torch.no_grad():
+        bad_weights[2].weight[0, 0] = float("nan")
+    return [
+        ("no layers", nn.Sequential(nn.ReLU(), nn.Dropout()), (x, y), {}, "no prunable layers"),
+        ("wrong shape", make_mlp(), (torch.randn(10, 5), y[:10]), {}, r"val_data does not fit.*\(5,\)"),
+        ("wrong dtype", make_mlp(), (x.double(), y), {}, r"val_data does not fit.*float64"),
+        ("wrong device", make_mlp(), (x.to("meta"), y), {}, r"cannot be moved to the model's device"),
+        ("float targets", make_mlp(), (x, torch.randn(len(x))), {}, r"not class indices.*metric="),
+        ("one-hot targets", make_mlp(), (x, nn.functional.one_hot(y, 3)), {}, r"not class indices"),
+        ("targets out of range", make_mlp(), (x, y + 5), {}, r"\[0, outputs\)"),
+        ("empty tensors", make_mlp(), (x[:0], y[:0]), {}, r"val_data is empty"),
+        ("empty dataset", make_mlp(), torch.utils.data.TensorDataset(x[:0], y[:0]), {}, r"val_data is empty"),
+        ("unpaired", make_mlp(), (x, y[:-1]), {}, r"48 inputs but 47 targets"),
+        ("non-finite weights", bad_weights, (x, y), {}, r"non-finite.*2.weight"),
+        ("train data misfit", make_mlp(), (x, y), {"train_data": (torch.randn(4, 3), y[:4])},
+         r"train_data does not fit"),
+        ("empty train data", make_mlp(), (x, y), {"train_data": (x[:0], y[:0])}, r"train_data is empty"),
+    ]
+
+
+@pytest.mark.parametrize("case", constructor_cases(), ids=lambda c: c[0])
+def test_bad_model_or_data_is_refused_and_left_unchanged(case):
+    _, model, data, kwargs, message = case
+    model.train()
+    before = state_of(model)
+    with pytest.raises((ValueError, TypeError), match=message):
+        Pruner(model, data, **kwargs)
+    assert_same_state(model, before)
+    assert model.training
+
+
+def test_data_of_the_wrong_type_says_what_to_pass(mlp):
+    with pytest.raises(TypeError, match="DataLoader, a Dataset"):
+        Pruner(mlp, [1, 2, 3])
+
+
+def test_narrow_integer_targets_are_class_indices(mlp, mlp_data):
+    x, y = mlp_data
+    pruner = Pruner(mlp, (x, y.int()), train_data=(x, y.short()))
+    assert pruner.classification and pruner.evaluate().accuracy == Pruner(make_mlp(), mlp_data).evaluate().accuracy
+    pruner.prune(0.5, criterion="taylor")
+    assert pruner.overall_sparsity() == pytest.approx(0.5, abs=0.01)
+
+
+def test_repr_names_the_model_and_sparsity(pruner):
+    pruner.prune(0.25)
+    assert repr(pruner) == "Pruner(Sequential, 3 prunable layers, sparsity 25.0%)"
