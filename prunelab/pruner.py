@@ -558,7 +558,7 @@ class Pruner:
             if w.shape != base[n].shape:
                 raise ValueError(f"parameter {n!r} has shape {tuple(base[n].shape)}, got {tuple(w.shape)}")
             base[n] = w.detach().to(base[n].device, base[n].dtype).clone()
-        version = max(s.base_version for s in self._history) + 1
+        version = self._take_token()  # unique for good: history can be cut, scores are cached by version
         self._push(_State(plans=self._state.plans, base=base, base_version=version, token=self._take_token()))
 
     # ------------------------------------------------------------------ measuring
