@@ -114,6 +114,7 @@ class Pruner:
         self._kept: dict[str, int] = {}            # param name -> entries kept by its mask (counted once)
         self._changed: set[str] = set()            # modules changed since the last evaluation
         self._scores: dict = {}
+        self._criterion_refs: dict[int, Criterion] = {}
         self._rankings: dict = {}
         self._metrics: dict[int, Metrics] = {}
         self._groups: dict[str, UnitGroup] | None = None
@@ -237,7 +238,12 @@ class Pruner:
                               self.loss or _missing_loss, self.classification, self.seed)
 
     def _criterion_key(self, criterion: Criterion, original) -> object:
-        return original if isinstance(original, str) else id(criterion)
+        if isinstance(original, str):
+            return original
+        # Keep the instance alive while its id is a cache key, so no later instance can reuse the id
+        # and be served its scores (keying by the instance would fail for unhashable dataclasses).
+        self._criterion_refs[id(criterion)] = criterion
+        return id(criterion)
 
     def scores(self, criterion: str | Criterion = "magnitude", *, units: bool = False) -> dict[str, torch.Tensor]:
         """Importance of every weight (or, with ``units=True``, every output unit) per layer, on the
