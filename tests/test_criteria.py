@@ -182,3 +182,39 @@ def test_get_criterion_names_the_choices():
     assert get_criterion("taylor").name == "taylor"
     with pytest.raises(ValueError, match=r"unknown criterion 'l1'.*\['attribution', 'magnitude', 'random', 'taylor'\]"):
         get_criterion("l1")
+
+
+def test_each_criterion_instance_gets_its_own_scores(mlp_data):
+    class Signed(Criterion):
+        name = "signed"
+
+        def __init__(self, sign):
+            self.sign = sign
+
+        def weight_scores(self, ctx):
+            return {l.name: self.sign * l.module.weight.detach().abs() for l in ctx.layers}
+
+    pruner = Pruner(make_mlp(), mlp_data)
+    with pruner.dense():
+        w = pruner.model[0].weight.detach().abs().clone()
+    for i in range(10):  # fresh instances, freed each time: ids get reused by CPython
+        sign = 1 if i % 2 == 0 else -1
+        pruner.prune({"0": 0.5}, criterion=Signed(sign))
+        keep = pruner.mask("0")
+        if sign == 1:
+            assert w[~keep].max() <= w[keep].min()
+        else:
+            assert w[~keep].min() >= w[keep].max()
+
+
+def test_scores_follow_new_weights_even_after_history_was_cut(mlp_data):
+    pruner = Pruner(make_mlp(), mlp_data)
+    rising = torch.arange(128.0).reshape(16, 8)
+    pruner.set_weights({"0.weight": rising})
+    pruner.prune({"0": 0.5})
+    pruner.undo()
+    pruner.undo()
+    pruner.prune({"2": 0.1})  # cuts the branch that held the first set_weights
+    pruner.set_weights({"0.weight": rising.flip(0)})
+    pruner.prune({"0": 0.5})
+    assert bool(pruner.mask("0")[:8].all()) and not bool(pruner.mask("0")[8:].any())
