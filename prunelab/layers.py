@@ -115,6 +115,9 @@ def find_unit_groups(
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    except Exception as e:  # structured pruning is then unavailable, with the reason; never a crash
+        reason = f"torch-pruning could not build the model's dependency graph ({type(e).__name__}: {e})"
+        return {}, {l.name: reason for l in layers}
     finally:
         for m, training in modes.items():
             m.training = training
@@ -132,7 +135,11 @@ def find_unit_groups(
             blocked[layer.name] = "its outputs are the model's outputs (removing them changes the output size)"
             continue
         pruner = graph.get_pruner_of_module(module)
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(layer.units)))
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(layer.units)))
+        except Exception as e:  # e.g. an index mapping it cannot follow (slicing after a recurrent layer)
+            blocked[layer.name] = f"torch-pruning could not follow its units through the graph ({type(e).__name__}: {e})"
+            continue
         slices, coupled, reason = [], [], None
         for item in group.items:
             target, handler = item.dep.target.module, item.dep.handler
