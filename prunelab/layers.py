@@ -129,7 +129,9 @@ def find_unit_groups(
             continue
         module = layer.module
         if module not in graph.module2node:
-            blocked[layer.name] = "not reached by a forward pass of the model"
+            inside = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and m.out_proj is module]
+            blocked[layer.name] = (f"it runs inside {inside[0]}'s fused MultiheadAttention forward, where its units "
+                                   "cannot be followed" if inside else "not reached by a forward pass of the model")
             continue
         if _feeds_output(graph.module2node[module]):
             blocked[layer.name] = "its outputs are the model's outputs (removing them changes the output size)"
