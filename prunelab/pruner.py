@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import numbers
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
@@ -393,7 +394,7 @@ class Pruner:
         else:
             names, values = None, None
         for v in (values.values() if values else [threshold]):
-            if not isinstance(v, (int, float)) or v != v or v < 0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or v < 0:
                 raise ValueError(f"threshold must be a number >= 0 (an absolute weight magnitude), got {v!r}.")
         eligible = self._eligible(granularity, names)
         plans: dict[str, Plan | None] = {}
@@ -628,7 +629,7 @@ def _weight_name(layer: Layer) -> str:
 
 
 def _check_fraction(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 1):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= v <= 1):
         raise ValueError(f"sparsity must be a fraction in [0, 1] (0.9 prunes 90% of weights), got {v!r}.")
 
 

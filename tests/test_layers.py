@@ -100,8 +100,39 @@ def test_grouped_convolution_blocks_the_layer_feeding_it():
 def test_multihead_attention_blocks_structured_pruning_of_its_inputs():
     groups, blocked = groups_of(make_attention_net(), (5, 4))
     assert "MultiheadAttention" in blocked["embed"]
+    assert "inside attn's fused MultiheadAttention forward" in blocked["attn.out_proj"]
     assert set(blocked) == {"embed", "attn.out_proj", "head"}
     assert groups == {}
+
+
+class RecurrentNet(nn.Module):
+    """Embedding -> Linear -> GRU -> last step -> Linear: torch-pruning cannot follow ``pre``."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.pre = nn.Embedding(20, 8), nn.Linear(8, 8)
+        self.gru, self.head = nn.GRU(8, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        h, _ = self.gru(torch.relu(self.pre(self.emb(tokens))))
+        return self.head(h[:, -1])
+
+
+def test_recurrent_model_is_skipped_and_blocked_with_reasons_not_a_crash():
+    from prunelab import Pruner
+
+    torch.manual_seed(0)
+    model = RecurrentNet()
+    tokens, y = torch.randint(0, 20, (30, 5)), torch.arange(30) % 3
+    pruner = Pruner(model, (tokens, y))
+    assert pruner.layer_names == ["pre", "head"]
+    assert "Embedding" in pruner.skipped["emb"] and "GRU" in pruner.skipped["gru"]
+    assert "torch-pruning could not follow its units" in pruner.structured_blocked["pre"]
+    with pytest.raises(ValueError, match="no layer of this model can be pruned structurally"):
+        pruner.prune(0.5, granularity="structured")
+    pruner.prune(0.5)
+    with torch.no_grad():
+        assert torch.equal(pruner.outputs(), model.eval()(tokens))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
