@@ -218,3 +218,23 @@ def test_scores_follow_new_weights_even_after_history_was_cut(mlp_data):
     pruner.set_weights({"0.weight": rising.flip(0)})
     pruner.prune({"0": 0.5})
     assert bool(pruner.mask("0")[:8].all()) and not bool(pruner.mask("0")[8:].any())
+
+
+def test_scores_are_computed_once_per_criterion_and_weights(mlp_data):
+    calls = []
+
+    class Counting(Criterion):
+        name = "counting"
+
+        def weight_scores(self, ctx):
+            calls.append(1)
+            return {l.name: l.module.weight.detach().abs() for l in ctx.layers}
+
+    crit = Counting()
+    pruner = Pruner(make_mlp(), mlp_data)
+    for amount in (0.2, 0.5, 0.8, 0.5):  # a slider moving: one scoring, then index lookups
+        pruner.prune(amount, criterion=crit)
+    assert len(calls) == 1
+    pruner.set_weights({"0.weight": torch.randn(16, 8)})  # new weights: scored afresh
+    pruner.prune(0.5, criterion=crit)
+    assert len(calls) == 2

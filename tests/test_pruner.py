@@ -546,6 +546,86 @@ def test_narrow_integer_targets_are_class_indices(mlp, mlp_data):
     assert pruner.overall_sparsity() == pytest.approx(0.5, abs=0.01)
 
 
+def test_numpy_numbers_are_amounts_and_thresholds(pruner):
+    np = pytest.importorskip("numpy")
+    pruner.prune(np.float32(0.5))
+    assert masked_count(pruner) == round(0.5 * total_weights(pruner))
+    pruner.prune({"0": np.float64(0.25)}, scope="layer")
+    assert int((~pruner.mask("0")).sum()) == 32
+    pruner.prune(threshold=np.float32(0.1))
+    assert pruner.plans["0"].threshold == pytest.approx(0.1)
+
+
+class LayerNormMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.ln, self.b = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.ln(self.a(x))))
+
+
+class ResidualStream(nn.Module):
+    """Blocks added onto the input in a loop: every block is coupled through the stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks, self.head = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)]), nn.Linear(8, 3)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + torch.relu(block(x))
+        return self.head(x)
+
+
+class TiedLinear(nn.Module):
+    """One layer applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+UNUSUAL = {
+    "layernorm": (LayerNormMLP, VECTOR),
+    "residual stream": (ResidualStream, VECTOR),
+    "tied": (TiedLinear, VECTOR),
+    "groupnorm": (lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(),
+                                        nn.Linear(256, 3)), IMAGE),
+    "batchnorm without affine": (lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False),
+                                                       nn.BatchNorm2d(4, affine=False), nn.ReLU(), nn.Flatten(),
+                                                       nn.Linear(256, 3)), IMAGE),
+    "conv1d": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(24, 3)), (2, 8)),
+    "conv3d": (lambda: nn.Sequential(nn.Conv3d(1, 4, 3), nn.ReLU(), nn.Conv3d(4, 4, 1), nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(32, 3)), (1, 4, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL))
+def test_unusual_models_prune_or_explain_why_not(name):
+    build, shape = UNUSUAL[name]
+    torch.manual_seed(0)
+    model = build()
+    x, y = random_data(shape, n=20)
+    pruner = Pruner(model, (x, y))
+    assert all(isinstance(r, str) and r for r in pruner.structured_blocked.values())
+    for granularity in ("unstructured", "structured", "2:4"):
+        try:
+            pruner.prune(0.5, granularity=granularity)
+        except ValueError as e:
+            assert granularity == "structured" and "can be pruned structurally" in str(e)
+            continue
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(pruner.outputs(), model(x))
+        assert pruner.overall_sparsity() > 0
+        pruner.reset()
+
+
 def test_repr_names_the_model_and_sparsity(pruner):
     pruner.prune(0.25)
     assert repr(pruner) == "Pruner(Sequential, 3 prunable layers, sparsity 25.0%)"
