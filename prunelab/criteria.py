@@ -93,8 +93,13 @@ class Taylor(Criterion):
         total = {n: torch.zeros_like(w) for n, w in weights.items()}
         count = 0
         was_training = ctx.model.training
+        # Frozen weights (requires_grad=False) need their gradient too: without it a frozen layer
+        # would score 0 and be pruned first, and a fully frozen model could not backpropagate.
+        frozen = [w for w in weights.values() if not w.requires_grad]
         ctx.model.eval()
         try:
+            for w in frozen:
+                w.requires_grad_(True)
             for x, y in ctx.batches():
                 ctx.model.zero_grad(set_to_none=True)
                 with torch.enable_grad():
@@ -105,6 +110,8 @@ class Taylor(Criterion):
                 count += 1
         finally:
             ctx.model.zero_grad(set_to_none=True)
+            for w in frozen:
+                w.requires_grad_(False)
             ctx.model.train(was_training)
         return {n: t / max(count, 1) for n, t in total.items()}
 
