@@ -238,3 +238,16 @@ def test_scores_are_computed_once_per_criterion_and_weights(mlp_data):
     pruner.set_weights({"0.weight": torch.randn(16, 8)})  # new weights: scored afresh
     pruner.prune(0.5, criterion=crit)
     assert len(calls) == 2
+
+
+def test_taylor_scores_frozen_weights_and_leaves_them_frozen(mlp_data):
+    reference = Pruner(make_mlp(), mlp_data).scores("taylor")
+    frozen = make_mlp().requires_grad_(False)
+    partly = make_mlp()
+    partly[0].requires_grad_(False)
+    for model in (frozen, partly):
+        flags = [p.requires_grad for p in model.parameters()]
+        scores = Pruner(model, mlp_data).scores("taylor")
+        assert all(torch.allclose(scores[n], reference[n]) for n in reference)
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert all(p.grad is None for p in model.parameters())
