@@ -22,12 +22,26 @@ def run_module(*args, timeout=120):
                           cwd=ROOT, timeout=timeout)
 
 
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: prunelab") and "sweep" in out and "lab" in out
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--demo", "--sparsity", "--criterion", "--granularity", "--format"))
+
+
+@pytest.mark.slow
 def test_python_m_prunelab_help():
     result = run_module("--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: prunelab") and "sweep" in result.stdout and "lab" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_console_script_is_declared_and_runs():
     assert 'prunelab = "prunelab.cli:main"' in (ROOT / "pyproject.toml").read_text()
     script = Path(sys.executable).parent / "prunelab"
