@@ -78,7 +78,8 @@ def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: 
     pred = logits.argmax(1)
     hit = (pred == targets)
     loss = float(nn.functional.cross_entropy(logits.float(), targets))
-    totals = torch.bincount(targets, minlength=classes).clamp_min(1)
+    totals = torch.bincount(targets, minlength=classes)
+    # A class without samples has no accuracy: NaN, not a misleading 0.
     per_class = torch.bincount(targets[hit], minlength=classes) / totals
     correct = int(hit.sum())
     return correct / len(targets), loss, tuple(per_class.tolist()), correct

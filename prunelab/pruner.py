@@ -266,6 +266,9 @@ class Pruner:
                 per_group = [sum(unit[l] for l in g.layers) for g in groups]
                 if len(per_group) > 1:  # comparable across layers: each layer's scores over their mean
                     per_group = [s / s.mean().clamp_min(1e-12) for s in per_group]
+                    # Each layer's best unit ranks last, so a global amount below 1 never cuts a
+                    # layer off entirely (which would disconnect the network).
+                    per_group = [s.float().index_fill(0, s.argmax().reshape(1), float("inf")) for s in per_group]
                 self._rankings[key] = Ranking(per_group)
             else:
                 w = self.scores(criterion)

@@ -629,3 +629,22 @@ def test_unusual_models_prune_or_explain_why_not(name):
 def test_repr_names_the_model_and_sparsity(pruner):
     pruner.prune(0.25)
     assert repr(pruner) == "Pruner(Sequential, 3 prunable layers, sparsity 25.0%)"
+
+
+def test_global_structured_never_removes_a_whole_layer():
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight[3:].mul_(1e-3)  # three units of layer "2" outscore every unit of layer "0"
+    pruner = Pruner(model, (x, y))
+    pruner.prune(13 / 16, granularity="structured")  # 3 units of 16 stay
+    for name in ("0", "2"):
+        assert pruner.mask(name).any(1).sum() >= 1, name
+    assert pruner.sparsity()["0"] < 1
+
+
+def test_per_class_accuracy_is_nan_for_a_class_without_samples():
+    model = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(10, 4), torch.tensor([0, 1] * 5)
+    per_class = Pruner(model, (x, y)).evaluate().per_class
+    assert len(per_class) == 3 and per_class[2] != per_class[2]
