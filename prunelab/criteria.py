@@ -124,9 +124,11 @@ class Attribution(Criterion):
     as the mean absolute attribution over the scoring data (and over positions, for
     convolutions).
 
-    Unit scores become weight scores by sharing a unit's importance among its incoming weights in
-    proportion to their magnitude: ``score[i, j] = unit[i] * |w[i, j]| / sum_j |w[i, j]|``. Weights of
-    important units rank high; within a unit, the larger weights survive.
+    Unit scores become weight scores by weighting each weight's magnitude by its unit's importance
+    relative to its layer: ``score[i, j] = |w[i, j]| * unit[i] / mean(unit)``. A weight survives if it
+    is large and feeds an important unit. Dividing by the layer's mean keeps scores on the scale of
+    |w| across layers, so global pruning compares them fairly (raw attributions differ in scale from
+    layer to layer, and ranking them raw removed whole layers first).
 
     Layers that are never called as modules in the forward pass (MultiheadAttention's
     ``out_proj`` runs inside a functional call) have no attribution; their units all get the mean
@@ -182,8 +184,8 @@ class Attribution(Criterion):
         out = {}
         for l in ctx.layers:
             w = l.module.weight.detach().abs().reshape(l.units, -1)
-            share = w / w.sum(1, keepdim=True).clamp_min(1e-12)
-            out[l.name] = (units[l.name][:, None] * share).reshape(l.shape)
+            unit = units[l.name] / units[l.name].mean().clamp_min(1e-12)
+            out[l.name] = (unit[:, None] * w).reshape(l.shape)
         return out
 
 

@@ -146,8 +146,8 @@ def find_unit_groups(
         for item in group.items:
             target, handler = item.dep.target.module, item.dep.handler
             out_fn = graph.is_out_channel_pruning_fn(handler)
-            idx = torch.as_tensor(item.idxs, dtype=torch.long)
-            root = torch.as_tensor(item.root_idxs, dtype=torch.long)
+            idx = torch.as_tensor(item.idxs, dtype=torch.long, device=layer.module.weight.device)
+            root = torch.as_tensor(item.root_idxs, dtype=torch.long, device=layer.module.weight.device)
             if isinstance(target, nn.MultiheadAttention) or isinstance(target, nn.RNNBase):
                 reason = f"its units feed a {type(target).__name__}, which cannot be masked unit by unit"
                 break

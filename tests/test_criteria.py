@@ -116,14 +116,13 @@ def test_attribution_unit_scores_are_mean_absolute_layer_attributions(mlp_data):
     assert torch.allclose(units["2"], reference, rtol=1e-5, atol=1e-9)
 
 
-def test_attribution_shares_a_units_score_among_its_weights(mlp_data):
+def test_attribution_weights_magnitude_by_relative_unit_importance(mlp_data):
     pruner = Pruner(make_mlp(), mlp_data)
     weights, units = pruner.scores("attribution"), pruner.scores("attribution", units=True)
     for n in pruner.layer_names:
-        assert torch.allclose(weights[n].sum(1), units[n], rtol=1e-5)
-        row = weights[n][0] / weights[n][0].sum()
-        w = pruner.layer(n).module.weight.detach().abs()[0]
-        assert torch.allclose(row, w / w.sum(), rtol=1e-5)
+        w = pruner.layer(n).module.weight.detach().abs()
+        relative_unit = units[n] / units[n].mean()
+        assert torch.allclose(weights[n], w * relative_unit[:, None], rtol=1e-5)
 
 
 @pytest.mark.parametrize("build, shape", [(make_mlp, VECTOR), (make_bn_cnn, IMAGE)])
