@@ -466,3 +466,29 @@ def test_cli_export_writes_the_file_and_reports_errors(tmp_path, capsys):
     assert pl.load_sparse(tmp_path / "m.sparse")["0.weight"].shape == (300, 64)
     assert main(["export", "--format", "sparse", "--out", str(tmp_path / "missing" / "m")]) == 1
     assert "could not write" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- notebook
+
+@pytest.mark.slow
+def test_export_notebook_runs_headless(tmp_path):
+    import os
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(__file__).parents[1] / "notebooks" / "04-export.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    env_path = os.pathsep.join([str(path.parents[1]), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"], old = env_path, os.environ.get("PYTHONPATH")
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "same masks: True" in text and "only 'structured'" in text
+    assert "Traceback" not in text

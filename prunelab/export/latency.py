@@ -49,7 +49,7 @@ def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, th
     torch.set_num_threads(threads)
     try:
         for m in models.values():
-            m.eval()
+            _set_mode(m, False)
         with torch.inference_mode():
             for _ in range(warmup):
                 for m in models.values():
@@ -62,9 +62,16 @@ def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, th
     finally:
         torch.set_num_threads(before)
         for k, m in models.items():
-            m.train(modes[k])
+            _set_mode(m, modes[k])
     out = {}
     for k, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
         out[k] = Latency(statistics.median(ts), q[0], q[2], repeats, len(inputs), threads)
     return out
+
+
+def _set_mode(model: nn.Module, training: bool) -> None:
+    try:
+        model.train(training)
+    except NotImplementedError:  # a torch.export program's module has no modes: it runs as exported
+        pass
