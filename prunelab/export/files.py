@@ -43,7 +43,7 @@ def _write_all(f, data: bytes) -> None:
 def _explain(paths: list[Path], error: OSError) -> OSError:
     reason = error.strerror or str(error)
     names = " and ".join(str(p) for p in paths)
-    return OSError(error.errno, f"could not write {names}: {reason}. Nothing was written there. Check that the "
+    return type(error)(error.errno, f"could not write {names}: {reason}. Nothing was written there. Check that the "
                                 "folder exists and is writable and that the disk has free space, or choose "
                                 "another path.")
 

@@ -70,7 +70,11 @@ def _to_onnx(model, example):
                 return torch.onnx.export(model, (example,), dynamo=True, verbose=False,
                                          dynamic_shapes=({0: torch.export.Dim("batch")},))
             except Exception:  # a model that fixes its batch size
-                return torch.onnx.export(model, (example,), dynamo=True, verbose=False)
+                try:
+                    return torch.onnx.export(model, (example,), dynamo=True, verbose=False)
+                except Exception as e:
+                    raise ValueError(f"torch.onnx.export could not convert {type(model).__name__} ({e}), so no "
+                                     "ONNX file was written. Export 'structured' or 'state_dict' instead.") from None
     finally:
         quiet.setLevel(level)
 

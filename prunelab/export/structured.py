@@ -234,7 +234,12 @@ def _program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     except Exception:  # a model that fixes its batch size: export it for the example's batch
-        program = torch.export.export(model, (example,))
+        try:
+            program = torch.export.export(model, (example,))
+        except Exception as e:
+            raise ValueError(f"torch.export could not capture {type(model).__name__} as a program ({e}), so "
+                             "the structured export was not written. Export 'sparse' or 'state_dict', which "
+                             "work for any model.") from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={PROGRAM_INFO: json.dumps({"format": marker(PROGRAM_KIND),
                                                                               **info})})
