@@ -262,6 +262,8 @@ def test_structured_files_load_back_with_the_class_and_without_it(cnn, tmp_path)
     reference = outputs(pruner.model, pruner.val_inputs)
     dense_bytes = pruner.export(tmp_path / "dense", "state_dict").bytes
     assert weights.stat().st_size < 0.5 * dense_bytes  # physically smaller
+    with zipfile.ZipFile(program) as z:  # no pickled record at all in the program archive
+        assert all(i.file_size == 0 for i in z.infolist() if i.filename.endswith(".pt"))
 
     rebuilt = pl.load_structured(weights, pl.demos._cnn())
     assert rebuilt[0].out_channels == 8 and rebuilt[8].weight.shape == (32, 256)
@@ -287,7 +289,7 @@ def test_structured_residual_round_trip_through_files(tmp_path):
 def test_load_structured_says_what_model_it_needs(cnn, tmp_path, monkeypatch):
     _, pruner = cnn
     pruner.prune(0.5, granularity="structured", scope="layer")
-    monkeypatch.setattr("prunelab.export.structured._program_bytes", lambda *a: b"not needed here")
+    monkeypatch.setattr("prunelab.export.structured.program_bytes", lambda *a: b"not needed here")
     done = pruner.export(tmp_path / "small", "structured")
     with pytest.raises(ValueError, match="fresh instance of Sequential"):
         pl.load_structured(done.path, pl.demos._mlp())
@@ -351,7 +353,7 @@ def test_full_disk_leaves_no_file_and_keeps_an_older_export(mlp, tmp_path, monke
 def test_full_disk_on_the_second_structured_file_leaves_neither(cnn, tmp_path, monkeypatch):
     _, pruner = cnn
     pruner.prune(0.5, granularity="structured")
-    monkeypatch.setattr("prunelab.export.structured._program_bytes", lambda *a: b"program bytes")
+    monkeypatch.setattr("prunelab.export.structured.program_bytes", lambda *a: b"program bytes")
     _full_disk_after(1, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         pruner.export(tmp_path / "s", "structured")
@@ -471,24 +473,18 @@ def test_cli_export_writes_the_file_and_reports_errors(tmp_path, capsys):
 # ---------------------------------------------------------------------------- notebook
 
 @pytest.mark.slow
-def test_export_notebook_runs_headless(tmp_path):
+def test_export_notebook_runs_headless(tmp_path, monkeypatch):
     import os
     from pathlib import Path
 
     import nbformat
     from nbclient import NotebookClient
 
-    path = Path(__file__).parents[1] / "notebooks" / "04-export.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    env_path = os.pathsep.join([str(path.parents[1]), os.environ.get("PYTHONPATH", "")])
-    os.environ["PYTHONPATH"], old = env_path, os.environ.get("PYTHONPATH")
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = old
+    root = Path(__file__).parents[1]
+    nb = nbformat.read(root / "notebooks" / "04-export.ipynb", as_version=4)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "same masks: True" in text and "only 'structured'" in text
     assert "Traceback" not in text

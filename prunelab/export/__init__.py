@@ -23,7 +23,8 @@ from pathlib import Path
 from .latency import Latency, measure_latency
 from .sparse import load_sparse
 from .state_dict import load_state_dict
-from .structured import load_program, load_structured, shrink
+from .program import load_program
+from .structured import load_structured, shrink
 
 FORMATS = ("state_dict", "sparse", "structured", "onnx", "recipe")
 SUFFIXES = {"state_dict": ".safetensors", "sparse": ".safetensors", "structured": "", "onnx": ".onnx",

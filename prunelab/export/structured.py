@@ -24,20 +24,16 @@ Two files, neither pickled:
 from __future__ import annotations
 
 import copy
-import io
-import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .files import atomic_paths, check_marker, load_safetensors, marker, read_file, safetensors_bytes, write_file
+from .files import atomic_paths, load_safetensors, safetensors_bytes, write_file
+from .program import load_program, program_bytes
 
 KIND = "structured"
-PROGRAM_KIND = "program"
-PROGRAM_INFO = "prunelab.json"  # extra file inside the .pt2 archive
 CHECK_SAMPLES = 256
 
 
@@ -221,29 +217,12 @@ def save_structured(pruner, path) -> tuple[tuple[Path, Path], Shrunk]:
     info = {"model_class": type(pruner.model).__qualname__, "modules": shrunk.module_attrs,
             "units": {k: list(v) for k, v in shrunk.units.items()}, "program": program_path.name,
             "max_abs_diff": shrunk.max_abs_diff}
-    program = _program_bytes(cpu, _example(pruner).cpu(), info)
+    program = program_bytes(cpu, _example(pruner).cpu(), info)
     weights = safetensors_bytes(cpu.state_dict(), KIND, info)
     with atomic_paths(weights_path, program_path) as (tmp_weights, tmp_program):
         write_file(tmp_weights, weights)
         write_file(tmp_program, program)
     return (weights_path, program_path), shrunk
-
-
-def _program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
-    batch = torch.export.Dim("batch")
-    try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    except Exception:  # a model that fixes its batch size: export it for the example's batch
-        try:
-            program = torch.export.export(model, (example,))
-        except Exception as e:
-            raise ValueError(f"torch.export could not capture {type(model).__name__} as a program ({e}), so "
-                             "the structured export was not written. Export 'sparse' or 'state_dict', which "
-                             "work for any model.") from None
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={PROGRAM_INFO: json.dumps({"format": marker(PROGRAM_KIND),
-                                                                              **info})})
-    return buffer.getvalue()
 
 
 def load_structured(path, model: nn.Module | None = None) -> nn.Module:
@@ -295,55 +274,3 @@ def _resize(module: nn.Module, spec: dict, name: str, expected: str | None) -> N
         elif k in module._buffers and module._buffers[k] is not None:
             old = module._buffers[k]
             module._buffers[k] = torch.empty(shape, dtype=old.dtype, device=old.device)
-
-
-# ---------------------------------------------------------------------------- the .pt2 program, safely
-
-def load_program(path) -> "torch.export.ExportedProgram":
-    """Load the ``.pt2`` program of a "structured" export; ``.module()`` runs it without the
-    original class.
-
-    ``torch.export.load`` is mostly pickle-free (the graph is JSON, plain weights are raw bytes)
-    but falls back to pickle (``weights_only=False``) for tensor subclasses, custom objects, and
-    sample inputs that the safe unpickler refuses. So before handing the file to it, this checks
-    the archive: CRCs intact, the prunelab marker present, no pickled payload or custom object,
-    and sample inputs loadable with ``weights_only=True``. A file from someone else thus never
-    reaches an unrestricted unpickler.
-    """
-    path = Path(path)
-    read_file(path)  # exists, not a folder
-    _check_program_archive(path)
-    return torch.export.load(path)
-
-
-def _check_program_archive(path: Path) -> dict:
-    damaged = f"{path} is not a readable .pt2 program (damaged, truncated or of another kind)"
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{damaged}: it is not a zip archive. Export it again with prunelab.")
-    with zipfile.ZipFile(path) as z:
-        try:
-            bad = z.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise ValueError(f"{damaged}: {e}.") from None
-        if bad is not None:
-            raise ValueError(f"{damaged}: record {bad} fails its checksum. Export it again.")
-        names = z.namelist()
-        info_name = next((n for n in names if n.endswith("/extra/" + PROGRAM_INFO)), None)
-        info = json.loads(z.read(info_name)) if info_name else {}
-        check_marker(path, info.get("format"), PROGRAM_KIND, "prunelab.load_program")
-        for n in names:
-            if n.endswith(".pt") and "/data/sample_inputs/" not in n:
-                raise ValueError(f"{path} holds a pickled record ({n}); prunelab loads programs without pickle.")
-            if n.endswith("_config.json") and "/data/" in n:
-                config = json.loads(z.read(n)).get("config", {})
-                for fqn, meta in config.items():
-                    if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                        raise ValueError(f"{path} stores {fqn!r} with pickle or as a custom object; prunelab "
-                                         "loads programs without pickle.")
-            if "/data/sample_inputs/" in n:
-                try:
-                    torch.load(io.BytesIO(z.read(n)), weights_only=True)
-                except Exception as e:
-                    raise ValueError(f"{path}: its sample inputs need an unrestricted unpickler ({e}); "
-                                     "refusing to load it.") from None
-    return info
