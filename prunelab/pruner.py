@@ -622,6 +622,15 @@ class Pruner:
         return (f"Pruner({type(self.model).__name__}, {len(self.layers)} prunable layers, "
                 f"sparsity {self.overall_sparsity():.1%})")
 
+    # ------------------------------------------------------------------ export (issue 5)
+
+    def export(self, path, format: str = "state_dict"):
+        """Write the current state to ``path``: "state_dict", "sparse", "structured", "onnx" or
+        "recipe" (see :mod:`prunelab.export`). Returns an :class:`prunelab.Exported`."""
+        from .export import export
+
+        return export(self, path, format)
+
 
 def _missing_loss(outputs, targets):
     raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")
