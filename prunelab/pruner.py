@@ -411,6 +411,9 @@ class Pruner:
 
     def _commit(self, changes: dict[str, Plan | None]):
         """Apply new plans (None = dense) as one step of history."""
+        self._push(replace(self._state, plans=self._merged(changes), token=self._take_token()))
+
+    def _merged(self, changes: dict[str, Plan | None]) -> dict[str, Plan]:
         plans = dict(self._state.plans)
         for n, plan in changes.items():
             old = plans.pop(n, None)
@@ -419,7 +422,7 @@ class Pruner:
                     plans.pop(m, None)
             if plan is not None:
                 plans[n] = plan
-        self._push(replace(self._state, plans=plans, token=self._take_token()))
+        return plans
 
     def _take_token(self) -> int:
         self._next_token += 1
@@ -532,15 +535,52 @@ class Pruner:
     def set_weights(self, weights: Mapping[str, torch.Tensor], note: str = "weights") -> None:
         """Make ``weights`` (parameter name -> tensor) the new unmasked weights, as one step of
         history; masks stay. Fine-tuning uses this; reset() still returns the originals."""
+        base, version = self._new_base(weights)
+        self._push(_State(plans=self._state.plans, base=base, base_version=version, token=self._take_token()))
+
+    def set_plans(self, plans: Mapping[str, Plan | None], weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Set explicit plans ({layer name: Plan, or None for dense}), and optionally new unmasked
+        weights, as one step of history. For masks computed outside ``prune`` (regrowth, a state
+        trained on a copy of the model). Layers not named keep their plans; a structured plan
+        applies to every layer coupled with the one named. Nothing changes if anything is invalid."""
+        changes: dict[str, Plan | None] = {}
+        for name, plan in zip(self._resolve(list(plans)), plans.values()):
+            if plan is None:
+                changes[name] = None
+                continue
+            if not isinstance(plan, Plan) or plan.granularity not in GRANULARITIES:
+                raise TypeError(f"plans[{name!r}] must be a prunelab Plan (or None for dense), got {plan!r}.")
+            layer = self._by_name[name]
+            shape = (layer.units,) if plan.granularity == "structured" else layer.shape
+            keep = plan.keep
+            if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(shape):
+                raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)} "
+                                 f"(True = kept), got {getattr(keep, 'dtype', type(keep))} "
+                                 f"{tuple(getattr(keep, 'shape', ()))}.")
+            plan = replace(plan, keep=keep.detach().to(self.device).clone())
+            if plan.granularity == "structured":
+                self._eligible("structured", [name])
+                self._set_group(changes, self._unit_groups()[name], plan)
+            else:
+                changes[name] = plan
+        if weights is None:
+            base, version = self._state.base, self._state.base_version
+        else:
+            base, version = self._new_base(weights)
+        self._push(_State(plans=self._merged(changes), base=base, base_version=version, token=self._take_token()))
+
+    def _new_base(self, weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         base = dict(self._state.base)
         for n, w in weights.items():
             if n not in base:
-                raise ValueError(f"unknown parameter {n!r}")
-            if w.shape != base[n].shape:
-                raise ValueError(f"parameter {n!r} has shape {tuple(base[n].shape)}, got {tuple(w.shape)}")
+                close = difflib.get_close_matches(str(n), list(base), n=3)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"unknown parameter {n!r}.{hint} Names are those of model.named_parameters().")
+            if not isinstance(w, torch.Tensor) or w.shape != base[n].shape:
+                raise ValueError(f"parameter {n!r} has shape {tuple(base[n].shape)}, got "
+                                 f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}.")
             base[n] = w.detach().to(base[n].device, base[n].dtype).clone()
-        version = max(s.base_version for s in self._history) + 1
-        self._push(_State(plans=self._state.plans, base=base, base_version=version, token=self._take_token()))
+        return base, max(s.base_version for s in self._history) + 1
 
     # ------------------------------------------------------------------ measuring
 
