@@ -12,6 +12,10 @@ from .criteria import Attribution, Criterion, Magnitude, Random, Taylor
 from .evaluation import Metrics
 from .layers import Layer
 from .pruner import Pruner
+from .sensitivity import Allocation, SensitivityTable
+from .tables import Table
+from .training import FinetuneResult, sparsity_schedule
 
 __all__ = ["Attribution", "Criterion", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
            "__version__", "demos"]
+__all__ += ["Allocation", "FinetuneResult", "SensitivityTable", "Table", "sparsity_schedule"]

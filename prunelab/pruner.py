@@ -633,6 +633,55 @@ class Pruner:
         return (f"Pruner({type(self.model).__name__}, {len(self.layers)} prunable layers, "
                 f"sparsity {self.overall_sparsity():.1%})")
 
+    # ------------------------------------------------------------------ retraining and sensitivity
+    # (prunelab.training, prunelab.sensitivity: the logic lives there)
+
+    def finetune(self, epochs: int = 5, *, lr: float = 1e-3, optimizer="adam", batch_size: int = 32,
+                 progress: bool = True):
+        """Retrain on train_data with the masks held (pruned weights, and their optimizer state, stay
+        exactly zero); the trained weights become one step of history (undo, reset work).
+        ``optimizer``: "adam", "adamw", "sgd", a torch.optim class or ``f(params, lr)``.
+        Returns a FinetuneResult (accuracy before and after, loss per epoch, seconds)."""
+        from .training import finetune
+
+        return finetune(self, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+
+    def iterate(self, target, *, steps: int = 10, epochs_per_step: int = 4, schedule: str = "agp",
+                criterion=None, granularity: str | None = None, regrow: float = 0.0, final_epochs: int = 10,
+                lr: float = 1e-3, optimizer="adam", batch_size: int = 32, progress: bool = True):
+        """Gradual pruning toward ``target`` (a fraction, or ``{layer: fraction}``): prune to the
+        schedule's next sparsity ("agp": Zhu & Gupta's cubic; "linear"; "constant"), fine-tune
+        ``epochs_per_step``, repeat ``steps`` times, then ``final_epochs`` more. ``criterion`` and
+        ``granularity`` default to those in effect (else magnitude, unstructured). ``regrow``: the
+        fraction of kept weights swapped each step for the pruned ones with the largest gradients
+        (RigL), at the same sparsity. Each step is one step of history. Returns the history table."""
+        from .training import iterate
+
+        return iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
+                       criterion=criterion, granularity=granularity, regrow=regrow, final_epochs=final_epochs,
+                       lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+
+    def sensitivity(self, sparsities=None, layers=None, criterion="magnitude", granularity: str = "unstructured",
+                    executor=None):
+        """Prune one layer at a time (the others unpruned) to each of ``sparsities`` and measure.
+        Returns a SensitivityTable (layer, sparsity, accuracy, drop), cached per weights and
+        arguments. ``executor``: any concurrent.futures.Executor, e.g. a Dask
+        ``client.get_executor()`` (default: here, in turn); all give the same table."""
+        from .sensitivity import DEFAULT_SPARSITIES, sensitivity
+
+        return sensitivity(self, DEFAULT_SPARSITIES if sparsities is None else sparsities, layers, criterion,
+                           granularity, executor)
+
+    def allocate(self, target_sparsity: float | None = None, max_drop: float | None = None, *, table=None,
+                 executor=None):
+        """Choose per-layer sparsities from sensitivity curves (least sensitive layers pruned most)
+        to reach ``target_sparsity`` or to stay within ``max_drop`` (summed single-layer drops, a
+        fraction), apply them, and measure. Returns an Allocation: the sparsities, the sum of the
+        single-layer drops, and the accuracy measured with all applied."""
+        from .sensitivity import allocate
+
+        return allocate(self, target_sparsity, max_drop, table=table, executor=executor)
+
 
 def _missing_loss(outputs, targets):
     raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")
