@@ -13,7 +13,7 @@ executor gives the same table.
 
 from __future__ import annotations
 
-import math
+import copy
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -30,25 +30,21 @@ DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 def evaluate_masked(model: nn.Module, masks_list: Sequence[Mapping[str, torch.Tensor]], inputs: torch.Tensor,
                     targets: torch.Tensor, metric: Callable | None, batch_size: int) -> list[float]:
     """Accuracy (or ``metric``) of ``model`` with each set of masks (param name -> keep-mask)
-    applied in turn. The model itself is not modified: masked weights go in through
-    ``torch.func.functional_call``. This is the task sent to executors."""
-    from torch.func import functional_call
-
+    applied in turn. Works on its own copy of the model, so tasks sharing one model object (a
+    thread pool) cannot disturb each other or the caller. This is the task sent to executors."""
+    model = copy.deepcopy(model).eval()
     params = dict(model.named_parameters())
-    was_training = model.training
-    model.eval()
+    base = {n: p.detach().clone() for n, p in params.items()}
     results = []
-    try:
-        with torch.no_grad():
-            for masks in masks_list:
-                masked = {n: params[n] * m.to(params[n].device) for n, m in masks.items()}
-                out = torch.cat([functional_call(model, masked, (x,)) for x in inputs.split(batch_size)])
-                if metric is None:
-                    results.append(int((out.argmax(1) == targets).sum()) / len(targets))
-                else:
-                    results.append(float(metric(out, targets)))
-    finally:
-        model.train(was_training)
+    with torch.no_grad():
+        for masks in masks_list:
+            for n, p in params.items():
+                p.copy_(base[n] if n not in masks else base[n] * masks[n].to(p.device))
+            out = torch.cat([model(x) for x in inputs.split(batch_size)])
+            if metric is None:
+                results.append(int((out.argmax(1) == targets).sum()) / len(targets))
+            else:
+                results.append(float(metric(out, targets)))
     return results
 
 

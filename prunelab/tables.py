@@ -45,7 +45,10 @@ class Table:
     def __iter__(self) -> Iterator[dict]:
         return iter(self.rows)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i):
+        """Row ``i`` as a dict, or a list of rows for a slice."""
+        if isinstance(i, slice):
+            return [dict(r) for r in self._rows[i]]
         return dict(self._rows[i])
 
     def to_pandas(self):

@@ -200,15 +200,17 @@ def _seeded(seed: int, device: torch.device):
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], optimizer=None) -> None:
     """Zero every masked entry of the parameters and of the optimizer's per-weight state."""
+    # masked_fill, not multiplication: -0.0 * False is -0.0, and pruned weights should be +0.0 bit for bit.
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, m in masks.items():
             p = params[n]
-            p.mul_(m)
+            dropped = ~m
+            p.masked_fill_(dropped, 0)
             if optimizer is not None:
                 for v in optimizer.state.get(p, {}).values():
                     if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                        v.mul_(m)
+                        v.masked_fill_(dropped, 0)
 
 
 def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: Batches, loss: Callable, *,
@@ -242,7 +244,7 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
                 for name, m in masks.items():
                     g = params[name].grad
                     if g is not None:
-                        g.mul_(m)
+                        g.masked_fill_(~m, 0)
                 opt.step()
                 sched.step()
                 apply_masks(model, masks, opt)
