@@ -136,9 +136,13 @@ def analysed_layers(pruner, layers, granularity: str) -> list[str]:
 # ---------------------------------------------------------------------- analysis
 
 def measure(snap, sparsities: Sequence[float], layers: Sequence[str], criterion, granularity: str,
-            executor=None, cancel=None) -> SensitivityTable:
+            executor=None, hooks=None) -> SensitivityTable:
     """Sensitivity of each layer on a :class:`~prunelab.training.Snapshot` (safe to run on any
-    thread: it works on the snapshot's private copy of the model)."""
+    thread: it works on the snapshot's private copy of the model). ``hooks`` (a
+    :class:`~prunelab.training.Hooks`) reports each finished layer and can cancel."""
+    from .training import Hooks
+
+    hooks = hooks or Hooks()
     if granularity not in ("unstructured", "structured"):
         raise ValueError(f"sensitivity prunes 'unstructured' or 'structured'; got {granularity!r} (2:4 has only one "
                          "sparsity, so it has no curve).")
@@ -148,10 +152,7 @@ def measure(snap, sparsities: Sequence[float], layers: Sequence[str], criterion,
     for layer in layers:
         masks_list = []
         for s in sparsities:
-            if cancel is not None and cancel.is_set():
-                from .training import Cancelled
-
-                raise Cancelled("sensitivity analysis was cancelled")
+            hooks.check()
             twin.prune({layer: s}, criterion=criterion, granularity=granularity)
             masks_list.append(twin.masks())
             twin.reset()
@@ -167,9 +168,12 @@ def measure(snap, sparsities: Sequence[float], layers: Sequence[str], criterion,
     futures = [executor.submit(evaluate_masked, model, masks_list, x, y, metric, batch_size) for masks_list in tasks]
     baseline = baseline_future.result()[0]
     rows = []
-    for layer, future in zip(layers, futures):
+    for done, (layer, future) in enumerate(zip(layers, futures), start=1):
+        hooks.check()
         for s, acc in zip(sparsities, future.result()):
             rows.append(dict(layer=layer, sparsity=s, accuracy=acc, drop=baseline - acc))
+        if hooks.progress is not None:
+            hooks.progress(done, len(layers), f"sensitivity: layer {layer}")
     by_name = {l.name: l for l in twin.layers}
     weights = {n: (by_name[n].units if granularity == "structured" else by_name[n].params) for n in layers}
     return SensitivityTable(rows, baseline=baseline, criterion=criterion, granularity=granularity, weights=weights)

@@ -133,7 +133,8 @@ class Batches:
             return
         for batch in self.loader:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise TypeError(f"train_data: each batch must be an (inputs, targets) pair, got {type(batch).__name__}.")
+                raise TypeError(f"train_data: each batch must be an (inputs, targets) pair, got "
+                                f"{type(batch).__name__}.")
             yield batch[0].to(self.device), batch[1].to(self.device)
 
 
@@ -239,7 +240,7 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
                 opt.zero_grad(set_to_none=True)
                 value = loss(model(x), y)
                 if not torch.isfinite(value):
-                    raise FloatingPointError(f"the training loss became {float(value)}; lower lr (now {lr}).")
+                    raise FloatingPointError(f"the training loss became {float(value.detach())}; lower lr (now {lr}).")
                 value.backward()
                 for name, m in masks.items():
                     g = params[name].grad
@@ -262,7 +263,8 @@ def trained_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def dense_gradients(model: nn.Module, batches: Batches, loss: Callable, max_batches: int = 8) -> dict[str, torch.Tensor]:
+def dense_gradients(model: nn.Module, batches: Batches, loss: Callable,
+                    max_batches: int = 8) -> dict[str, torch.Tensor]:
     """Gradient of the loss for every weight, pruned ones included (at the current sparse
     weights), summed over the first ``max_batches`` batches: what RigL grows by."""
     grads: dict[str, torch.Tensor] = {}
@@ -417,7 +419,8 @@ def finetune(pruner, epochs: int = 5, *, lr: float = 1e-3, optimizer="adam", bat
     bar, update = _progress_bar(progress, total, "fine-tuning")
     hooks = Hooks(_chain(update, hooks.progress if hooks else None), hooks.cancel if hooks else None)
     try:
-        weights, losses = finetune_snapshot(snap, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, hooks=hooks)
+        weights, losses = finetune_snapshot(snap, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                                            hooks=hooks)
     finally:
         if bar is not None:
             bar.close()
@@ -517,10 +520,11 @@ def resolve_defaults(pruner, criterion, granularity) -> tuple[object, str]:
 
 
 def run_iterate(twin, settings: IterateSettings, apply: Callable[[dict, dict, dict], None],
-                hooks: Hooks | None = None, layer_names: list[str] | None = None) -> Table:
+                hooks: Hooks | None = None, layer_names: list[str] | None = None,
+                on_start: Callable[[dict], None] | None = None) -> Table:
     """Gradual pruning on ``twin`` (a private Pruner): at each step prune to the scheduled
     sparsity, optionally regrow, fine-tune, and call ``apply(plans, weights, row)`` with the
-    result. Returns the history table."""
+    result. ``on_start(row)`` receives the starting point (step 0). Returns the history table."""
     hooks = hooks or Hooks()
     loss = _require_training(twin)
     layer_names = layer_names or twin.layer_names
@@ -544,6 +548,8 @@ def run_iterate(twin, settings: IterateSettings, apply: Callable[[dict, dict, di
     history.append(dict(step=0, target=current_amount(twin, s.granularity) if not isinstance(s.target, Mapping)
                         else 0.0, sparsity=twin.overall_sparsity(), accuracy_before=m0.accuracy,
                         accuracy_after=m0.accuracy, nonzero_params=m0.nonzero_params, regrown=0, seconds=0.0))
+    if on_start is not None:
+        on_start(history[0])
     total = s.total_epochs * len(batches)
     for k, amount in enumerate(amounts, start=1):
         began = time.perf_counter()

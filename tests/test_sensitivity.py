@@ -170,8 +170,8 @@ def test_dask_cluster_gives_the_same_table(pruner, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     here = pruner.sensitivity(SPARSITIES)
     other = pl.Pruner(pruner.model, (pruner.val_inputs, pruner.val_targets))
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    cluster_options = dict(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with distributed.LocalCluster(**cluster_options) as cluster, distributed.Client(cluster) as client:
         with distributed.get_task_stream(client) as stream:
             remote = other.sensitivity(SPARSITIES, executor=client.get_executor())
     tasks = [t for t in stream.data if "evaluate_masked" in t["key"]]

@@ -1,5 +1,6 @@
 """Fine-tuning with masks held, gradual pruning schedules, regrowth, cancellation."""
 
+import os
 import threading
 from pathlib import Path
 
@@ -348,12 +349,17 @@ def test_constant_schedule_with_regrowth_changes_the_mask_at_fixed_sparsity(prun
 # ---------------------------------------------------------------------- the notebook
 
 @pytest.mark.slow
-def test_iterative_pruning_notebook_runs_headless():
+def test_iterative_pruning_notebook_runs_headless(monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
+    # the kernel is a new process: it must import this prunelab; one thread keeps it quick here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = ROOT / "notebooks" / "03-iterative-pruning.ipynb"
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
     outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                       for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Error" not in outputs
