@@ -29,7 +29,7 @@ import copy
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping
 
 import torch
@@ -519,6 +519,29 @@ def resolve_defaults(pruner, criterion, granularity) -> tuple[object, str]:
     return criterion, granularity
 
 
+def _scheduled_amounts(twin, s: IterateSettings) -> tuple[float, list]:
+    """The starting amount and the amount to prune to at each step: fractions, or for a
+    per-layer target, ``{layer: fraction}`` per step (each layer on its own schedule)."""
+    if isinstance(s.target, Mapping):
+        if s.granularity == "structured":
+            starts = {n: (p.amount if p is not None and p.granularity == "structured" else 0.0)
+                      for n, p in ((n, twin.plans.get(n)) for n in s.target)}
+        else:
+            starts = {n: twin.sparsity()[n] for n in s.target}
+    else:
+        starts = {None: current_amount(twin, s.granularity)}
+    targets = dict(s.target) if isinstance(s.target, Mapping) else {None: s.target}
+    for n, t in targets.items():
+        if starts[n] > t + 1e-9:
+            where = f"layer {n!r} is" if n is not None else "the model is"
+            raise ValueError(f"{where} already pruned to {starts[n]:.1%}, beyond the target {t:.1%}: iterate() only "
+                             "prunes further. Lower the sparsity with prune() or reset() first.")
+    curves = {n: sparsity_schedule(starts[n], t, s.steps, s.schedule) for n, t in targets.items()}
+    if None in curves:
+        return starts[None], curves[None]
+    return max(starts.values()), [{n: curves[n][k] for n in targets} for k in range(s.steps)]
+
+
 def run_iterate(twin, settings: IterateSettings, apply: Callable[[dict, dict, dict], None],
                 hooks: Hooks | None = None, layer_names: list[str] | None = None,
                 on_start: Callable[[dict], None] | None = None) -> Table:
@@ -530,23 +553,10 @@ def run_iterate(twin, settings: IterateSettings, apply: Callable[[dict, dict, di
     layer_names = layer_names or twin.layer_names
     s = settings
     batches = Batches(twin.train_data, s.batch_size, twin.device, twin.seed)
-    if isinstance(s.target, Mapping):
-        starts = twin.sparsity() if s.granularity != "structured" else {
-            n: (p.amount if p.granularity == "structured" else 0.0)
-            for n, p in ((n, twin.plans.get(n)) for n in s.target) if p is not None}
-        per_layer = {n: sparsity_schedule(min(starts.get(n, 0.0), t) if s.schedule != "constant" else t, t,
-                                          s.steps, s.schedule) for n, t in s.target.items()}
-        amounts = [{n: per_layer[n][k] for n in s.target} for k in range(s.steps)]
-    else:
-        start = current_amount(twin, s.granularity)
-        if start > s.target + 1e-9:
-            raise ValueError(f"the model is already pruned to {start:.1%}, beyond the target {s.target:.1%}: "
-                             "iterate() only prunes further. Lower the sparsity with prune() or reset() first.")
-        amounts = sparsity_schedule(start, s.target, s.steps, s.schedule)
+    start, amounts = _scheduled_amounts(twin, s)
     history = history_table()
     m0 = twin.evaluate()
-    history.append(dict(step=0, target=current_amount(twin, s.granularity) if not isinstance(s.target, Mapping)
-                        else 0.0, sparsity=twin.overall_sparsity(), accuracy_before=m0.accuracy,
+    history.append(dict(step=0, target=start, sparsity=twin.overall_sparsity(), accuracy_before=m0.accuracy,
                         accuracy_after=m0.accuracy, nonzero_params=m0.nonzero_params, regrown=0, seconds=0.0))
     if on_start is not None:
         on_start(history[0])
@@ -564,8 +574,6 @@ def run_iterate(twin, settings: IterateSettings, apply: Callable[[dict, dict, di
             new, grown = regrow_masks(keep, weights, grads, s.regrow)
             if new:
                 by_param = {f"{n}.weight" if n else "weight": n for n in twin.layer_names}
-                from dataclasses import replace
-
                 twin.set_plans({by_param[p]: replace(twin.plans[by_param[p]], keep=m) for p, m in new.items()})
         epochs = s.epochs_per_step + (s.final_epochs if k == s.steps else 0)
         train_masked(twin.model, twin.masks(), batches, loss, epochs=epochs, lr=s.lr,
@@ -588,6 +596,20 @@ def iterate(pruner, target, *, steps: int = 10, epochs_per_step: int = 4, schedu
             lr: float = 1e-3, optimizer="adam", batch_size: int = 32, progress: bool = True,
             hooks: Hooks | None = None) -> Table:
     """Gradual pruning: prune a little, fine-tune, repeat, up to ``target``.
+
+    Args:
+        target: the sparsity to reach (a fraction of prunable weights; for structured pruning, of
+            units), or ``{layer: fraction}``. Starts from the sparsity already in effect.
+        steps: how many prune-and-fine-tune steps.
+        epochs_per_step: fine-tuning epochs after each pruning step.
+        schedule: "agp" (Zhu & Gupta's cubic), "linear", or "constant" (the target every step).
+        criterion, granularity: default to those in effect when all layers agree, else
+            "magnitude" and "unstructured". Each step ranks again on the fine-tuned weights.
+        regrow: a fraction of the kept weights swapped at every step, after pruning and before
+            fine-tuning, for the pruned weights with the largest gradient magnitude (RigL; they
+            regrow at zero), keeping each layer's sparsity. Unstructured only.
+        final_epochs: more fine-tuning after the last step.
+        lr, optimizer, batch_size: of the fine-tuning (Adam at 1e-3 with a cosine decay per step).
 
     Each step is applied to ``pruner`` as one step of history as soon as it completes (so undo
     walks back step by step, and a cancelled run stays at its last completed step). Returns the
