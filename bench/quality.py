@@ -9,7 +9,8 @@ iterate() runs with its defaults; only the target and the granularity are given.
 measured on the demo's 360 validation samples (one sample is 0.28 points); training uses only
 the training split.
 
-    python bench/quality.py
+    python bench/quality.py                             # the rows the targets need
+    python bench/quality.py --with-finetuned-one-shot   # and one-shot + as many epochs as iterate
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def row(method: str, granularity: str, criterion: str, p: pl.Pruner, baseline: f
                 nonzero=m.nonzero_params, seconds=seconds)
 
 
-def main() -> int:
+def main(with_finetuned_one_shot: bool = False) -> int:
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and fair to a shared machine
     p = fresh()
     dense = p.evaluate()
@@ -72,6 +73,8 @@ def main() -> int:
             t = time.perf_counter()
             p.iterate(amount, granularity=granularity, criterion=criterion, progress=False)
             rows.append(row("iterative", granularity, criterion, p, baseline, time.perf_counter() - t))
+        if not with_finetuned_one_shot:
+            continue
         # one-shot with the same training budget as iterate's defaults, magnitude only
         p = fresh()
         t = time.perf_counter()
@@ -108,4 +111,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(with_finetuned_one_shot="--with-finetuned-one-shot" in sys.argv[1:]))

@@ -157,12 +157,13 @@ def make_optimizer(optimizer, params: list[nn.Parameter], lr: float) -> torch.op
     """``optimizer``: "adam", "adamw", "sgd" (momentum 0.9), a torch.optim class, or a function
     ``f(params, lr) -> Optimizer``."""
     check_optimizer(optimizer, lr)
+    # foreach: one call for all tensors, which matters for small models on the CPU
     if optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
     if optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
     if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
     opt = optimizer(params, lr=lr) if isinstance(optimizer, type) else optimizer(params, lr)
     if not isinstance(opt, torch.optim.Optimizer):
         raise TypeError(f"optimizer returned {type(opt).__name__}, not a torch.optim.Optimizer.")
@@ -199,19 +200,18 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], optimizer=None) -> None:
-    """Zero every masked entry of the parameters and of the optimizer's per-weight state."""
+def apply_masks(params: Mapping[str, torch.Tensor], dropped: Mapping[str, torch.Tensor], optimizer=None) -> None:
+    """Zero the ``dropped`` entries (param name -> True where pruned) of the parameters and, given
+    an optimizer, of its per-weight state (Adam's moments, SGD's momentum)."""
     # masked_fill, not multiplication: -0.0 * False is -0.0, and pruned weights should be +0.0 bit for bit.
-    params = dict(model.named_parameters())
     with torch.no_grad():
-        for n, m in masks.items():
+        for n, d in dropped.items():
             p = params[n]
-            dropped = ~m
-            p.masked_fill_(dropped, 0)
+            p.masked_fill_(d, 0)
             if optimizer is not None:
                 for v in optimizer.state.get(p, {}).values():
                     if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                        v.masked_fill_(dropped, 0)
+                        v.masked_fill_(d, 0)
 
 
 def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: Batches, loss: Callable, *,
@@ -225,13 +225,14 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
         raise ValueError(f"epochs must be a whole number >= 0, got {epochs!r}.")
     hooks = hooks or Hooks()
     params = dict(model.named_parameters())
-    masks = {n: m.to(params[n].device) for n, m in masks.items()}
+    dropped = {n: ~m.to(params[n].device) for n, m in masks.items()}
     opt = make_optimizer(optimizer, [p for p in params.values() if p.requires_grad], lr)
     steps = max(epochs * len(batches), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     total = total if total is not None else epochs * len(batches)
-    apply_masks(model, masks, opt)
+    apply_masks(params, dropped, opt)
     losses = []
+    state_masked = False
     with training_mode(model), _seeded(seed, next(iter(params.values())).device):
         for _ in range(epochs):
             running, n = 0.0, 0
@@ -242,13 +243,17 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
                 if not torch.isfinite(value):
                     raise FloatingPointError(f"the training loss became {float(value.detach())}; lower lr (now {lr}).")
                 value.backward()
-                for name, m in masks.items():
+                for name, d in dropped.items():
                     g = params[name].grad
                     if g is not None:
-                        g.masked_fill_(~m, 0)
+                        g.masked_fill_(d, 0)
                 opt.step()
                 sched.step()
-                apply_masks(model, masks, opt)
+                # The weights are masked after every step, whatever the optimizer does. Its state
+                # is masked once it exists (after the first step): from then on, with zero
+                # gradients and zero weights at pruned entries, momentum and moments stay zero there.
+                apply_masks(params, dropped, None if state_masked else opt)
+                state_masked = True
                 running += float(value.detach()) * len(x)
                 n += len(x)
                 done += 1
