@@ -124,7 +124,7 @@ class TrainingPanel(widgets.VBox):
         self._last_progress = 0.0
         self._job = ""
         self.last_error: BaseException | None = None
-        criterion, granularity = resolve_defaults(pruner, None, None)
+        _, granularity = resolve_defaults(pruner, None, None)
         layout = widgets.Layout(width="150px")
         style = {"description_width": "70px"}
 
@@ -156,7 +156,6 @@ class TrainingPanel(widgets.VBox):
                                                   "with the largest gradients (RigL)")
         self.iterate_button = widgets.Button(description="Iterate", icon="forward", button_style="primary",
                                              tooltip="prune a little, fine-tune, repeat, up to the target")
-        self.criterion = criterion
         # progress
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="", layout=widgets.Layout(width="300px"))
         self.status = widgets.HTML("")
