@@ -15,9 +15,13 @@ from .pruner import Pruner
 from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_program, load_sparse,
                      load_state_dict, load_structured, measure_latency)
 from .recipe import apply_recipe, load_recipe, record_recipe, register_step
+from .sensitivity import Allocation, SensitivityTable
+from .tables import Table
+from .training import FinetuneResult, sparsity_schedule
 
 __all__ = ["Attribution", "Criterion", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
            "__version__", "demos"]
 __all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_program", "load_recipe",
             "load_sparse", "load_state_dict", "load_structured", "measure_latency", "record_recipe",
             "register_step"]
+__all__ += ["Allocation", "FinetuneResult", "SensitivityTable", "Table", "sparsity_schedule"]

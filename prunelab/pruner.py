@@ -438,6 +438,9 @@ class Pruner:
 
     def _commit(self, changes: dict[str, Plan | None]):
         """Apply new plans (None = dense) as one step of history."""
+        self._push(replace(self._state, plans=self._merged(changes), token=self._take_token()))
+
+    def _merged(self, changes: dict[str, Plan | None]) -> dict[str, Plan]:
         plans = dict(self._state.plans)
         for n, plan in changes.items():
             old = plans.pop(n, None)
@@ -446,7 +449,7 @@ class Pruner:
                     plans.pop(m, None)
             if plan is not None:
                 plans[n] = plan
-        self._push(replace(self._state, plans=plans, token=self._take_token()))
+        return plans
 
     def _take_token(self) -> int:
         self._next_token += 1
@@ -561,15 +564,52 @@ class Pruner:
     def set_weights(self, weights: Mapping[str, torch.Tensor], note: str = "weights") -> None:
         """Make ``weights`` (parameter name -> tensor) the new unmasked weights, as one step of
         history; masks stay. Fine-tuning uses this; reset() still returns the originals."""
+        base, version = self._new_base(weights)
+        self._push(_State(plans=self._state.plans, base=base, base_version=version, token=self._take_token()))
+
+    def set_plans(self, plans: Mapping[str, Plan | None], weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Set explicit plans ({layer name: Plan, or None for dense}), and optionally new unmasked
+        weights, as one step of history. For masks computed outside ``prune`` (regrowth, a state
+        trained on a copy of the model). Layers not named keep their plans; a structured plan
+        applies to every layer coupled with the one named. Nothing changes if anything is invalid."""
+        changes: dict[str, Plan | None] = {}
+        for name, plan in zip(self._resolve(list(plans)), plans.values()):
+            if plan is None:
+                changes[name] = None
+                continue
+            if not isinstance(plan, Plan) or plan.granularity not in GRANULARITIES:
+                raise TypeError(f"plans[{name!r}] must be a prunelab Plan (or None for dense), got {plan!r}.")
+            layer = self._by_name[name]
+            shape = (layer.units,) if plan.granularity == "structured" else layer.shape
+            keep = plan.keep
+            if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(shape):
+                raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)} "
+                                 f"(True = kept), got {getattr(keep, 'dtype', type(keep))} "
+                                 f"{tuple(getattr(keep, 'shape', ()))}.")
+            plan = replace(plan, keep=keep.detach().to(self.device).clone())
+            if plan.granularity == "structured":
+                self._eligible("structured", [name])
+                self._set_group(changes, self._unit_groups()[name], plan)
+            else:
+                changes[name] = plan
+        if weights is None:
+            base, version = self._state.base, self._state.base_version
+        else:
+            base, version = self._new_base(weights)
+        self._push(_State(plans=self._merged(changes), base=base, base_version=version, token=self._take_token()))
+
+    def _new_base(self, weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         base = dict(self._state.base)
         for n, w in weights.items():
             if n not in base:
-                raise ValueError(f"unknown parameter {n!r}")
-            if w.shape != base[n].shape:
-                raise ValueError(f"parameter {n!r} has shape {tuple(base[n].shape)}, got {tuple(w.shape)}")
+                close = difflib.get_close_matches(str(n), list(base), n=3)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"unknown parameter {n!r}.{hint} Names are those of model.named_parameters().")
+            if not isinstance(w, torch.Tensor) or w.shape != base[n].shape:
+                raise ValueError(f"parameter {n!r} has shape {tuple(base[n].shape)}, got "
+                                 f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}.")
             base[n] = w.detach().to(base[n].device, base[n].dtype).clone()
-        version = self._take_token()  # unique for good: history can be cut, scores are cached by version
-        self._push(_State(plans=self._state.plans, base=base, base_version=version, token=self._take_token()))
+        return base, self._take_token()  # unique for good: history can be cut, scores are cached by version
 
     # ------------------------------------------------------------------ measuring
 
@@ -622,7 +662,7 @@ class Pruner:
         return (f"Pruner({type(self.model).__name__}, {len(self.layers)} prunable layers, "
                 f"sparsity {self.overall_sparsity():.1%})")
 
-    # ------------------------------------------------------------------ export (issue 5)
+    # ------------------------------------------------------------------ export (prunelab.export)
 
     def export(self, path, format: str = "state_dict"):
         """Write the current state to ``path``: "state_dict", "sparse", "structured", "onnx" or
@@ -630,6 +670,55 @@ class Pruner:
         from .export import export
 
         return export(self, path, format)
+
+    # ------------------------------------------------------------------ retraining and sensitivity
+    # (prunelab.training, prunelab.sensitivity: the logic lives there)
+
+    def finetune(self, epochs: int = 5, *, lr: float = 1e-3, optimizer="adam", batch_size: int = 32,
+                 progress: bool = True):
+        """Retrain on train_data with the masks held (pruned weights, and their optimizer state, stay
+        exactly zero); the trained weights become one step of history (undo, reset work).
+        ``optimizer``: "adam", "adamw", "sgd", a torch.optim class or ``f(params, lr)``.
+        Returns a FinetuneResult (accuracy before and after, loss per epoch, seconds)."""
+        from .training import finetune
+
+        return finetune(self, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+
+    def iterate(self, target, *, steps: int = 10, epochs_per_step: int = 4, schedule: str = "agp",
+                criterion=None, granularity: str | None = None, regrow: float = 0.0, final_epochs: int = 10,
+                lr: float = 1e-3, optimizer="adam", batch_size: int = 32, progress: bool = True):
+        """Gradual pruning toward ``target`` (a fraction, or ``{layer: fraction}``): prune to the
+        schedule's next sparsity ("agp": Zhu & Gupta's cubic; "linear"; "constant"), fine-tune
+        ``epochs_per_step``, repeat ``steps`` times, then ``final_epochs`` more. ``criterion`` and
+        ``granularity`` default to those in effect (else magnitude, unstructured). ``regrow``: the
+        fraction of kept weights swapped each step for the pruned ones with the largest gradients
+        (RigL), at the same sparsity. Each step is one step of history. Returns the history table."""
+        from .training import iterate
+
+        return iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
+                       criterion=criterion, granularity=granularity, regrow=regrow, final_epochs=final_epochs,
+                       lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+
+    def sensitivity(self, sparsities=None, layers=None, criterion="magnitude", granularity: str = "unstructured",
+                    executor=None):
+        """Prune one layer at a time (the others unpruned) to each of ``sparsities`` and measure.
+        Returns a SensitivityTable (layer, sparsity, accuracy, drop), cached per weights and
+        arguments. ``executor``: any concurrent.futures.Executor, e.g. a Dask
+        ``client.get_executor()`` (default: here, in turn); all give the same table."""
+        from .sensitivity import DEFAULT_SPARSITIES, sensitivity
+
+        return sensitivity(self, DEFAULT_SPARSITIES if sparsities is None else sparsities, layers, criterion,
+                           granularity, executor)
+
+    def allocate(self, target_sparsity: float | None = None, max_drop: float | None = None, *, table=None,
+                 executor=None):
+        """Choose per-layer sparsities from sensitivity curves (least sensitive layers pruned most)
+        to reach ``target_sparsity`` or to stay within ``max_drop`` (summed single-layer drops, a
+        fraction), apply them, and measure. Returns an Allocation: the sparsities, the sum of the
+        single-layer drops, and the accuracy measured with all applied."""
+        from .sensitivity import allocate
+
+        return allocate(self, target_sparsity, max_drop, table=table, executor=executor)
 
 
 def _missing_loss(outputs, targets):

@@ -1,0 +1,189 @@
+"""The retraining panel: background runs applied on the main thread, progress, cancel, history,
+sensitivity curves with stable layer colours, allocation. Widgets run without a kernel here."""
+
+import asyncio
+import threading
+
+import ipywidgets as widgets
+import pytest
+import torch
+
+import prunelab as pl
+from prunelab.explorer.panels.training import TrainingPanel, layer_colours
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pruner():
+    d = pl.demos.load("digits-mlp")
+    return pl.Pruner(d.model, d.val, train_data=d.train)
+
+
+def small_iteration(panel, target=0.9, steps=2):
+    panel.target.value = target
+    panel.steps.value, panel.epochs_per_step.value, panel.final_epochs.value = steps, 1, 0
+
+
+def run_in_loop(scenario, timeout=60):
+    """Run ``scenario`` inside an asyncio loop, as widget callbacks run inside a kernel's loop."""
+    async def main():
+        return await asyncio.wait_for(scenario(), timeout)
+    return asyncio.run(main())
+
+
+async def until_idle(panel):
+    while panel.busy:
+        await asyncio.sleep(0.02)
+
+
+def test_panel_is_a_widget_with_progress_and_cancel(pruner):
+    panel = TrainingPanel(pruner)
+    assert isinstance(panel, widgets.VBox)
+    assert isinstance(panel.progress, widgets.IntProgress)
+    assert panel.cancel_button.disabled and not panel.finetune_button.disabled
+    assert panel.allocate_button.disabled  # nothing to allocate from yet
+
+
+def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
+    pruner.prune(0.9)
+    before = pruner.evaluate().accuracy
+    params = {n: id(p) for n, p in pruner.model.named_parameters()}
+    applied_on = []
+    pruner.on_change(lambda: applied_on.append(threading.current_thread()))
+    panel = TrainingPanel(pruner)
+    panel.epochs.value = 2
+
+    async def scenario():
+        panel.finetune_button.click()
+        assert panel.busy and panel.cancel_button.disabled is False and panel.finetune_button.disabled
+        # the kernel stays responsive: evaluating the pruner's own model meanwhile is safe
+        while panel.busy:
+            assert pruner.evaluate().accuracy == before
+            await asyncio.sleep(0.02)
+
+    run_in_loop(scenario)
+    assert applied_on == [threading.main_thread()]
+    assert pruner.evaluate().accuracy > before + 0.15
+    assert {n: id(p) for n, p in pruner.model.named_parameters()} == params
+    assert panel.progress.value == panel.progress.max == 2 * 45  # 2 epochs of 45 batches
+    assert "fine-tuned 2 epochs" in panel.status.value
+    assert panel.cancel_button.disabled and not panel.finetune_button.disabled
+    assert pruner.undo() and pruner.evaluate().accuracy == before
+
+
+def test_iterate_streams_steps_into_the_pruner_table_and_curve(pruner):
+    panel = TrainingPanel(pruner)
+    small_iteration(panel, 0.9, steps=3)
+    seen = []
+    pruner.on_change(lambda: seen.append(round(pruner.overall_sparsity(), 4)))
+
+    async def scenario():
+        panel.iterate_button.click()
+        await until_idle(panel)
+
+    run_in_loop(scenario)
+    assert seen == pytest.approx(pl.sparsity_schedule(0, 0.9, 3), abs=1e-4)  # one change per step
+    assert [r["step"] for r in panel.history] == [0, 1, 2, 3]
+    assert panel.history[-1]["accuracy_after"] == pruner.evaluate().accuracy
+    assert panel.history_html.value.count("<tr>") == 1 + 4
+    assert panel._history_source.data["after"] == panel.history.column("accuracy_after")
+    assert "reached 90.0% sparsity" in panel.status.value
+
+
+def test_cancel_stops_at_the_last_completed_step(pruner):
+    panel = TrainingPanel(pruner)
+    small_iteration(panel, 0.9, steps=3)
+    panel.epochs_per_step.value = 3
+    steps_applied = []
+    pruner.on_change(lambda: steps_applied.append(pruner.overall_sparsity()))
+
+    async def scenario():
+        panel.iterate_button.click()
+        while not steps_applied:
+            await asyncio.sleep(0.01)
+        panel.cancel_button.click()
+        await until_idle(panel)
+
+    run_in_loop(scenario)
+    assert "cancelled" in panel.status.value
+    assert len(steps_applied) < 3
+    assert pruner.overall_sparsity() == pytest.approx(steps_applied[-1])
+    assert panel.cancel_button.disabled
+    assert not panel.iterate_button.disabled
+
+
+def test_a_failing_run_reports_its_error_and_frees_the_panel(pruner):
+    panel = TrainingPanel(pruner)
+    pruner.loss = lambda out, y: (out * float("nan")).sum()  # a loss that becomes NaN
+    panel.epochs.value = 1
+    panel.finetune_button.click()
+    assert panel.wait(30)
+    assert isinstance(panel.last_error, FloatingPointError)
+    assert "failed" in panel.status.value and not panel.busy
+    assert not pruner.can_undo
+
+
+def test_without_train_data_training_is_disabled_with_the_reason():
+    d = pl.demos.load("digits-mlp")
+    panel = TrainingPanel(pl.Pruner(d.model, d.val))
+    assert panel.finetune_button.disabled and panel.iterate_button.disabled
+    assert "train_data" in panel.finetune_button.tooltip
+    assert not panel.sensitivity_button.disabled  # sensitivity needs validation data only
+
+
+def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
+    panel = TrainingPanel(pruner)
+    panel.sparsities.value = "0.5, 0.8, 0.9, 0.95"
+    panel.sensitivity_button.click()
+    assert panel.wait(60)
+    table = panel.sensitivity_table
+    assert table is pruner.sensitivity([0.5, 0.8, 0.9, 0.95])  # stored in the pruner's cache
+    colours = layer_colours(pruner.layer_names)
+    fig = panel.sensitivity_plot._model  # the bokeh figure inside the widget
+    lines = [r for r in fig.renderers if type(r.glyph).__name__ == "Line"]
+    by_layer = {name: src for name, src in panel._sensitivity_sources.items()}
+    for r in lines:
+        layer = next(n for n, s in by_layer.items() if s is r.data_source)
+        assert r.glyph.line_color == colours[layer]
+    assert by_layer["0"].data["sparsity"] == [0.0, 0.5, 0.8, 0.9, 0.95]
+    assert by_layer["0"].data["accuracy"][0] == table.baseline
+    assert set(panel.sensitivity_marks) == {"0", "2", "4"}
+    assert all(m["colour"] == colours[n] for n, m in panel.sensitivity_marks.items())
+    assert "within 1 pt" in panel.marks.value
+    assert not panel.allocate_button.disabled
+
+    panel.allocate_mode.value = "target"
+    panel.allocate_value.value = 0.8
+    panel.allocate_button.click()
+    assert pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3)
+    assert "measured jointly" in panel.status.value and "<table>" in panel.allocation_html.value
+
+
+def test_structured_sensitivity_draws_only_layers_with_units(pruner):
+    panel = TrainingPanel(pruner)
+    panel.granularity.value = "structured"
+    panel.sparsities.value = "0.25, 0.5"
+    panel.sensitivity_button.click()
+    assert panel.wait(60)
+    assert panel._sensitivity_sources["4"].data["sparsity"] == []
+    assert panel._sensitivity_sources["2"].data["sparsity"] == [0.0, 0.25, 0.5]
+
+
+def test_layer_colours_are_fixed_by_position():
+    assert layer_colours(["a", "b"]) == {"a": "#1f77b4", "b": "#ff7f0e"}
+    many = layer_colours([str(i) for i in range(30)])
+    assert len(set(many.values())) == 30
+
+
+def test_bad_sparsities_text_is_explained(pruner):
+    panel = TrainingPanel(pruner)
+    panel.sparsities.value = "0.5, lots"
+    panel.sensitivity_button.click()
+    assert not panel.busy and "fractions separated by commas" in panel.status.value

@@ -1,0 +1,180 @@
+"""Sensitivity analysis per layer, executors (in-process, threads, a real Dask cluster), allocation."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunelab as pl
+from prunelab.sensitivity import SensitivityTable, choose_sparsities
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARSITIES = [0.5, 0.8, 0.9, 0.95]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pruner():
+    d = pl.demos.load("digits-mlp")
+    return pl.Pruner(d.model, d.val, train_data=d.train)
+
+
+def test_table_measures_each_layer_alone(pruner):
+    dense = pruner.evaluate().accuracy
+    table = pruner.sensitivity(SPARSITIES)
+    assert isinstance(table, SensitivityTable)
+    assert table.columns == ["layer", "sparsity", "accuracy", "drop"]
+    assert [(r["layer"], r["sparsity"]) for r in table] == [(l, s) for l in ("0", "2", "4") for s in SPARSITIES]
+    assert table.baseline == dense
+    for row in table:
+        assert row["drop"] == pytest.approx(dense - row["accuracy"])
+        # the same number as pruning that layer alone in the Pruner and measuring
+        pruner.prune({row["layer"]: row["sparsity"]})
+        assert pruner.evaluate().accuracy == row["accuracy"]
+        pruner.reset()
+    s, d = table.curve("0")
+    assert s == SPARSITIES and d[-1] > d[0]  # 95% of the first layer hurts more than 50%
+
+
+def test_sensitivity_leaves_the_pruner_as_it_was(pruner):
+    pruner.prune(0.6)
+    masks, weights = pruner.masks(), {n: p.clone() for n, p in pruner.model.named_parameters()}
+    calls = []
+    pruner.on_change(lambda: calls.append(1))
+    pruner.sensitivity(SPARSITIES)
+    assert calls == [] and not pruner.can_redo
+    assert all(torch.equal(pruner.masks()[n], m) for n, m in masks.items())
+    assert all(torch.equal(p, weights[n]) for n, p in pruner.model.named_parameters())
+
+
+def test_reference_is_the_unpruned_current_weights(pruner):
+    pruner.prune(0.9)
+    table = pruner.sensitivity([0.5], layers=["4"])
+    pruner.reset()
+    assert table.baseline == pruner.evaluate().accuracy
+
+
+def test_results_are_cached_per_weights_and_arguments(pruner):
+    first = pruner.sensitivity(SPARSITIES)
+    assert pruner.sensitivity(SPARSITIES) is first
+    assert pruner.sensitivity([0.5, 0.9]) is not first
+    assert pruner.sensitivity(SPARSITIES, criterion="random") is not first
+    pruner.prune(0.5)
+    assert pruner.sensitivity(SPARSITIES) is first  # masks do not change the reference
+    pruner.finetune(1, progress=False)
+    retrained = pruner.sensitivity(SPARSITIES)
+    assert retrained is not first and retrained.baseline != first.baseline or retrained.rows != first.rows
+    pruner.undo()
+    assert pruner.sensitivity(SPARSITIES) is first
+
+
+def test_thread_pool_gives_the_same_table(pruner):
+    here = pruner.sensitivity(SPARSITIES)
+    with ThreadPoolExecutor(2) as pool:
+        fresh = pl.Pruner(pruner.model, (pruner.val_inputs, pruner.val_targets)).sensitivity(SPARSITIES, executor=pool)
+    assert fresh.rows == here.rows and fresh.baseline == here.baseline
+
+
+def test_structured_sensitivity_skips_layers_that_cannot_lose_units(pruner):
+    table = pruner.sensitivity([0.25, 0.5], granularity="structured")
+    assert table.layers == ["0", "2"]
+    assert table.weights == {"0": 300, "2": 100}
+    with pytest.raises(ValueError, match="cannot be pruned structurally"):
+        pruner.sensitivity([0.5], layers=["4"], granularity="structured")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(sparsities=[]), ValueError, "empty"),
+    (dict(sparsities=[0.5, 1.2]), ValueError, "fraction"),
+    (dict(layers=["O"]), ValueError, "unknown layer"),
+    (dict(criterion="magnitud"), ValueError, "unknown criterion"),
+    (dict(granularity="2:4"), ValueError, "2:4"),
+    (dict(executor=object()), TypeError, "Executor"),
+])
+def test_bad_arguments_say_what_to_do(pruner, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pruner.sensitivity(**({"sparsities": [0.5]} | kwargs))
+
+
+# ---------------------------------------------------------------------- allocation
+
+def synthetic(curves, weights):
+    rows = [dict(layer=l, sparsity=s, accuracy=0.9 - d, drop=d) for l, pts in curves.items() for s, d in pts]
+    return SensitivityTable(rows, baseline=0.9, criterion="magnitude", granularity="unstructured", weights=weights)
+
+
+def test_choose_prunes_the_least_sensitive_layer_most():
+    table = synthetic({"a": [(0.5, 0.0), (0.9, 0.01)], "b": [(0.5, 0.05), (0.9, 0.3)]}, {"a": 100, "b": 100})
+    chosen, drops = choose_sparsities(table, target_sparsity=0.5)
+    assert chosen["a"] == pytest.approx(0.9) and chosen["b"] == pytest.approx(0.1)
+    assert drops["b"] == pytest.approx(0.01)  # interpolated on b's curve between 0 and 0.5
+    chosen, drops = choose_sparsities(table, max_drop=0.02)
+    assert chosen["a"] == pytest.approx(0.9) and sum(drops.values()) == pytest.approx(0.02)
+
+
+def test_choose_weighs_layers_by_size_and_rejects_unreachable_targets():
+    # the same drop per layer: the big layer gives more sparsity for it
+    table = synthetic({"big": [(0.5, 0.01)], "small": [(0.5, 0.01)]}, {"big": 900, "small": 100})
+    chosen, _ = choose_sparsities(table, target_sparsity=0.45)
+    assert chosen == pytest.approx({"big": 0.5, "small": 0.0})
+    with pytest.raises(ValueError, match="at most 50.0%"):
+        choose_sparsities(table, target_sparsity=0.6)
+    with pytest.raises(ValueError, match="either target_sparsity"):
+        choose_sparsities(table)
+
+
+def test_allocate_reaches_the_target_and_reports_joint_accuracy(pruner):
+    table = pruner.sensitivity()
+    one_shot = pruner.prune(0.8).evaluate().accuracy
+    pruner.reset()
+    result = pruner.allocate(target_sparsity=0.8, table=table)
+    assert pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3) == result.sparsity
+    assert result.accuracy == pruner.evaluate().accuracy
+    assert result.predicted_drop == pytest.approx(sum(result.single_drops.values()))
+    assert result.drop == pytest.approx(table.baseline - result.accuracy)
+    assert result.accuracy >= one_shot  # sensitivity-aware allocation beats one global threshold here
+    assert set(result.sparsities) == {"0", "2", "4"}
+    text = str(result)
+    assert "sum of single-layer drops" in text and "measured jointly" in text
+
+
+def test_allocate_within_a_drop_budget(pruner):
+    result = pruner.allocate(max_drop=0.01)
+    assert result.predicted_drop <= 0.01 + 1e-9
+    assert pruner.overall_sparsity() > 0.5
+
+
+def test_allocate_structured(pruner):
+    table = pruner.sensitivity([0.25, 0.5, 0.75], granularity="structured")
+    result = pruner.allocate(target_sparsity=0.5, table=table)
+    removed = sum(int((~pruner.plans[n].keep).sum()) for n in ("0", "2"))
+    assert removed == pytest.approx(200, abs=1)
+    assert result.granularity == "structured"
+
+
+# ---------------------------------------------------------------------- a real Dask cluster
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_same_table(pruner, monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    # workers are new processes: they must import this prunelab
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    here = pruner.sensitivity(SPARSITIES)
+    other = pl.Pruner(pruner.model, (pruner.val_inputs, pruner.val_targets))
+    cluster_options = dict(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with distributed.LocalCluster(**cluster_options) as cluster, distributed.Client(cluster) as client:
+        with distributed.get_task_stream(client) as stream:
+            remote = other.sensitivity(SPARSITIES, executor=client.get_executor())
+    tasks = [t for t in stream.data if "evaluate_masked" in t["key"]]
+    assert len(tasks) == 4  # the baseline and one per layer, all run by the workers
+    assert len({t["worker"] for t in tasks}) == 2
+    assert remote.rows == here.rows and remote.baseline == here.baseline

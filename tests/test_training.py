@@ -1,0 +1,366 @@
+"""Fine-tuning with masks held, gradual pruning schedules, regrowth, cancellation."""
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import prunelab as pl
+from prunelab import training
+from prunelab.training import Batches, Cancelled, Hooks, regrow_masks, sparsity_schedule, train_masked
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models train faster on one thread, and far faster on a loaded machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def demo():
+    return pl.demos.load("digits-mlp")
+
+
+@pytest.fixture
+def pruner(demo):
+    return pl.Pruner(demo.model, demo.val, train_data=demo.train)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().view(torch.int32)
+
+
+def assert_pruned_bits_zero(pruner):
+    params = dict(pruner.model.named_parameters())
+    for name, keep in pruner.masks().items():
+        assert bool((bits(params[name])[~keep] == 0).all()), f"{name}: a pruned weight is not +0.0"
+
+
+def state_snapshot(pruner):
+    return ({n: p.detach().clone() for n, p in pruner.model.named_parameters()}, pruner.masks(),
+            pruner.can_undo, len(pruner.plans))
+
+
+def assert_same_state(pruner, snap):
+    weights, masks, can_undo, n_plans = snap
+    for n, p in pruner.model.named_parameters():
+        assert torch.equal(p, weights[n]), n
+    assert pruner.masks().keys() == masks.keys()
+    assert all(torch.equal(pruner.masks()[n], m) for n, m in masks.items())
+    assert (pruner.can_undo, len(pruner.plans)) == (can_undo, n_plans)
+
+
+# ---------------------------------------------------------------------- schedules
+
+def test_agp_schedule_is_zhu_and_gupta_cubic():
+    s = sparsity_schedule(0.0, 0.9, 4, "agp")
+    expected = [0.9 - 0.9 * (1 - t / 4) ** 3 for t in range(1, 5)]
+    assert s == pytest.approx(expected)
+    assert s[-1] == 0.9
+    steps = [b - a for a, b in zip([0.0] + s, s)]
+    assert steps == sorted(steps, reverse=True)  # prunes fast first, slowly near the target
+
+
+def test_linear_and_constant_schedules():
+    assert sparsity_schedule(0.2, 0.8, 3, "linear") == pytest.approx([0.4, 0.6, 0.8])
+    assert sparsity_schedule(0.2, 0.8, 3, "constant") == [0.8, 0.8, 0.8]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="cubic"), "unknown schedule"),
+    (dict(steps=0), "steps must be"),
+    (dict(steps=2.5), "steps must be"),
+])
+def test_schedule_rejects_bad_arguments(kwargs, match):
+    args = dict(start=0.0, target=0.9, steps=3, schedule="agp") | kwargs
+    with pytest.raises(ValueError, match=match):
+        sparsity_schedule(**args)
+
+
+# ---------------------------------------------------------------------- fine-tuning
+
+def test_finetune_recovers_accuracy_as_one_undoable_step(pruner):
+    original = {n: p.detach().clone() for n, p in pruner.model.named_parameters()}
+    pruner.prune(0.9)
+    pruned_acc = pruner.evaluate().accuracy
+    masks = pruner.masks()
+    result = pruner.finetune(3, progress=False)
+    assert result.accuracy_before == pruned_acc
+    assert result.accuracy_after == pruner.evaluate().accuracy
+    assert result.accuracy_after > pruned_acc + 0.15  # 66% -> 90%+ on digits-mlp
+    assert len(result.train_loss) == 3 and result.train_loss[-1] < result.train_loss[0]
+    assert all(torch.equal(pruner.masks()[n], m) for n, m in masks.items())
+    assert_pruned_bits_zero(pruner)
+    assert pruner.undo()
+    assert pruner.evaluate().accuracy == pruned_acc
+    pruner.reset()
+    assert all(torch.equal(p, original[n]) for n, p in pruner.model.named_parameters())
+
+
+def test_finetuned_weights_keep_pruned_entries_zero_in_the_unmasked_weights(pruner):
+    pruner.prune(0.8)
+    pruner.finetune(1, progress=False)
+    masks = pruner.masks()
+    with pruner.dense():
+        params = dict(pruner.model.named_parameters())
+        for name, keep in masks.items():
+            assert bool((bits(params[name])[~keep] == 0).all())
+    # so a gradual schedule only adds to the pruned set: ranking again keeps them pruned first
+    pruner.prune(0.85)
+    for name, keep in masks.items():
+        assert not bool((pruner.masks()[name] & ~keep).any())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_masked_weights_and_optimizer_state_stay_exactly_zero(optimizer):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    masks = {"0.weight": torch.rand(16, 8) > 0.7, "2.weight": torch.rand(3, 16) > 0.5}
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    made = []
+
+    def factory(params, lr):
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+        extra = {"momentum": 0.9, "weight_decay": 0.01} if optimizer == "sgd" else {"weight_decay": 0.01}
+        made.append(cls(params, lr=lr, **extra))
+        return made[-1]
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_masked(model, masks, Batches((x, y), 16, "cpu"), nn.functional.cross_entropy, epochs=3, lr=1e-2,
+                 optimizer=factory)
+    params = dict(model.named_parameters())
+    for name, keep in masks.items():
+        assert bool((bits(params[name])[~keep] == 0).all())
+        assert not torch.equal(params[name][keep], before[name][keep])  # the kept ones did train
+        for value in made[0].state[params[name]].values():
+            if isinstance(value, torch.Tensor) and value.shape == keep.shape:
+                assert bool((bits(value)[~keep] == 0).all())
+
+
+def test_finetune_accepts_a_torch_optim_class_and_a_factory(pruner):
+    pruner.prune(0.5)
+    pruner.finetune(1, optimizer=torch.optim.RMSprop, lr=1e-4, progress=False)
+    pruner.finetune(1, optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr), lr=1e-3, progress=False)
+    assert_pruned_bits_zero(pruner)
+
+
+def test_finetune_is_deterministic(demo):
+    results = []
+    for _ in range(2):
+        d = pl.demos.load("digits-mlp")
+        p = pl.Pruner(d.model, d.val, train_data=d.train)
+        p.prune(0.7)
+        p.finetune(1, progress=False)
+        results.append({n: t.detach().clone() for n, t in p.model.named_parameters()})
+    assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
+
+
+@pytest.mark.parametrize("kind", ["dataloader", "dataset", "tensors"])
+def test_finetune_takes_every_kind_of_train_data(demo, kind):
+    x, y = demo.train.tensors
+    data = {"dataloader": torch.utils.data.DataLoader(demo.train, batch_size=128, shuffle=True),
+            "dataset": torch.utils.data.Subset(demo.train, range(len(y))), "tensors": (x, y)}[kind]
+    p = pl.Pruner(demo.model, demo.val, train_data=data)
+    p.prune(0.9)
+    before = p.evaluate().accuracy
+    assert p.finetune(2, progress=False).accuracy_after > before
+
+
+def test_finetune_without_train_data_says_what_to_do(demo):
+    p = pl.Pruner(demo.model, demo.val)
+    p.prune(0.5)
+    snap = state_snapshot(p)
+    with pytest.raises(ValueError, match="train_data="):
+        p.finetune(1, progress=False)
+    with pytest.raises(ValueError, match="train_data="):
+        p.iterate(0.9, progress=False)
+    assert_same_state(p, snap)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(epochs=-1), ValueError, "epochs"),
+    (dict(lr=0), ValueError, "lr must be"),
+    (dict(lr=float("nan")), ValueError, "lr must be"),
+    (dict(optimizer="adamm"), ValueError, "unknown optimizer"),
+    (dict(optimizer=42), TypeError, "optimizer must be"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+])
+def test_finetune_bad_arguments_change_nothing(pruner, kwargs, error, match):
+    pruner.prune(0.5)
+    snap = state_snapshot(pruner)
+    with pytest.raises(error, match=match):
+        pruner.finetune(**({"epochs": 1} | kwargs), progress=False)
+    assert_same_state(pruner, snap)
+
+
+def test_an_optimizer_instance_is_refused_with_the_reason(pruner):
+    opt = torch.optim.Adam(pruner.model.parameters())
+    with pytest.raises(TypeError, match="private copy"):
+        pruner.finetune(1, optimizer=opt, progress=False)
+
+
+def test_finetune_leaves_batchnorm_statistics_alone():
+    d = pl.demos.load("digits-cnn")
+    p = pl.Pruner(d.model, d.val, train_data=d.train)
+    p.prune(0.5, granularity="structured")
+    stats = {n: b.clone() for n, b in p.model.named_buffers()}
+    before = p.evaluate().accuracy
+    p.finetune(1, progress=False)
+    assert all(torch.equal(b, stats[n]) for n, b in p.model.named_buffers())
+    assert_pruned_bits_zero(p)  # structured masks cover BatchNorm weight and bias too
+    assert p.evaluate().accuracy >= before - 0.02
+    assert p.model.training is False  # the user's model keeps its mode
+
+
+def test_cancelled_finetune_leaves_the_pruner_unchanged(pruner):
+    pruner.prune(0.8)
+    snap = state_snapshot(pruner)
+    cancel = threading.Event()
+    hooks = Hooks(progress=lambda done, total, what: cancel.set() if done == 3 else None, cancel=cancel)
+    with pytest.raises(Cancelled):
+        training.finetune(pruner, 2, hooks=hooks, progress=False)
+    assert_same_state(pruner, snap)
+
+
+# ---------------------------------------------------------------------- iterative pruning
+
+def test_iterate_reaches_the_target_step_by_step(pruner):
+    seen = []
+    pruner.on_change(lambda: seen.append(pruner.masks()))
+    history = pruner.iterate(0.9, steps=3, epochs_per_step=1, final_epochs=1, progress=False)
+    assert [r["step"] for r in history] == [0, 1, 2, 3]
+    assert list(history.columns) == ["step", "target", "sparsity", "accuracy_before", "accuracy_after",
+                                     "nonzero_params", "regrown", "seconds"]
+    targets = sparsity_schedule(0.0, 0.9, 3, "agp")
+    assert history.column("target")[1:] == pytest.approx(targets)
+    assert history.column("sparsity")[1:] == pytest.approx(targets, abs=1e-4)
+    assert pruner.overall_sparsity() == pytest.approx(0.9, abs=1e-4)
+    last = history[-1]
+    m = pruner.evaluate()
+    assert (last["accuracy_after"], last["nonzero_params"]) == (m.accuracy, m.nonzero_params)
+    assert all(r["accuracy_after"] >= r["accuracy_before"] - 0.01 for r in history[1:])
+    assert all(r["seconds"] > 0 for r in history[1:])
+    # one history step per iterate step, and the pruned sets only grow
+    assert len(seen) == 3
+    for before, after in zip(seen, seen[1:]):
+        for name, keep in after.items():
+            if name in before:
+                assert not bool((keep & ~before[name]).any())
+    assert_pruned_bits_zero(pruner)
+    assert "| step |" in str(history) and "<table>" in history._repr_html_()
+    pruner.undo()
+    assert pruner.overall_sparsity() == pytest.approx(targets[1], abs=1e-4)
+
+
+def test_iterate_continues_from_the_current_sparsity(pruner):
+    pruner.prune(0.5)
+    history = pruner.iterate(0.8, steps=2, epochs_per_step=1, final_epochs=0, schedule="linear", progress=False)
+    assert history.column("target") == pytest.approx([0.5, 0.65, 0.8], abs=1e-4)
+    with pytest.raises(ValueError, match="already pruned to 80.0%"):
+        pruner.iterate(0.6, steps=2, progress=False)
+
+
+def test_iterate_structured_removes_units(pruner):
+    history = pruner.iterate(0.5, granularity="structured", steps=2, epochs_per_step=1, final_epochs=0,
+                             progress=False)
+    assert set(p.granularity for p in pruner.plans.values()) == {"structured"}
+    removed = sum(int((~p.keep).sum()) for n, p in pruner.plans.items())
+    assert removed == 200  # half of the 300 + 100 hidden units
+    assert history[-1]["accuracy_after"] > 0.9
+    assert_pruned_bits_zero(pruner)
+
+
+def test_iterate_uses_the_criterion_and_granularity_in_effect(pruner):
+    pruner.prune(0.3, criterion="random", granularity="structured")
+    pruner.iterate(0.5, steps=1, epochs_per_step=1, final_epochs=0, progress=False)
+    assert {(p.criterion, p.granularity) for p in pruner.plans.values()} == {("random", "structured")}
+
+
+def test_iterate_per_layer_targets(pruner):
+    pruner.iterate({"0": 0.9, "2": 0.5}, steps=2, epochs_per_step=1, final_epochs=0, progress=False)
+    s = pruner.sparsity()
+    assert s["0"] == pytest.approx(0.9, abs=1e-3) and s["2"] == pytest.approx(0.5, abs=1e-3) and s["4"] == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(target=1.5), "fraction"),
+    (dict(target={"9": 0.5}), "unknown layers"),
+    (dict(target=0.5, schedule="cubic"), "unknown schedule"),
+    (dict(target=0.5, regrow=1.0), "regrow must be"),
+    (dict(target=0.5, regrow=0.1, granularity="structured"), "unstructured"),
+    (dict(target=0.5, granularity="2:4"), "2:4"),
+    (dict(target=0.5, epochs_per_step=-1), "epochs_per_step"),
+])
+def test_iterate_bad_arguments_change_nothing(pruner, kwargs, match):
+    snap = state_snapshot(pruner)
+    with pytest.raises(ValueError, match=match):
+        pruner.iterate(**kwargs, progress=False)
+    assert_same_state(pruner, snap)
+
+
+def test_cancelled_iterate_stays_at_the_last_completed_step(pruner):
+    cancel = threading.Event()
+    batches = len(Batches(pruner.train_data, 32, "cpu"))
+    hooks = Hooks(progress=lambda done, total, what: cancel.set() if done == batches + 2 else None, cancel=cancel)
+    with pytest.raises(Cancelled):
+        training.iterate(pruner, 0.9, steps=3, epochs_per_step=1, final_epochs=0, hooks=hooks, progress=False)
+    assert pruner.overall_sparsity() == pytest.approx(sparsity_schedule(0, 0.9, 3)[0], abs=1e-4)
+    assert pruner.undo() and not pruner.can_undo  # exactly one completed step was applied
+
+
+# ---------------------------------------------------------------------- regrowth
+
+def test_regrow_swaps_smallest_kept_for_largest_gradient_pruned():
+    keep = torch.tensor([True, True, True, True, False, False, False, False])
+    weights = torch.tensor([0.1, -0.5, 0.9, 0.05, 0.0, 0.0, 0.0, 0.0])
+    grads = torch.tensor([9.0, 9.0, 9.0, 9.0, 0.1, -3.0, 2.0, 0.5])
+    new, grown = regrow_masks({"w": keep}, {"w": weights}, {"w": grads}, 0.5)
+    assert grown == 2
+    assert new["w"].tolist() == [False, True, True, False, False, True, True, False]
+    assert int(new["w"].sum()) == int(keep.sum())
+
+
+def test_iterate_with_regrowth_keeps_the_sparsity_and_trains_regrown_weights(pruner):
+    history = pruner.iterate(0.9, steps=2, epochs_per_step=1, final_epochs=0, regrow=0.1, progress=False)
+    assert all(r["regrown"] > 0 for r in history[1:])
+    assert pruner.overall_sparsity() == pytest.approx(0.9, abs=1e-4)
+    assert history[-1]["accuracy_after"] > 0.85
+    assert_pruned_bits_zero(pruner)
+
+
+def test_constant_schedule_with_regrowth_changes_the_mask_at_fixed_sparsity(pruner):
+    pruner.prune(0.8)
+    before = pruner.masks()
+    history = pruner.iterate(0.8, steps=2, epochs_per_step=1, final_epochs=0, schedule="constant", regrow=0.2,
+                             progress=False)
+    assert history.column("sparsity") == pytest.approx([0.8] * 3, abs=1e-4)
+    after = pruner.masks()
+    assert any(not torch.equal(after[n], before[n]) for n in before)
+
+
+# ---------------------------------------------------------------------- the notebook
+
+@pytest.mark.slow
+def test_iterative_pruning_notebook_runs_headless(monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    # the kernel is a new process: it must import this prunelab; one thread keeps it quick here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = ROOT / "notebooks" / "03-iterative-pruning.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
+    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Error" not in outputs
+    assert "iterative" in outputs and "one-shot" in outputs and "random" in outputs
