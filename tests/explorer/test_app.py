@@ -10,7 +10,7 @@ from torch import nn
 import prunelab as pl
 from prunelab.explorer import app as app_module
 
-from conftest import Sent
+from explorer_support import Sent
 
 
 @pytest.fixture(scope="module")

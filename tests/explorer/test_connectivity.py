@@ -6,7 +6,7 @@ import numpy as np
 from prunelab.explorer.topology import INPUT
 from prunelab.explorer.views.connectivity import ConnectivityView
 
-from conftest import Sent, make_state, measured
+from explorer_support import Sent, make_state, measured
 
 
 def test_graph_has_a_column_per_layer_and_caps_big_layers(mlp_pruner):

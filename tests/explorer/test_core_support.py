@@ -70,3 +70,24 @@ def test_models_with_other_matrix_products_fall_back():
     model, x = WithMatmul(), torch.randn(1, 4)
     assert _layer_flops(model, x, ["fc"]) is None
     assert count_flops(model, x, ["fc"])[0] == _reference(model, x) == 2 * 16 + 2 * 16
+
+
+def test_demo_data_is_scikit_learns_split_without_importing_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, prunelab as pl; pl.demos.load('digits-mlp'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # opening a demo does not pay for importing scikit-learn
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    train_idx, val_idx = train_test_split(range(len(data.target)), test_size=0.2, stratify=data.target,
+                                          random_state=0)
+    train, val = pl.demos.digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    assert torch.equal(val.tensors[0], x[val_idx]) and torch.equal(train.tensors[0], x[train_idx])
+    assert torch.equal(val.tensors[1], torch.tensor(data.target)[val_idx])

@@ -5,7 +5,7 @@ import numpy as np
 from prunelab.explorer.analysis import rank_correlation
 from prunelab.explorer.views.importance import ImportanceView
 
-from conftest import Sent, make_state, measured
+from explorer_support import Sent, make_state, measured
 
 
 def test_criteria_side_by_side_with_rank_correlation(mlp_pruner):

@@ -6,7 +6,7 @@ import numpy as np
 from prunelab.explorer.analysis import Explainer, Shadow, snapshot
 from prunelab.explorer.views.interpretability import InterpretabilityView, as_images
 
-from conftest import Sent, make_state, measured
+from explorer_support import Sent, make_state, measured
 
 
 def explain(pruner, state, revision):

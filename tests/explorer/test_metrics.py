@@ -5,7 +5,7 @@ import re
 
 from prunelab.explorer.views.metrics import MetricsView, readout_html, si
 
-from conftest import Sent, make_state, measured
+from explorer_support import Sent, make_state, measured
 
 
 def test_readout_shows_every_number_of_the_state(mlp_pruner):

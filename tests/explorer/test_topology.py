@@ -8,7 +8,7 @@ from torch import nn
 import prunelab as pl
 from prunelab.explorer.topology import INPUT, UnitGraph, layer_sources
 
-from conftest import make_state
+from explorer_support import make_state
 
 
 def test_convolutions_draw_channels_with_kernel_norms(cnn_pruner):

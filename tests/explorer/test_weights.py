@@ -5,7 +5,7 @@ import numpy as np
 
 from prunelab.explorer.views.weights import WeightsView, block_factors, block_reduce
 
-from conftest import Sent, make_state, measured
+from explorer_support import Sent, make_state, measured
 
 
 def test_histogram_counts_kept_weights_and_draws_the_threshold(mlp_pruner):
