@@ -65,18 +65,20 @@ class Explorer(w.VBox):
         self.state.metrics = pruner.evaluate()
         self.state.baseline = self._baseline()
 
-        self.controls = Controls(pruner, self.state, self.apply)
+        self.controls = Controls(pruner, self.state, self.apply, post=self._scheduler.post)
+        post = self._scheduler.post
         self.views = {
-            "connectivity": ConnectivityView(pruner, self.state),
-            "weights": WeightsView(pruner, self.state),
-            "importance": ImportanceView(pruner, self.state),
+            "connectivity": ConnectivityView(pruner, self.state, post=post),
+            "weights": WeightsView(pruner, self.state, post=post),
+            "importance": ImportanceView(pruner, self.state, post=post),
             "interpretability": InterpretabilityView(pruner, self.state, image_shape=image_shape,
-                                                     class_names=class_names),
-            "metrics": MetricsView(pruner, self.state),
+                                                     class_names=class_names, post=post),
+            "metrics": MetricsView(pruner, self.state, post=post),
         }
         interp = self.views["interpretability"]
-        interp.explain.on_click(lambda _: self.explain())
-        interp.auto.observe(lambda c: c["new"] and self._schedule_explain(), "value")
+        # widget messages arrive on a kernel subshell thread: act on the main thread
+        interp.explain.on_click(lambda _: self._scheduler.post("explain", self.explain))
+        interp.auto.observe(lambda c: c["new"] and self._scheduler.post("auto", self._schedule_explain), "value")
 
         self._busy_bar = w.FloatProgress(value=0, min=0, max=1, layout=w.Layout(width="140px", height="14px"))
         self._busy_label = w.HTML()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -47,6 +48,8 @@ class Scheduler:
         self._timers: dict[str, Any] = {}
         self._deferred: dict[str, Callable[[], None]] = {}
         self._progress: float | None = None
+        self._queue: list[tuple[str, Callable[[], None]]] = []
+        self._draining = False
         self._lock = threading.Lock()
 
     @property
@@ -77,6 +80,43 @@ class Scheduler:
             fn = self._soon.pop(key, None)
         if fn is not None:
             fn()
+
+    def post(self, key: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the main thread, in the order posted; from any thread. Consecutive posts
+        with the same key that have not run yet keep only the latest (a drag ends at its last
+        value). Runs at once on the main thread when there is no loop."""
+        if not self.live:
+            if threading.current_thread() is self._main:
+                fn()
+            else:
+                with self._lock:
+                    self._deferred[f"post:{key}:{id(fn)}"] = fn
+            return
+        with self._lock:
+            if self._queue and self._queue[-1][0] == key:
+                self._queue[-1] = (key, fn)
+                return
+            self._queue.append((key, fn))
+            if self._draining:
+                return
+            self._draining = True
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self):
+        """Run what was posted so far; what arrives meanwhile waits one turn of the loop, so that
+        refreshes requested by these actions run before the next batch."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        for _key, fn in batch:
+            try:
+                fn()
+            except Exception:  # one failing action must not stop the queue
+                traceback.print_exc()
+        with self._lock:
+            if self._queue:
+                self._loop.call_soon(self._drain)
+            else:
+                self._draining = False
 
     def later(self, key: str, delay: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` after ``delay`` seconds without a newer request for the same key (debounce)."""

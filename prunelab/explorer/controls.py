@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import threading
 from typing import Callable
 
 import ipywidgets as w
@@ -20,6 +21,12 @@ from .state import CRITERIA, GRANULARITIES
 SMALL = "font-size:11px; color:#555; line-height:1.2"
 
 
+def on_step(value: float, step: float = 0.01) -> float:
+    """A value on the sliders' grid. The page snaps any other value to the grid and sends the
+    snapped value back, which would read as a person's gesture."""
+    return round(round(value / step) * step, 10)
+
+
 def _short(n: int) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else (f"{n / 1e3:.3g}k" if n >= 1e3 else str(n))
 
@@ -28,10 +35,12 @@ class Controls:
     """Sliders, choices and buttons. ``apply(action, label)`` runs an action that changes the
     Pruner; ``widget`` is the column to lay out."""
 
-    def __init__(self, pruner, state, apply: Callable[[Callable[[], None], str], None]):
+    def __init__(self, pruner, state, apply: Callable[[Callable[[], None], str], None],
+                 post: Callable[[str, Callable[[], None]], None] | None = None):
         self.pruner = pruner
         self.state = state
         self.apply = apply
+        self.post = post or (lambda key, fn: fn())
         self._syncing = False
         self._last = "global"  # what set the current pruning: "global", "layers" or "threshold"
         self._origin: str | None = None  # the gesture behind the change sync() is about to show
@@ -53,7 +62,7 @@ class Controls:
                                     style={"description_width": "70px"}, layout=wide)
         self.criterion.add_class("prunelab-criterion")
         self.granularity = w.ToggleButtons(options=GRANULARITIES, value=state.granularity,
-                                           style={"button_width": "88px"})
+                                           style={"button_width": "102px"})
         self.granularity.add_class("prunelab-granularity")
         self.mode = w.ToggleButtons(options=[("fraction", "amount"), ("|w| threshold", "threshold")],
                                     value=state.mode, style={"button_width": "105px"},
@@ -77,7 +86,7 @@ class Controls:
             s.add_class("prunelab-layer-slider")
             label = w.HTML(layout=w.Layout(width="125px"))
             self.layer_sliders[l.name], self.layer_labels[l.name] = s, label
-            s.observe(lambda change, name=l.name: self._layer_moved(name, change["new"]), "value")
+            self._on(s, f"layer:{l.name}", lambda value, name=l.name: self._layer_moved(name, value))
             rows.append(w.HBox([s, label], layout=w.Layout(align_items="center")))
         self.layers_box = w.VBox(rows, layout=w.Layout(max_height="330px", overflow="auto"))
         self.layers_box.add_class("prunelab-layers")
@@ -89,16 +98,16 @@ class Controls:
         self.message = w.HTML()
         self.message.add_class("prunelab-message")
 
-        self.global_slider.observe(lambda c: self._global_moved(c["new"]), "value")
-        self.threshold_slider.observe(lambda c: self._threshold_moved(c["new"]), "value")
-        self.criterion.observe(lambda c: self._choice("criterion", c["new"]), "value")
-        self.granularity.observe(lambda c: self._choice("granularity", c["new"]), "value")
-        self.mode.observe(lambda c: self._choice("mode", c["new"]), "value")
-        self.layer_select.observe(lambda c: setattr(state, "layer", c["new"]), "value")
+        self._on(self.global_slider, "global", self._global_moved)
+        self._on(self.threshold_slider, "threshold", self._threshold_moved)
+        self._on(self.criterion, "criterion", lambda value: self._choice("criterion", value))
+        self._on(self.granularity, "granularity", lambda value: self._choice("granularity", value))
+        self._on(self.mode, "mode", lambda value: self._choice("mode", value))
+        self._on(self.layer_select, "layer", lambda value: setattr(state, "layer", value))
         state.observe(lambda c: setattr(self.layer_select, "value", c["new"]), "layer")
-        self.reset.on_click(lambda _: self.apply(pruner.reset, "reset"))
-        self.undo.on_click(lambda _: self.apply(pruner.undo, "undo"))
-        self.redo.on_click(lambda _: self.apply(pruner.redo, "redo"))
+        for button, action in ((self.reset, pruner.reset), (self.undo, pruner.undo), (self.redo, pruner.redo)):
+            button.on_click(lambda _, action=action, key=button.description: self.post(
+                key, lambda: self.apply(action, key)))
 
         heading = lambda text: w.HTML(f'<div style="{SMALL}; font-weight:600; margin-top:6px">{text}</div>')  # noqa
         self.amount_box = w.VBox([self.global_slider])
@@ -112,6 +121,22 @@ class Controls:
         self.sync()
 
     # -------------------------------------------------------------- gestures -> actions
+
+    def _on(self, widget: w.ValueWidget, key: str, handler: Callable[[object], None]):
+        """Run ``handler(new value)`` for a person's change of ``widget``, on the main thread.
+
+        JupyterLab delivers widget messages on a kernel subshell thread, so the handler is posted
+        to the main thread (where the Pruner and the views live); a drag's values posted before
+        the main thread gets to them collapse into the last. Changes made by ``sync()`` (on the
+        main thread) are not gestures and are ignored."""
+
+        def observer(change):
+            if self._syncing and threading.current_thread() is threading.main_thread():
+                return
+            value = change["new"]
+            self.post(key, lambda: handler(value))
+
+        widget.observe(observer, "value")
 
     def _global_moved(self, value: float):
         if self._syncing:
@@ -133,14 +158,14 @@ class Controls:
         crit, gran = self.state.criterion, self.state.granularity
         if gran == "2:4":
             value = self._snap(self.layer_sliders[name], value)
-        self._last = "layers"
+        self._last = self._origin = "layers"
         self.apply(lambda: self.pruner.prune({name: value}, criterion=crit, granularity=gran), name)
 
     def _threshold_moved(self, value: float):
         if self._syncing or self.state.mode != "threshold":
             return
         gran = self.state.granularity
-        self._last = "threshold"
+        self._last = self._origin = "threshold"
         self.state.threshold = value
         self.apply(lambda: self.pruner.prune(threshold=value, criterion="magnitude", granularity=gran), "threshold")
 
@@ -173,6 +198,7 @@ class Controls:
         """A new criterion, granularity or mode: re-apply what is set now under the new choice."""
         if self._syncing:
             return
+        self._origin = "choice"
         setattr(self.state, name, value)
         # A |w| threshold cannot give a 2:4 pattern: picking one leaves the other.
         if name == "mode" and value == "threshold" and self.state.granularity == "2:4":
@@ -182,7 +208,8 @@ class Controls:
         self._show_mode()
         if name == "mode" and value == "threshold":
             with self._quiet():  # start from the |w| that gives the sparsity in effect now
-                self.threshold_slider.value = max(self._equivalent_threshold(), 10 ** self.threshold_slider.min)
+                t = max(self._equivalent_threshold(), 10 ** self.threshold_slider.min)
+                self.threshold_slider.value = 10 ** on_step(math.log10(t))
         if self.state.mode == "threshold":
             self._threshold_moved(self.threshold_slider.value)
         elif self._last == "layers" and name != "mode":
@@ -243,12 +270,14 @@ class Controls:
         plans = self.pruner.plans
         sparsity = self.pruner.sparsity()
         origin, self._origin = self._origin, None
+        if origin is None:  # changed from Python, undo or redo: show how that state was pruned
+            self._adopt_choices(plans)
         with self._quiet():
             if origin != "global":  # the value a person dragged to stays (structured counts units)
-                self.global_slider.value = round(self.pruner.overall_sparsity(), 4)
+                self.global_slider.value = on_step(self.pruner.overall_sparsity())
             for l in self.pruner.layers:
                 plan = plans.get(l.name)
-                self.layer_sliders[l.name].value = round(plan.amount, 4) if plan and plan.amount is not None else 0.0
+                self.layer_sliders[l.name].value = on_step(plan.amount) if plan and plan.amount is not None else 0.0
                 zero = sparsity[l.name]
                 self.layer_labels[l.name].value = (
                     f'<div style="{SMALL}" title="{html.escape(l.describe())}">{l.kind} '
@@ -256,6 +285,16 @@ class Controls:
         self.undo.disabled = not self.pruner.can_undo
         self.redo.disabled = not self.pruner.can_redo
         self._show_mode()
+
+    def _adopt_choices(self, plans):
+        """Set the criterion and granularity choices to the state's, when all layers share them."""
+        crits = {p.criterion for p in plans.values()}
+        grans = {p.granularity for p in plans.values()}
+        with self._quiet():
+            if len(crits) == 1 and next(iter(crits)) in CRITERIA and self.state.mode == "amount":
+                self.criterion.value = self.state.criterion = next(iter(crits))
+            if len(grans) == 1:
+                self.granularity.value = self.state.granularity = next(iter(grans))
 
     def show_message(self, text: str, error: bool = False):
         colour = "#c0392b" if error else "#555"

@@ -71,3 +71,43 @@ def test_inside_an_event_loop_work_is_coalesced_debounced_and_posted_back():
     ran, timers, done, main_thread = asyncio.run(main())
     assert ran == [4] and timers == [2]
     assert done == [(42, main_thread)]  # the result is handed over on the loop's thread
+
+
+def test_posts_from_other_threads_run_on_the_loop_in_order_and_a_drag_collapses():
+    async def main():
+        s = Scheduler()
+        ran = []
+
+        def gesture(key, value):
+            s.post(key, lambda: ran.append((key, value, threading.current_thread() is threading.main_thread())))
+
+        def subshell():  # JupyterLab delivers widget messages on a thread of their own
+            for v in range(5):
+                gesture("global", v)
+            gesture("layer", 1)
+            gesture("global", 9)
+
+        t = threading.Thread(target=subshell)
+        t.start()
+        t.join()
+        while len(ran) < 3:
+            await asyncio.sleep(0.01)
+        s.close()
+        return ran
+
+    assert asyncio.run(main()) == [("global", 4, True), ("layer", 1, True), ("global", 9, True)]
+
+
+def test_a_failing_post_does_not_stop_the_queue(capsys):
+    async def main():
+        s = Scheduler()
+        ran = []
+        s.post("a", lambda: 1 / 0)
+        s.post("b", lambda: ran.append("b"))
+        await asyncio.sleep(0.05)
+        s.post("c", lambda: ran.append("c"))
+        await asyncio.sleep(0.05)
+        return ran
+
+    assert asyncio.run(main()) == ["b", "c"]
+    assert "ZeroDivisionError" in capsys.readouterr().err

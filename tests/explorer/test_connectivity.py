@@ -66,3 +66,24 @@ def test_unit_colour_follows_the_criterion_scores(mlp_pruner):
     assert np.array_equal(after[layer2], np.arange(100))
     assert not np.array_equal(before[layer2], after[layer2])
     assert "taylor importance" in view.caption.value
+
+
+def test_a_page_that_opens_late_gets_the_current_picture(mlp_pruner):
+    mlp_pruner.reset()
+    state = make_state(mlp_pruner)
+    view = ConnectivityView(mlp_pruner, state)
+    ready = {"event": "jsevent", "kind": "MessageSent", "msg_type": "bokeh_event",
+             "msg_data": {"type": "event", "name": "document_ready", "values": {"type": "map"}}}
+    bundle = view.bokeh.render_bundle
+    view.bokeh._sync_model(view.bokeh, dict(ready), [])
+    assert view.bokeh.render_bundle is bundle  # nothing changed since it was drawn: no resend
+    mlp_pruner.prune(0.5)
+    measured(mlp_pruner, state)
+    view.bokeh._sync_model(view.bokeh, dict(ready), [])
+    assert view.bokeh.render_bundle is not bundle  # patches it may have missed: resent whole, once
+    # the page's echo of a patch is ignored: Python's data stay whole
+    echo = {"event": "jsevent", "kind": "ModelChanged", "model": {"id": view.edges.data_source.id},
+            "attr": "data", "new": {"type": "map", "entries": []}}
+    view.bokeh._sync_model(view.bokeh, echo, [])
+    assert len(view.edges.data_source.data["x0"]) == 6000
+    mlp_pruner.reset()

@@ -22,14 +22,15 @@ class ConnectivityView(View):
 
     title = "Connectivity"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 380):
+    def __init__(self, pruner, state, width: int = 620, height: int = 380, post=None):
         self.size = (width, height)
         self._graph: UnitGraph | None = None
-        super().__init__(pruner, state)
+        super().__init__(pruner, state, post)
         state.observe(self._rebuild, "reference")
         state.observe(self._refresh, "revision")
         state.observe(self._recolour, ["scores", "criterion"])
         self._rebuild()
+        self.mount()
 
     def build(self):
         self.fig = figure(width=self.size[0], height=self.size[1], tools="pan,wheel_zoom,reset,save",
@@ -89,6 +90,7 @@ class ConnectivityView(View):
             text=[f"input ({c.units})" if c.name == INPUT else f"{c.name} {kinds[c.name]} ({c.units})"
                   for c in g.columns])
         self.fig.y_range.start, self.fig.y_range.end = -1.08, 1.12
+        self.fig.x_range.start, self.fig.x_range.end = -0.45, len(g.columns) - 0.55
         self.edges.data_source.data = dict(**self._edge_static, alpha=self._base_alpha, now=dense)
         self.nodes.data_source.data = dict(**self._node_static, importance=np.full(len(g.node_x), np.nan),
                                            alpha=np.ones(len(g.node_x)), score=np.full(len(g.node_x), np.nan),

@@ -23,13 +23,14 @@ class ImportanceView(View):
 
     title = "Importance"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 230):
+    def __init__(self, pruner, state, width: int = 620, height: int = 230, post=None):
         self.size = (width, height)
         self._layer = None
-        super().__init__(pruner, state)
+        super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "scores", "score_errors", "reference"])
         state.observe(self._refresh, "revision")
         self._select()
+        self.mount()
 
     def build(self):
         self.src = ColumnDataSource(dict(unit=[], alpha=[], **{f"{c}_top": [] for c in COMPARED},

@@ -42,26 +42,25 @@ class InterpretabilityView(View):
     title = "Interpretability"
 
     def __init__(self, pruner, state, image_shape: tuple[int, int] | None = None, class_names=None,
-                 width: int = 620, height: int = 250):
+                 width: int = 620, height: int = 250, post=None):
         self.size = (width, height)
         self.image_shape = image_shape
         self.class_names = class_names
         self.explain = w.Button(description="Explain now", icon="refresh", tooltip="recompute the attributions now",
-                                layout=w.Layout(width="120px", height="26px"))
+                                layout=w.Layout(width="128px", min_width="128px", height="26px"))
         self.explain.add_class("prunelab-explain")
         self.auto = w.Checkbox(value=True, description="when changes settle", indent=False,
-                               layout=w.Layout(width="170px"))
-        super().__init__(pruner, state)
-        self.widget.children = (w.HBox([self.caption, self.explain, self.auto],
-                                       layout=w.Layout(align_items="center")), self.bokeh)
+                               layout=w.Layout(width="160px", min_width="160px"))
+        super().__init__(pruner, state, post)
         self.caption.layout.flex = "1 1 auto"
         state.observe(self._show, ["explanations", "explanations_stale", "explain_error"])
         state.observe(self._per_class, ["metrics", "baseline"])
         self._show()
         self._per_class()
+        self.mount(header=w.HBox([self.caption, self.explain, self.auto], layout=w.Layout(align_items="center")))
 
     def build(self):
-        self.tiles = figure(width=int(self.size[0] * 0.68), height=self.size[1], tools="save", toolbar_location=None,
+        self.tiles = figure(width=int(self.size[0] * 0.7), height=self.size[1], tools="save", toolbar_location=None,
                             x_axis_location=None, y_axis_location=None, outline_line_color=None, min_border=2,
                             x_range=Range1d(0, 1), y_range=Range1d(0, 1))
         self.tiles.grid.visible = False
@@ -82,8 +81,8 @@ class InterpretabilityView(View):
         self.tiles.text("x", "y", text="text", source=self.text_src, text_font_size="10px", text_align="center",
                         text_baseline="middle", text_color="color")
 
-        self.classes = figure(width=int(self.size[0] * 0.32), height=self.size[1], tools="save",
-                              toolbar_location=None, title="accuracy change per class (points)",
+        self.classes = figure(width=int(self.size[0] * 0.3), height=self.size[1], tools="save",
+                              toolbar_location=None, title="Δ accuracy per class (points)",
                               x_range=Range1d(-1, 1), y_range=FactorRange(), min_border=4)
         self.classes.title.text_font_size = "11px"
         self.classes.title.text_font_style = "normal"
@@ -117,13 +116,14 @@ class InterpretabilityView(View):
         orig = as_images(ex.original, self.image_shape)
         pruned = as_images(ex.pruned, self.image_shape)
         n, h, wd = inputs.shape
-        gap = max(1, wd // 4)
+        gap = max(2, wd // 3)
         xs = np.arange(n) * (wd + gap)
         scale = np.abs(orig).reshape(n, -1).max(1)
         scale = np.where(scale > 0, scale, 1)
         lo, hi = float(inputs.min()), float(inputs.max())
         self.input_mapper.update(low=lo, high=hi if hi > lo else lo + 1)
-        rows_y = [2 * (h + gap), h + gap, 0]
+        step = h + gap  # each row: a line of text above a tile
+        rows_y = [2 * step + gap, step + gap, gap]
         # bokeh draws image row 0 at the bottom: flip so images read top-down
         update_columns(self.inputs_src, image=[np.flipud(im).astype(np.float32) for im in inputs],
                        x=xs.tolist(), y=[rows_y[0]] * n, dw=[wd] * n, dh=[h] * n)
@@ -133,19 +133,20 @@ class InterpretabilityView(View):
                        dw=[wd] * (2 * n), dh=[h] * (2 * n))
         update_columns(self.bars_src, x=[], y=[], height=[], color=[], label=[])
         text_x, text_y, text, colour = [], [], [], []
+        above = [y + h + gap * 0.45 for y in rows_y]
         for i in range(n):
             true, before, after = self._labels(ex, i)
-            text_x += [xs[i] + wd / 2] * 3
-            text_y += [rows_y[0] + h + gap * 0.45, rows_y[1] + h + gap * 0.45, -gap * 0.5]
-            text += [f"class {true}", f"→ {before}", f"→ {after} · drift {ex.drift[i]:.2f}"]
-            colour += ["#333", "#333" if before == true else "#c0392b", "#333" if after == true else "#c0392b"]
-        left = -wd * 1.6
-        text_x += [left, left, left]
-        text_y += [rows_y[0] + h / 2, rows_y[1] + h / 2, rows_y[2] + h / 2]
-        text += ["input", "original", "pruned"]
-        colour += ["#555"] * 3
+            text_x += [xs[i] + wd / 2] * 4
+            text_y += [above[0], above[1], above[2], gap * 0.4]
+            text += [f"class {true}", f"→ {before}", f"→ {after}", f"{ex.drift[i]:.2f}"]
+            colour += ["#333", "#333" if before == true else "#c0392b", "#333" if after == true else "#c0392b", "#555"]
+        left = -wd * 0.9
+        text_x += [left] * 4
+        text_y += [rows_y[0] + h / 2, rows_y[1] + h / 2, rows_y[2] + h / 2, gap * 0.4]
+        text += ["input", "original", "pruned", "drift"]
+        colour += ["#555"] * 4
         update_columns(self.text_src, x=text_x, y=text_y, text=text, color=colour)
-        self._fit(left - wd * 0.9, float(xs[-1] + wd + gap), -gap * 1.2, float(rows_y[0] + h + gap))
+        self._fit(left - wd * 0.9, float(xs[-1] + wd + gap / 2), 0.0, float(above[0] + gap * 0.6))
 
     def _fit(self, x0: float, x1: float, y0: float, y1: float):
         """Show the box with square data units (images keep their aspect)."""

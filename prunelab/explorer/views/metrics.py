@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import ipywidgets as w
-from bokeh.models import ColumnDataSource, HoverTool, Label, NumeralTickFormatter, Span
+from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem, NumeralTickFormatter, Span
 from bokeh.plotting import figure
 
 from ...evaluation import Metrics
@@ -74,17 +74,19 @@ class MetricsView(View):
     the trace of accuracy against sparsity over every state visited."""
 
     title = "Accuracy vs sparsity (every state visited)"
+    slug = "trace"  # .prunelab-metrics belongs to the readout alone
 
-    def __init__(self, pruner, state, width: int = 330, height: int = 380):
+    def __init__(self, pruner, state, width: int = 330, height: int = 380, post=None):
         self.size = (width, height)
         self.readout = w.HTML()
         self.readout.add_class("prunelab-metrics")
         self._seen: set = set()
-        super().__init__(pruner, state)
+        super().__init__(pruner, state, post)
         state.observe(self._update, "revision")
         state.observe(self._baseline, "baseline")
         self._baseline()
         self._update()
+        self.mount()
 
     def build(self):
         self.fig = figure(width=self.size[0], height=self.size[1], tools="pan,wheel_zoom,box_zoom,reset,save",
@@ -92,7 +94,7 @@ class MetricsView(View):
                           y_axis_label="accuracy", min_border=4)
         self.fig.toolbar.logo = None
         self.fig.xaxis.formatter = NumeralTickFormatter(format="0%")
-        self.fig.yaxis.formatter = NumeralTickFormatter(format="0%")
+        self.fig.yaxis.formatter = NumeralTickFormatter(format="0.0%")
         self.fig.x_range.start = 0
         self.base_line = Span(location=0, dimension="width", line_color="#555", line_dash="dotted", line_width=1.5,
                               visible=False)
@@ -104,9 +106,12 @@ class MetricsView(View):
         for crit, colour in COLOURS.items():
             src = ColumnDataSource(dict(sparsity=[], accuracy=[], marker=[], granularity=[], criterion=[]))
             r = self.fig.scatter("sparsity", "accuracy", marker="marker", source=src, size=7, fill_color=colour,
-                                 line_color=colour, fill_alpha=0.55, legend_label=crit, visible=False)
+                                 line_color=colour, fill_alpha=0.55, visible=False)
             self.points[crit] = (src, r)
             renderers.append(r)
+        self.legend = Legend(items=[], location="bottom_left", label_text_font_size="10px",
+                             background_fill_alpha=0.6, click_policy="hide")
+        self.fig.add_layout(self.legend)
         self.fig.add_tools(HoverTool(renderers=renderers, tooltips=[("sparsity", "@sparsity{0.0%}"),
                                                                     ("accuracy", "@accuracy{0.0%}"),
                                                                     ("", "@criterion · @granularity")]))
@@ -114,10 +119,6 @@ class MetricsView(View):
         self.fig.segment("sparsity", "low", "sparsity", "high", source=self.current, line_color="#111", line_width=2)
         self.fig.scatter("sparsity", "accuracy", source=self.current, size=13, fill_color=None, line_color="#111",
                          line_width=2)
-        self.fig.legend.location = "bottom_left"
-        self.fig.legend.label_text_font_size = "10px"
-        self.fig.legend.background_fill_alpha = 0.6
-        self.fig.legend.click_policy = "hide"
         return self.fig
 
     def _baseline(self, change=None):
@@ -143,7 +144,9 @@ class MetricsView(View):
             src, r = self.points[crit]
             src.stream(dict(sparsity=[sparsity], accuracy=[m.accuracy], marker=[MARKERS[gran]], granularity=[gran],
                             criterion=[crit]))
-            r.visible = True
+            if not r.visible:  # the legend lists the criteria that have points
+                r.visible = True
+                self.legend.items = [*self.legend.items, LegendItem(label=crit, renderers=[r])]
         lo, hi = m.accuracy_interval or (m.accuracy, m.accuracy)
         update_columns(self.current, sparsity=[sparsity], accuracy=[m.accuracy], low=[lo], high=[hi])
 

@@ -60,13 +60,14 @@ class WeightsView(View):
 
     title = "Weight magnitudes"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 240):
+    def __init__(self, pruner, state, width: int = 620, height: int = 240, post=None):
         self.size = (width, height)
         self._layer = None
-        super().__init__(pruner, state)
+        super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "reference"])
         state.observe(self._refresh, "revision")
         self._select()
+        self.mount()
 
     def build(self):
         w, h = self.size
