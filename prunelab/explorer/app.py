@@ -135,12 +135,10 @@ class Explorer(w.VBox):
         if self.pruner.weights_version != self.state.reference.version:
             self._new_reference()
             self._score_in_background()
-        metrics = self.pruner.evaluate()
-        with self.hold_sync():
-            self.state.metrics = metrics
-            self.state.revision += 1
-            self.controls.sync()
-            self.state.explanations_stale = True
+        self.state.metrics = self.pruner.evaluate()
+        self.state.revision += 1  # the views patch themselves
+        self.controls.sync()
+        self.state.explanations_stale = True
         self._schedule_explain()
 
     def _new_reference(self):

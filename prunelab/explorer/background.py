@@ -204,7 +204,17 @@ class Scheduler:
         import time
 
         deadline = time.monotonic() + timeout
+        on_main = threading.current_thread() is self._main
         while True:
+            ready = []
+            if on_main:  # what the (blocked) loop would run next
+                with self._lock:
+                    ready = [fn for _key, fn in self._queue] + list(self._soon.values())
+                    self._queue, self._soon = [], {}
+            for fn in ready:
+                fn()
+            if ready:
+                continue
             with self._lock:
                 due, self._deferred = list(self._deferred.values()), {}
             for key in list(self._timers):
@@ -213,7 +223,7 @@ class Scheduler:
                 due.append(fn)
             for fn in due:
                 fn()
-            if not self._jobs and not self._deferred and not self._timers:
+            if not (self._jobs or self._deferred or self._timers or (on_main and (self._queue or self._soon))):
                 return
             for job in list(self._jobs):
                 job.future.exception(timeout=max(0.0, deadline - time.monotonic()))  # waits; raises on timeout

@@ -8,6 +8,7 @@ other panels), ``sync()`` moves the sliders to match without triggering actions.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import threading
@@ -62,7 +63,7 @@ class Controls:
                                     style={"description_width": "70px"}, layout=wide)
         self.criterion.add_class("prunelab-criterion")
         self.granularity = w.ToggleButtons(options=GRANULARITIES, value=state.granularity,
-                                           style={"button_width": "102px"})
+                                           style={"button_width": "112px"})
         self.granularity.add_class("prunelab-granularity")
         self.mode = w.ToggleButtons(options=[("fraction", "amount"), ("|w| threshold", "threshold")],
                                     value=state.mode, style={"button_width": "105px"},
@@ -243,17 +244,14 @@ class Controls:
 
     # -------------------------------------------------------------- following the Pruner
 
+    @contextlib.contextmanager
     def _quiet(self):
-        controls = self
-
-        class Quiet:
-            def __enter__(self):
-                controls._syncing = True
-
-            def __exit__(self, *exc):
-                controls._syncing = False
-
-        return Quiet()
+        """Set widget values without their observers acting (sync, snapping)."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
 
     def _show_mode(self):
         threshold = self.state.mode == "threshold"

@@ -111,3 +111,16 @@ def test_a_failing_post_does_not_stop_the_queue(capsys):
 
     assert asyncio.run(main()) == ["b", "c"]
     assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_wait_inside_a_running_loop_runs_what_the_loop_would_run_next():
+    async def main():
+        s = Scheduler()
+        ran = []
+        s.post("action", lambda: (ran.append("action"), s.soon("refresh", lambda: ran.append("refresh"))))
+        s.later("settle", 30.0, lambda: s.submit("job", "j", lambda progress: "result", ran.append))
+        s.wait(timeout=10)  # a notebook cell that waits: the loop itself is blocked meanwhile
+        s.close()
+        return ran
+
+    assert asyncio.run(main()) == ["action", "refresh", "result"]
