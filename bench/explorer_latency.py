@@ -43,8 +43,8 @@ async def main():
           f"{torch.get_num_threads()}")
     print("opening digits-mlp")
     print(f"  import prunelab                          {t1 - t0:6.2f} s")
-    print(f"  pl.explore('digits-mlp') -> widget      {t2 - t1:6.2f} s   (target < 5 s, attribution included:)")
-    print(f"  ... + attribution, Taylor, IG in views   {t3 - t1:6.2f} s")
+    print(f"  pl.explore('digits-mlp') -> widget built {t2 - t1:6.2f} s")
+    print(f"  ... and attribution, Taylor, IG shown    {t3 - t1:6.2f} s   (target < 5 s)")
     assert set(ex.state.scores) == {"magnitude", "taylor", "attribution"} and ex.state.explanations is not None
 
     # what the browser would receive: record when each view last sent something
