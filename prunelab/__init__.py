@@ -19,9 +19,19 @@ from .sensitivity import Allocation, SensitivityTable
 from .tables import Table
 from .training import FinetuneResult, sparsity_schedule
 
-__all__ = ["Attribution", "Criterion", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
-           "__version__", "demos"]
+__all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
+           "__version__", "demos", "explore"]
 __all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_program", "load_recipe",
             "load_sparse", "load_state_dict", "load_structured", "measure_latency", "record_recipe",
             "register_step"]
 __all__ += ["Allocation", "FinetuneResult", "SensitivityTable", "Table", "sparsity_schedule"]
+
+
+def __getattr__(name):
+    # The explorer pulls in bokeh and ipywidgets: imported on first use, so scripts and the CLI
+    # that never open it stay light.
+    if name in ("explore", "Explorer"):
+        from . import explorer
+
+        return getattr(explorer, name)
+    raise AttributeError(f"module 'prunelab' has no attribute {name!r}")

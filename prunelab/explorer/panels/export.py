@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
+from ..background import MainThread
 from ...export import FORMATS, GIVES, compare_formats
 
 ENDINGS = {"state_dict": ".safetensors", "sparse": ".sparse.safetensors", "structured": ".structured",
@@ -56,8 +57,11 @@ class ExportPanel(widgets.VBox):
         self.summary = widgets.HTML()
         self.stale = widgets.HTML()
         self.format.observe(self._on_format, names="value")
-        self.export_button.on_click(lambda _: self.export())
-        self.measure_button.on_click(lambda _: self.measure())
+        # Clicks arrive on a kernel subshell thread; export and measure read the model, so they
+        # run on the main thread (where this panel was made), never beside a slider move.
+        self._main = MainThread()
+        self.export_button.on_click(lambda _: self._main.post(self.export))
+        self.measure_button.on_click(lambda _: self._main.post(self.measure))
         self._unsubscribe = pruner.on_change(self._on_pruner_change)
         super().__init__([
             widgets.HTML("<b>Export</b>"), self.format, self.path, self.gives,

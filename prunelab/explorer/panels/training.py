@@ -13,15 +13,15 @@ fine-tune applies the masks it trained with, so a slider moved during the run is
 
 from __future__ import annotations
 
-import asyncio
 import html
-import queue
 import threading
 import time
 from typing import Callable
 
 import ipywidgets as widgets
 
+from ..background import MainThread
+from ..bokeh_loader import load_bokehjs
 from ...sensitivity import DEFAULT_SPARSITIES, SensitivityTable, analysed_layers, allocate, cache_key, measure
 from ...training import (SCHEDULES, Batches, Cancelled, Hooks, IterateSettings, Snapshot, check_optimizer,
                          finetune_snapshot, history_table, resolve_defaults, run_iterate)
@@ -39,54 +39,6 @@ def layer_colours(layer_names: list[str]) -> dict[str, str]:
     else:
         palette = [Turbo256[int(i * 255 / (len(layer_names) - 1))] for i in range(len(layer_names))]
     return {name: palette[i % len(palette)] for i, name in enumerate(layer_names)}
-
-
-_bokehjs_loaded = False
-
-
-def _ensure_bokehjs():
-    """Load BokehJS into the page once, from the package (works offline), inside a kernel only."""
-    global _bokehjs_loaded
-    if _bokehjs_loaded:
-        return
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):
-        return
-    from bokeh.io import output_notebook
-    from bokeh.resources import INLINE
-
-    output_notebook(INLINE, hide_banner=True)
-    _bokehjs_loaded = True
-
-
-class MainThread:
-    """Runs callbacks on the thread that created it: through its asyncio loop when one runs
-    there (a Jupyter kernel), else queued until :meth:`drain` (scripts, tests)."""
-
-    def __init__(self):
-        try:
-            self.loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.loop = None
-        self.pending: queue.SimpleQueue = queue.SimpleQueue()
-
-    def post(self, fn: Callable[[], None]) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(fn)
-        else:
-            self.pending.put(fn)
-
-    def drain(self) -> None:
-        while True:
-            try:
-                fn = self.pending.get_nowait()
-            except queue.Empty:
-                return
-            fn()
 
 
 def _figure(title: str, x_label: str, y_label: str):
@@ -110,7 +62,7 @@ class TrainingPanel(widgets.VBox):
     """
 
     def __init__(self, pruner, *, executor=None):
-        _ensure_bokehjs()
+        load_bokehjs()
         self.pruner = pruner
         self.executor = executor
         self.colours = layer_colours(pruner.layer_names)
@@ -120,7 +72,9 @@ class TrainingPanel(widgets.VBox):
         self._sensitivity_listeners: list[Callable[[SensitivityTable], None]] = []
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
-        self._main: MainThread | None = None
+        # Built here, in the cell that made the panel: the kernel's main thread. Button clicks
+        # arrive on a subshell thread (JupyterLab 4.6, ipykernel 7) and are posted through it.
+        self._main = MainThread()
         self._last_progress = 0.0
         self._job = ""
         self.last_error: BaseException | None = None
@@ -182,11 +136,11 @@ class TrainingPanel(widgets.VBox):
 
         self.history_plot = BokehModel(history_fig)
         self.sensitivity_plot = BokehModel(sensitivity_fig)
-        self.finetune_button.on_click(lambda _: self.start_finetune())
-        self.iterate_button.on_click(lambda _: self.start_iterate())
-        self.sensitivity_button.on_click(lambda _: self.start_sensitivity())
-        self.allocate_button.on_click(lambda _: self.allocate())
-        self.cancel_button.on_click(lambda _: self.cancel())
+        self.finetune_button.on_click(lambda _: self._main.post(lambda: self.start_finetune()))
+        self.iterate_button.on_click(lambda _: self._main.post(lambda: self.start_iterate()))
+        self.sensitivity_button.on_click(lambda _: self._main.post(lambda: self.start_sensitivity()))
+        self.allocate_button.on_click(lambda _: self._main.post(lambda: self.allocate()))
+        self.cancel_button.on_click(lambda _: self._main.post(lambda: self.cancel()))
         self.allocate_mode.observe(self._on_allocate_mode, "value")
         self._unsubscribe = pruner.on_change(self._on_pruner_change)
 
@@ -280,7 +234,7 @@ class TrainingPanel(widgets.VBox):
         ``done(result)`` then runs on the main thread and returns the message to show."""
         if self.busy:
             raise RuntimeError(f"the panel is busy ({self._job}); cancel it or wait.")
-        self._main = main = MainThread()
+        main = self._main
         self._cancel = threading.Event()
         self._job = job
         self.last_error = None
