@@ -5,7 +5,7 @@ import torch
 from captum.attr import LayerGradientXActivation
 from torch import nn
 
-from conftest import IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_mlp, random_data
+from core_models import IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_mlp, random_data
 from prunelab import Attribution, Criterion, Pruner
 from prunelab.criteria import get_criterion
 

@@ -51,3 +51,29 @@ def test_two_four_and_late_layer_change_on_cuda(gpu_and_cpu):
     gpu.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(gpu.outputs(), gpu.model(gpu.val_inputs))
+
+
+def test_finetune_on_cuda_holds_the_masks(gpu_and_cpu):
+    gpu, _ = gpu_and_cpu
+    gpu.prune(0.9)
+    masks = gpu.masks()
+    result = gpu.finetune(1, progress=False)
+    assert result.accuracy_after >= result.accuracy_before
+    params = dict(gpu.model.named_parameters())
+    for name, keep in masks.items():
+        assert params[name].device.type == "cuda"
+        assert torch.all(params[name][~keep] == 0), name
+
+
+def test_exports_from_a_cuda_model(gpu_and_cpu, tmp_path):
+    gpu, _ = gpu_and_cpu
+    gpu.prune(0.5, granularity="structured", scope="layer")
+    gpu.export(tmp_path / "sparse.safetensors", format="sparse")
+    state = pl.load_sparse(tmp_path / "sparse.safetensors")
+    for k, v in gpu.model.state_dict().items():
+        torch.testing.assert_close(state[k].to(v.device), v)
+    gpu.export(tmp_path / "small", format="structured")
+    small = pl.load_structured(tmp_path / "small").to("cuda")
+    gpu.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(gpu.val_inputs), gpu.model(gpu.val_inputs), atol=1e-4, rtol=1e-4)

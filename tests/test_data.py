@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from conftest import VECTOR, make_mlp, random_data
+from core_models import VECTOR, make_mlp, random_data
 from prunelab import Pruner
 from prunelab.data import as_dataset, batches, first_samples, materialize, stratified_subset
 

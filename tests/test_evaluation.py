@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import (IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_branching_mlp, make_concat_cnn,
+from core_models import (IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_branching_mlp, make_concat_cnn,
                       make_mlp, make_residual_cnn, random_data)
 from prunelab import Metrics, Pruner
 from prunelab.evaluation import Evaluator, classification_scores, count_flops, wilson_interval

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import (IMAGE, MODELS, make_attention_net, make_bn_cnn, make_concat_cnn, make_depthwise_cnn,
+from core_models import (IMAGE, MODELS, make_attention_net, make_bn_cnn, make_concat_cnn, make_depthwise_cnn,
                       make_mlp, make_residual_cnn)
 from prunelab.layers import find_layers, find_unit_groups
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import (IMAGE, TOKENS, VECTOR, assert_same_state, make_attention_net, make_bn_cnn, make_concat_cnn,
+from core_models import (IMAGE, TOKENS, VECTOR, assert_same_state, make_attention_net, make_bn_cnn, make_concat_cnn,
                       make_depthwise_cnn, make_mlp, make_residual_cnn, random_data, state_of)
 from prunelab import Pruner
 

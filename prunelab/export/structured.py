@@ -119,11 +119,18 @@ def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor
 
 @torch.no_grad()
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Outputs in full fp32: on GPUs TF32 convolutions and matrix products (cuDNN's default) round
+    differently for different shapes, which would hide a real mismatch or fake one (seen: 1.4e-3
+    on an H200 for a correct cut)."""
     was = model.training
     model.eval()
+    cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return model(x)
+        with torch.no_grad():
+            return model(x)
     finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
         model.train(was)
 
 
