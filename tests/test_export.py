@@ -468,23 +468,3 @@ def test_cli_export_writes_the_file_and_reports_errors(tmp_path, capsys):
     assert pl.load_sparse(tmp_path / "m.sparse")["0.weight"].shape == (300, 64)
     assert main(["export", "--format", "sparse", "--out", str(tmp_path / "missing" / "m")]) == 1
     assert "could not write" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------- notebook
-
-@pytest.mark.slow
-def test_export_notebook_runs_headless(tmp_path, monkeypatch):
-    import os
-    from pathlib import Path
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    root = Path(__file__).parents[1]
-    nb = nbformat.read(root / "notebooks" / "04-export.ipynb", as_version=4)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "same masks: True" in text and "only 'structured'" in text
-    assert "Traceback" not in text

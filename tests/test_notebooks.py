@@ -16,6 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+EXPLORERS = {"01-quickstart.ipynb", "02-your-own-model.ipynb"}  # these must show pl.explore
+SAYS = {  # what the other notebooks must print: the comparisons they exist to show
+    "03-iterative-pruning.ipynb": ("iterative", "one-shot", "random"),
+    "04-export.ipynb": ("same masks: True", "only 'structured'"),
+}
 
 
 def _errors(nb) -> list[str]:
@@ -38,11 +43,12 @@ def test_notebook_runs_without_errors(path, monkeypatch, tmp_path):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # small models train faster on one thread
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys, prunelab\nprint(sys.executable)\n"
                                               "print(prunelab.__file__)"))
     client = NotebookClient(nb, kernel_name="python3", timeout=300, allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(tmp_path)}})  # files it writes land here
     client.execute()
     assert not _errors(nb), f"{path.name} wrote errors: {_errors(nb)}"
     executable, package = nb.cells[-1].outputs[0]["text"].split()
@@ -50,6 +56,11 @@ def test_notebook_runs_without_errors(path, monkeypatch, tmp_path):
     assert Path(package).resolve().is_relative_to(ROOT)
 
     outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    for expected in SAYS.get(path.name, ()):
+        assert expected in text, f"{path.name} does not say {expected!r}"
+    if path.name not in EXPLORERS:
+        return
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, f"{path.name} shows no explorer"
     loader = [o for o in outputs if "application/vnd.bokehjs_load.v0+json" in o.get("data", {})]

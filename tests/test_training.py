@@ -344,23 +344,3 @@ def test_constant_schedule_with_regrowth_changes_the_mask_at_fixed_sparsity(prun
     assert history.column("sparsity") == pytest.approx([0.8] * 3, abs=1e-4)
     after = pruner.masks()
     assert any(not torch.equal(after[n], before[n]) for n in before)
-
-
-# ---------------------------------------------------------------------- the notebook
-
-@pytest.mark.slow
-def test_iterative_pruning_notebook_runs_headless(monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    # the kernel is a new process: it must import this prunelab; one thread keeps it quick here
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    path = ROOT / "notebooks" / "03-iterative-pruning.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(ROOT)}})
-    client.execute()
-    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "Error" not in outputs
-    assert "iterative" in outputs and "one-shot" in outputs and "random" in outputs
