@@ -3,9 +3,9 @@
 Runs JupyterLab + headless Chromium (tests/browser/labdriver.py), opens the quickstart notebook,
 runs it, then presses ArrowRight on the explorer's global sparsity slider N times. For each press
 it measures, inside the page (performance.now()), the time from the keydown event to the moment
-the metrics readout first showed the text it settles on for that press. A baseline in the same run:
-the same measurement on the harness slider whose observer sets a label and a 10-point plot (the floor that
-ipywidgets' browser -> kernel -> browser round trip costs here).
+the metrics readout first showed the text it settles on for that press. Baseline, in the same run:
+the same measurement on the harness notebook's slider, whose observer only sets a label and a
+10-point bokeh plot: the floor that the browser -> kernel -> browser round trip costs here.
 
 Target: median <= 150 ms on the digits demo.
 
