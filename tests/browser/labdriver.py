@@ -309,7 +309,8 @@ _JS_OUTPUT_ERROR_TEXT = """(needles) => {
 
 # Pixels of every <canvas> in the outputs, shadow roots included (bokeh draws inside them).
 # Per canvas: its layer group, size, a hash of its pixels, and how many pixels differ from its most
-# common colour ("ink": for a transparent overlay, the pixels drawn at all).
+# common colour ("ink": for a transparent overlay, the pixels drawn at all), and how many are saturated
+# colour ("colour": data glyphs, as opposed to grey axes, grid lines and text).
 _JS_CANVASES = """(selector) => {
   const found = [];
   const walk = (root) => {
@@ -326,22 +327,24 @@ _JS_CANVASES = """(selector) => {
     if (group < 0) { parents.push(c.parentNode); group = parents.length - 1; }
     const w = c.width, h = c.height;
     const r = c.getBoundingClientRect();
-    if (!w || !h) return {group, w, h, shown: r.width * r.height, ink: 0, hash: 0};
+    if (!w || !h) return {group, w, h, shown: r.width * r.height, ink: 0, colour: 0, hash: 0};
     const scratch = document.createElement('canvas');
     scratch.width = w; scratch.height = h;
     const ctx = scratch.getContext('2d');
     ctx.drawImage(c, 0, 0);
     const px = ctx.getImageData(0, 0, w, h).data;
     const counts = new Map();
-    let hash = 0;
+    let hash = 0, colour = 0;
     for (let i = 0; i < px.length; i += 4) {
       const v = ((px[i] << 24) | (px[i + 1] << 16) | (px[i + 2] << 8) | px[i + 3]) >>> 0;
       counts.set(v, (counts.get(v) || 0) + 1);
       hash = (Math.imul(hash, 31) + v) >>> 0;
+      const hi = Math.max(px[i], px[i + 1], px[i + 2]), lo = Math.min(px[i], px[i + 1], px[i + 2]);
+      if (px[i + 3] > 64 && hi - lo > 48) colour++;  // a saturated pixel: data, not grey axes or text
     }
     let top = 0;
     for (const n of counts.values()) if (n > top) top = n;
-    return {group, w, h, shown: r.width * r.height, ink: w * h - top, colours: counts.size, hash};
+    return {group, w, h, shown: r.width * r.height, ink: w * h - top, colour, colours: counts.size, hash};
   });
 }"""
 
@@ -402,22 +405,26 @@ class NotebookPage:
                     found.append(f"cell {cell['index']} error output: {out['ename']}: {out['evalue']}")
         found += [f"error drawn in {e}" for e in self.page.evaluate(_JS_OUTPUT_ERROR_TEXT, list(OUTPUT_ERROR_TEXTS))]
         kernel_errors = self.page.evaluate("() => window.__kernelErrors || []")
-        found += [f"kernel error message: {e[:500]}" for e in kernel_errors]
-        found += [f"server log: {e[:800]}" for e in self.server.new_log_errors()]
+        found += [f"kernel error message: {_head_tail(_ANSI.sub('', e))}" for e in kernel_errors]
+        found += [f"server log: {_head_tail(e)}" for e in self.server.new_log_errors()]
         return list(dict.fromkeys(found))
 
-    def canvases(self, selector: str = OUTPUTS) -> list[dict]:
+    def canvases(self, selector: str = OUTPUTS, min_side: int = 32) -> list[dict]:
         """One entry per picture drawn inside `selector`: its layers' canvases summed.
 
         Each entry: size (w, h), area shown on screen, ink (pixels that differ from each layer's
-        most common colour, summed over layers), colours, and a hash of all layers' pixels, which
-        changes when the picture is redrawn differently.
+        most common colour), colour (saturated pixels: data rather than grey axes and text), and a
+        hash of all layers' pixels, which changes when the picture is redrawn differently.
+        Canvases smaller than `min_side` on a side (bokeh's legend swatches) are left out.
         """
         pictures: dict[int, dict] = {}
         for c in self.page.evaluate(_JS_CANVASES, selector):
-            p = pictures.setdefault(c["group"], {"w": c["w"], "h": c["h"], "shown": 0, "ink": 0, "hash": 0})
+            if c["w"] and c["h"] and min(c["w"], c["h"]) < min_side:
+                continue
+            p = pictures.setdefault(c["group"], {"w": c["w"], "h": c["h"], "shown": 0, "ink": 0, "colour": 0, "hash": 0})
             p["shown"] = max(p["shown"], c["shown"])
             p["ink"] += c["ink"]
+            p["colour"] += c["colour"]
             p["hash"] = (p["hash"] * 1000003 + c["hash"]) % (1 << 61)
         return list(pictures.values())
 
@@ -507,6 +514,14 @@ def open_notebook(server: LabServer, browser, notebook: str, timeout_s: float = 
     page.wait_for_selector(".jp-Notebook", timeout=timeout_s * 1000)
     page.wait_for_function(_JS_NOTEBOOK_READY, timeout=timeout_s * 1000)
     return nbp
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _head_tail(text: str, head: int = 300, tail: int = 1200) -> str:
+    """A traceback's first and last lines: what failed, and where."""
+    return text if len(text) <= head + tail else f"{text[:head]}\n[...]\n{text[-tail:]}"
 
 
 def _console_text(msg) -> str:

@@ -38,7 +38,8 @@ def test_kernel_is_this_interpreter(healthy):
 
 def test_bokeh_view_draws_something(healthy):
     pictures = healthy.canvases()
-    assert pictures, "the bokeh figure drew no canvas"
+    assert len(pictures) == 1, f"one bokeh figure, one picture: {pictures}"
+    assert pictures[0]["colour"] > 300, "the blue line and red points are not drawn"
     assert healthy.blank_canvases() == []
 
 
@@ -88,4 +89,4 @@ def test_every_kind_of_breakage_is_detected(broken):
 
 def test_blank_canvas_is_detected(broken):
     blank = broken.blank_canvases()
-    assert [(c["w"], c["h"]) for c in blank] == [(200, 80)]
+    assert [(c["w"], c["h"], c["colour"]) for c in blank] == [(200, 80, 0)]
