@@ -14,12 +14,12 @@ EXPLORER = ".prunelab-explorer"
 GLOBAL_SLIDER = ".prunelab-global-slider"
 LAYER_SLIDER = ".prunelab-layer-slider"
 RESET = "button.prunelab-reset"
-# The readout: the HTML widget that holds the accuracy span ("NN.N%"). MetricsView's own widget also
-# carries the class prunelab-metrics, so the readout is picked by what it contains.
+# The readout: the HTML widget that holds the accuracy span ("NN.N%").
 METRICS = ".prunelab-metrics:has(.prunelab-accuracy)"
 ACCURACY = ".prunelab-metrics .prunelab-accuracy"
 PROGRESS = ".prunelab-progress"
-VIEWS = ("connectivity", "weights", "importance", "interpretability", "metrics")
+# The bokeh views, by the suffix of their class: "trace" is accuracy against sparsity of every state visited.
+VIEWS = ("connectivity", "weights", "importance", "interpretability", "trace")
 
 
 def view(slug: str) -> str:
@@ -51,11 +51,12 @@ def wait_ready(nb: NotebookPage, timeout_s: float = 120.0) -> None:
 def settle(nb: NotebookPage, quiet_ms: int = 600, timeout_s: float = 60.0) -> None:
     """Wait until the kernel is idle, no background work shows, and the readout stopped changing."""
     deadline = time.monotonic() + timeout_s
-    last, since = None, time.monotonic()
+    last, since, busy = None, time.monotonic(), ""
     while time.monotonic() < deadline:
         nb.wait_kernel_idle(timeout_s)
         busy = nb.page.evaluate(
-            "(s) => { const e = document.querySelector(s); return !!e && getComputedStyle(e).visibility !== 'hidden'; }",
+            """(s) => { const e = document.querySelector(s);
+                        return e && getComputedStyle(e).visibility !== 'hidden' ? e.innerText || 'busy' : ''; }""",
             PROGRESS,
         )
         text = nb.text(METRICS)
@@ -64,7 +65,7 @@ def settle(nb: NotebookPage, quiet_ms: int = 600, timeout_s: float = 60.0) -> No
         elif (time.monotonic() - since) * 1000 >= quiet_ms:
             return
         nb.page.wait_for_timeout(100)
-    raise AssertionError(f"the explorer did not settle in {timeout_s} s (readout: {last!r})")
+    raise AssertionError(f"the explorer did not settle in {timeout_s} s (busy: {busy!r}; readout: {last!r})")
 
 
 def click_reset(nb: NotebookPage) -> None:
@@ -103,3 +104,15 @@ def views_without_data(nb: NotebookPage, min_colour: int = 100) -> dict[str, lis
         if not pictures or max(p["colour"] for p in pictures) < min_colour:
             missing[s] = pictures
     return missing
+
+
+TAB = ".prunelab-tabs .lm-TabBar-tab"
+# The page of the tab now shown (ipywidgets' Tab hides the others with lm-mod-hidden).
+VISIBLE_TAB_PAGE = ".prunelab-tabs .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)"
+
+
+def sparsity(nb: NotebookPage) -> float:
+    """The sparsity of prunable weights the readout shows ("sparsity 10.0% of prunable weights"), 0..1."""
+    m = re.search(r"sparsity\s+(\d+(?:\.\d+)?)%", nb.text(METRICS))
+    assert m, f"the readout shows no sparsity: {nb.text(METRICS)!r}"
+    return float(m.group(1)) / 100

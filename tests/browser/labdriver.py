@@ -453,9 +453,15 @@ class NotebookPage:
         mouse.move(track["x"] + track["width"] * fraction, track["y"] + track["height"] / 2, steps=8)
         mouse.up()
 
-    def slider_value(self, selector: str) -> float:
-        """The value the slider inside `selector` shows (its handle's aria-valuenow)."""
-        return float(self.page.locator(f"{selector} .noUi-handle").first.get_attribute("aria-valuenow"))
+    def slider_readout(self, selector: str, nth: int = 0) -> str:
+        """The text beside the `nth` slider matching `selector`, as a person reads it ("3%", "10")."""
+        return self.page.locator(f"{selector} .widget-readout").nth(nth).inner_text().strip()
+
+    def slider_value(self, selector: str, nth: int = 0) -> float:
+        """The `nth` slider's value as its readout shows it ("3%" -> 0.03). Not aria-valuenow:
+        noUiSlider rounds that to one decimal."""
+        text = self.slider_readout(selector, nth).replace(",", "")
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
     def text(self, selector: str) -> str:
         return self.page.locator(selector).first.inner_text()
