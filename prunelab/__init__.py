@@ -13,5 +13,15 @@ from .evaluation import Metrics
 from .layers import Layer
 from .pruner import Pruner
 
-__all__ = ["Attribution", "Criterion", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
-           "__version__", "demos"]
+__all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
+           "__version__", "demos", "explore"]
+
+
+def __getattr__(name):
+    # The explorer pulls in bokeh and ipywidgets: imported on first use, so scripts and the CLI
+    # that never open it stay light.
+    if name in ("explore", "Explorer"):
+        from . import explorer
+
+        return getattr(explorer, name)
+    raise AttributeError(f"module 'prunelab' has no attribute {name!r}")

@@ -55,16 +55,45 @@ NAMES = tuple(_BUILDERS)
 
 
 def digits(shape: tuple[int, ...] = (-1, 64)) -> tuple[TensorDataset, TensorDataset]:
-    """The digits split used by every demo: 80% train, 20% validation, stratified, fixed."""
-    from sklearn.datasets import load_digits
+    """The digits split used by every demo: 80% train, 20% validation, stratified, fixed.
+
+    The split (scikit-learn's ``train_test_split(..., stratify=y, random_state=0)``) is stored
+    beside the weights and the images are read from scikit-learn's bundled CSV, so loading a
+    demo does not import scikit-learn (seconds)."""
+    from safetensors.torch import load_file
+
+    images, labels = _digits_arrays()
+    split = load_file(WEIGHTS / "digits-split.safetensors")
+    x = torch.tensor(images, dtype=torch.float32) / 16.0
+    y = torch.tensor(labels, dtype=torch.long)
+    x = x.reshape(shape)
+    return (TensorDataset(x[split["train"]], y[split["train"]]), TensorDataset(x[split["val"]], y[split["val"]]))
+
+
+def _digits_arrays():
+    """(images as 1797 x 64 floats, labels) exactly as ``sklearn.datasets.load_digits``."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.exists():  # another scikit-learn layout: ask it
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        return data.data, data.target
+    raw = np.loadtxt(path, delimiter=",")
+    return raw[:, :-1], raw[:, -1].astype(int)
+
+
+def _split_indices() -> dict[str, torch.Tensor]:
+    """The stored split, as scikit-learn makes it (used to write digits-split.safetensors)."""
     from sklearn.model_selection import train_test_split
 
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    train_idx, val_idx = train_test_split(range(len(y)), test_size=0.2, stratify=data.target, random_state=0)
-    x = x.reshape(shape)
-    return (TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]))
+    _, labels = _digits_arrays()
+    train_idx, val_idx = train_test_split(range(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+    return {"train": torch.tensor(train_idx, dtype=torch.int64), "val": torch.tensor(val_idx, dtype=torch.int64)}
 
 
 def _check(name: str):
@@ -120,6 +149,7 @@ def _regenerate():
     from safetensors.torch import save_file
 
     WEIGHTS.mkdir(exist_ok=True)
+    save_file(_split_indices(), WEIGHTS / "digits-split.safetensors")
     for name in NAMES:
         model = train(name)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, WEIGHTS / f"{name}.safetensors")

@@ -86,6 +86,9 @@ def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: 
 
 def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer."""
+    counted = _layer_flops(model, example, layer_names)
+    if counted is not None:
+        return counted
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
@@ -99,6 +102,58 @@ def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str])
     root = type(model).__name__
     per_layer = {n: int(counts.get(f"{root}.{n}", 0)) for n in layer_names}
     return int(counts.get("Global", sum(per_layer.values()))), per_layer
+
+
+# Ops that FlopCounterMode counts (matrix products, convolutions, attention), by name fragment.
+_MATMUL_NAMES = ("matmul", "mm", "einsum", "tensordot", "linear", "conv", "attention", "multi_dot", "bilinear",
+                 "inner", "dot")
+_EXACT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
+    """The same count as FlopCounterMode, without it, when every matrix product of the model is a
+    plain Linear or Conv module: 2 * multiply-adds of those modules. FlopCounterMode imports
+    torch._dynamo (seconds); this takes one forward pass. None when the model does anything else
+    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return None
+    modules = dict(model.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            m = modules.get(node.target)
+            if type(m) in _EXACT_LAYERS:
+                continue
+            if any(k in type(m).__name__.lower() for k in ("linear", "conv", "attention", "transformer", "rnn",
+                                                              "lstm", "gru", "bilinear")):
+                return None
+        elif node.op in ("call_function", "call_method"):
+            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+            if any(k in name.lower() for k in _MATMUL_NAMES):
+                return None
+    names = {m: n for n, m in modules.items()}
+    flops: dict[str, int] = {}
+
+    def count(module, inputs, output):
+        n = names[module]
+        if isinstance(module, nn.Linear):
+            f = 2 * inputs[0].numel() * module.out_features
+        else:
+            f = 2 * output.numel() * module.weight.shape[1] * module.weight[0, 0].numel()
+        flops[n] = flops.get(n, 0) + int(f)
+
+    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in _EXACT_LAYERS]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return sum(flops.values()), {n: flops.get(n, 0) for n in layer_names}
 
 
 class Evaluator:

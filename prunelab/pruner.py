@@ -593,6 +593,30 @@ class Pruner:
         return (f"Pruner({type(self.model).__name__}, {len(self.layers)} prunable layers, "
                 f"sparsity {self.overall_sparsity():.1%})")
 
+    # ------------------------------------------------------------------ explorer support (prunelab.explorer)
+
+    @property
+    def weights_version(self) -> int:
+        """Names the unmasked weights in effect: changes when set_weights (or reset, undo, redo
+        across it) changes them, so views know when dense references must be rebuilt."""
+        return self._state.base_version
+
+    @property
+    def original_weights(self) -> dict[str, torch.Tensor]:
+        """The parameters as they were when the Pruner was made, by name (the Pruner's own
+        tensors: read them, do not modify them)."""
+        return dict(self._original.base)
+
+    def add_scores(self, criterion: str, scores: Mapping[str, torch.Tensor], *, units: bool,
+                   weights_version: int) -> bool:
+        """Adopt scores of a named criterion computed elsewhere (the explorer scores a copy of the
+        model on a background thread), so pruning by them needs no recomputation. Ignored, and
+        False returned, when the weights changed since ``weights_version``."""
+        if weights_version != self._state.base_version or get_criterion(criterion).name != criterion:
+            return False
+        self._scores[(criterion, units, weights_version)] = dict(scores)
+        return True
+
 
 def _missing_loss(outputs, targets):
     raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")

@@ -1,0 +1,299 @@
+"""The controls: what a person drags and clicks.
+
+Controls turn a gesture into a pruning action (a function that calls the Pruner) and hand it to
+``apply``, which the Explorer provides (it makes sure the criterion's scores exist, runs the
+action, and reports errors). When the Pruner changes, from here or anywhere else (Python, undo,
+other panels), ``sync()`` moves the sliders to match without triggering actions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import math
+import threading
+from typing import Callable
+
+import ipywidgets as w
+import numpy as np
+
+from .state import CRITERIA, GRANULARITIES
+
+SMALL = "font-size:11px; color:#555; line-height:1.2"
+
+
+def on_step(value: float, step: float = 0.01) -> float:
+    """A value on the sliders' grid. The page snaps any other value to the grid and sends the
+    snapped value back, which would read as a person's gesture."""
+    return round(round(value / step) * step, 10)
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else (f"{n / 1e3:.3g}k" if n >= 1e3 else str(n))
+
+
+class Controls:
+    """Sliders, choices and buttons. ``apply(action, label)`` runs an action that changes the
+    Pruner; ``widget`` is the column to lay out."""
+
+    def __init__(self, pruner, state, apply: Callable[[Callable[[], None], str], None],
+                 post: Callable[[str, Callable[[], None]], None] | None = None):
+        self.pruner = pruner
+        self.state = state
+        self.apply = apply
+        self.post = post or (lambda key, fn: fn())
+        self._syncing = False
+        self._last = "global"  # what set the current pruning: "global", "layers" or "threshold"
+        self._origin: str | None = None  # the gesture behind the change sync() is about to show
+
+        slider = dict(min=0.0, max=1.0, step=0.01, readout_format=".0%", continuous_update=True)
+        wide = w.Layout(width="100%")
+        self.global_slider = w.FloatSlider(value=0.0, description="global", layout=wide,
+                                           tooltip="fraction of all prunable weights (units, for structured) removed",
+                                           style={"description_width": "60px"}, **slider)
+        self.global_slider.add_class("prunelab-global-slider")
+        top = max(float(l.module.weight.detach().abs().max()) for l in pruner.layers) or 1.0
+        self.threshold_slider = w.FloatLogSlider(value=top * 1e-4, base=10, min=math.log10(top) - 4,
+                                                 max=math.log10(top), step=0.01, description="|w| <",
+                                                 readout_format=".3g", continuous_update=True, layout=wide,
+                                                 style={"description_width": "60px"},
+                                                 tooltip="prune every weight whose magnitude is below this")
+        self.threshold_slider.add_class("prunelab-threshold-slider")
+        self.criterion = w.Dropdown(options=CRITERIA, value=state.criterion, description="criterion",
+                                    style={"description_width": "70px"}, layout=wide)
+        self.criterion.add_class("prunelab-criterion")
+        self.granularity = w.ToggleButtons(options=GRANULARITIES, value=state.granularity,
+                                           style={"button_width": "112px"})
+        self.granularity.add_class("prunelab-granularity")
+        self.mode = w.ToggleButtons(options=[("fraction", "amount"), ("|w| threshold", "threshold")],
+                                    value=state.mode, style={"button_width": "105px"},
+                                    tooltips=["sliders set the fraction removed", "remove weights below an absolute |w|"])
+        self.mode.add_class("prunelab-mode")
+        button = dict(layout=w.Layout(width="78px"))
+        self.reset = w.Button(description="reset", icon="undo-alt", tooltip="back to the original weights", **button)
+        self.undo = w.Button(description="undo", icon="arrow-left", **button)
+        self.redo = w.Button(description="redo", icon="arrow-right", **button)
+        for b in (self.reset, self.undo, self.redo):
+            b.add_class(f"prunelab-{b.description}")
+
+        self.layer_sliders: dict[str, w.FloatSlider] = {}
+        self.layer_labels: dict[str, w.HTML] = {}
+        rows = []
+        for l in pruner.layers:
+            s = w.FloatSlider(value=0.0, description=l.name or "(root)", layout=w.Layout(width="215px"),
+                              style={"description_width": "56px"},
+                              tooltip=f"{l.describe()}: fraction of its weights (units, for structured) removed",
+                              **slider)
+            s.add_class("prunelab-layer-slider")
+            label = w.HTML(layout=w.Layout(width="125px"))
+            self.layer_sliders[l.name], self.layer_labels[l.name] = s, label
+            self._on(s, f"layer:{l.name}", lambda value, name=l.name: self._layer_moved(name, value))
+            rows.append(w.HBox([s, label], layout=w.Layout(align_items="center")))
+        self.layers_box = w.VBox(rows, layout=w.Layout(max_height="330px", overflow="auto"))
+        self.layers_box.add_class("prunelab-layers")
+
+        self.layer_select = w.Dropdown(options=[(l.describe(), l.name) for l in pruner.layers],
+                                       value=state.layer or pruner.layers[0].name, description="details of",
+                                       style={"description_width": "70px"}, layout=wide)
+        self.layer_select.add_class("prunelab-layer-select")
+        self.message = w.HTML()
+        self.message.add_class("prunelab-message")
+
+        self._on(self.global_slider, "global", self._global_moved)
+        self._on(self.threshold_slider, "threshold", self._threshold_moved)
+        self._on(self.criterion, "criterion", lambda value: self._choice("criterion", value))
+        self._on(self.granularity, "granularity", lambda value: self._choice("granularity", value))
+        self._on(self.mode, "mode", lambda value: self._choice("mode", value))
+        self._on(self.layer_select, "layer", lambda value: setattr(state, "layer", value))
+        state.observe(lambda c: setattr(self.layer_select, "value", c["new"]), "layer")
+        for button, action in ((self.reset, pruner.reset), (self.undo, pruner.undo), (self.redo, pruner.redo)):
+            button.on_click(lambda _, action=action, key=button.description: self.post(
+                key, lambda: self.apply(action, key)))
+
+        heading = lambda text: w.HTML(f'<div style="{SMALL}; font-weight:600; margin-top:6px">{text}</div>')  # noqa
+        self.amount_box = w.VBox([self.global_slider])
+        self.widget = w.VBox([
+            heading("Prune by"), self.criterion, self.granularity, self.mode, self.amount_box,
+            w.HBox([self.reset, self.undo, self.redo]),
+            heading("Per layer (name · shape · weights · now zero)"), self.layers_box,
+            heading("Detail views"), self.layer_select, self.message,
+        ], layout=w.Layout(width="360px", padding="0 8px 0 0"))
+        self.widget.add_class("prunelab-controls")
+        self.sync()
+
+    # -------------------------------------------------------------- gestures -> actions
+
+    def _on(self, widget: w.ValueWidget, key: str, handler: Callable[[object], None]):
+        """Run ``handler(new value)`` for a person's change of ``widget``, on the main thread.
+
+        JupyterLab delivers widget messages on a kernel subshell thread, so the handler is posted
+        to the main thread (where the Pruner and the views live); a drag's values posted before
+        the main thread gets to them collapse into the last. Changes made by ``sync()`` (on the
+        main thread) are not gestures and are ignored."""
+
+        def observer(change):
+            if self._syncing and threading.current_thread() is threading.main_thread():
+                return
+            value = change["new"]
+            self.post(key, lambda: handler(value))
+
+        widget.observe(observer, "value")
+
+    def _global_moved(self, value: float):
+        if self._syncing:
+            return
+        crit, gran = self.state.criterion, self.state.granularity
+        if gran == "2:4":
+            value = self._snap(self.global_slider, value)
+        self._last = self._origin = "global"
+
+        def action():
+            self._clear_uncovered(gran)
+            self.pruner.prune(value, criterion=crit, granularity=gran)
+
+        self.apply(action, "global")
+
+    def _layer_moved(self, name: str, value: float):
+        if self._syncing:
+            return
+        crit, gran = self.state.criterion, self.state.granularity
+        if gran == "2:4":
+            value = self._snap(self.layer_sliders[name], value)
+        self._last = self._origin = "layers"
+        self.apply(lambda: self.pruner.prune({name: value}, criterion=crit, granularity=gran), name)
+
+    def _threshold_moved(self, value: float):
+        if self._syncing or self.state.mode != "threshold":
+            return
+        gran = self.state.granularity
+        self._last = self._origin = "threshold"
+        self.state.threshold = value
+        self.apply(lambda: self.pruner.prune(threshold=value, criterion="magnitude", granularity=gran), "threshold")
+
+    def _snap(self, slider: w.FloatSlider, value: float) -> float:
+        """2:4 removes exactly half: the slider snaps to 0 or 50%."""
+        snapped = 0.5 if value >= 0.25 else 0.0
+        if snapped != value:
+            with self._quiet():
+                slider.value = snapped
+        return snapped
+
+    def uncovered(self, granularity: str) -> dict[str, str]:
+        """Layers that ``granularity`` cannot prune, with the reason."""
+        if granularity == "structured":
+            return self.pruner.structured_blocked
+        if granularity == "2:4":
+            return {l.name: f"its rows of {l.params // l.units} weights are not a multiple of 4"
+                    for l in self.pruner.layers if (l.params // l.units) % 4}
+        return {}
+
+    def _clear_uncovered(self, granularity: str):
+        """Layers the new granularity cannot prune but that are pruned another way become dense,
+        so that one granularity rules the state a global slider shows."""
+        stale = [n for n, p in self.pruner.plans.items()
+                 if n in self.uncovered(granularity) and p.granularity != granularity]
+        if stale:
+            self.pruner.prune(dict.fromkeys(stale, 0.0))
+
+    def _choice(self, name: str, value: str):
+        """A new criterion, granularity or mode: re-apply what is set now under the new choice."""
+        if self._syncing:
+            return
+        self._origin = "choice"
+        setattr(self.state, name, value)
+        # A |w| threshold cannot give a 2:4 pattern: picking one leaves the other.
+        if name == "mode" and value == "threshold" and self.state.granularity == "2:4":
+            self._set_quietly(self.granularity, "granularity", "unstructured")
+        if name == "granularity" and value == "2:4" and self.state.mode == "threshold":
+            self._set_quietly(self.mode, "mode", "amount")
+        self._show_mode()
+        if name == "mode" and value == "threshold":
+            with self._quiet():  # start from the |w| that gives the sparsity in effect now
+                t = max(self._equivalent_threshold(), 10 ** self.threshold_slider.min)
+                self.threshold_slider.value = 10 ** on_step(math.log10(t))
+        if self.state.mode == "threshold":
+            self._threshold_moved(self.threshold_slider.value)
+        elif self._last == "layers" and name != "mode":
+            crit, gran = self.state.criterion, self.state.granularity
+            skip = self.uncovered(gran)
+            amounts = {n: (0.5 if gran == "2:4" else s.value) for n, s in self.layer_sliders.items()
+                       if s.value > 0 and n not in skip}
+
+            def action():
+                self._clear_uncovered(gran)
+                if amounts:
+                    self.pruner.prune(amounts, criterion=crit, granularity=gran)
+
+            self.apply(action, name)
+        elif self.global_slider.value > 0 or self.pruner.plans:
+            self._global_moved(self.global_slider.value)
+
+    def _equivalent_threshold(self) -> float:
+        """The |w| below which the current overall sparsity's share of weights lies."""
+        ref = self.state.reference
+        sparsity = self.pruner.overall_sparsity()
+        if ref is None or sparsity <= 0:
+            return 0.0
+        magnitudes = np.concatenate([ref.abs_flat(l.name) for l in self.pruner.layers])
+        return float(np.quantile(magnitudes, sparsity))
+
+    def _set_quietly(self, widget, trait: str, value: str):
+        with self._quiet():
+            widget.value = value
+        setattr(self.state, trait, value)
+
+    # -------------------------------------------------------------- following the Pruner
+
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Set widget values without their observers acting (sync, snapping)."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def _show_mode(self):
+        threshold = self.state.mode == "threshold"
+        self.amount_box.children = [self.threshold_slider if threshold else self.global_slider]
+        self.criterion.disabled = threshold  # an absolute |w| threshold is a magnitude criterion
+        blocked = self.uncovered(self.state.granularity)
+        for name, s in self.layer_sliders.items():
+            s.disabled = name in blocked
+            s.tooltip = (f"cannot prune {name} as {self.state.granularity}: {blocked[name]}" if name in blocked
+                         else f"{self.pruner.layer(name).describe()}: fraction removed")
+
+    def sync(self):
+        """Move every control to the Pruner's state, without acting on it."""
+        plans = self.pruner.plans
+        sparsity = self.pruner.sparsity()
+        origin, self._origin = self._origin, None
+        if origin is None:  # changed from Python, undo or redo: show how that state was pruned
+            self._adopt_choices(plans)
+        with self._quiet():
+            if origin != "global":  # the value a person dragged to stays (structured counts units)
+                self.global_slider.value = on_step(self.pruner.overall_sparsity())
+            for l in self.pruner.layers:
+                plan = plans.get(l.name)
+                self.layer_sliders[l.name].value = on_step(plan.amount) if plan and plan.amount is not None else 0.0
+                zero = sparsity[l.name]
+                self.layer_labels[l.name].value = (
+                    f'<div style="{SMALL}" title="{html.escape(l.describe())}">{l.kind} '
+                    f'{"×".join(map(str, l.shape))}<br>{_short(l.params)} · <b>{zero:.0%}</b> zero</div>')
+        self.undo.disabled = not self.pruner.can_undo
+        self.redo.disabled = not self.pruner.can_redo
+        self._show_mode()
+
+    def _adopt_choices(self, plans):
+        """Set the criterion and granularity choices to the state's, when all layers share them."""
+        crits = {p.criterion for p in plans.values()}
+        grans = {p.granularity for p in plans.values()}
+        with self._quiet():
+            if len(crits) == 1 and next(iter(crits)) in CRITERIA and self.state.mode == "amount":
+                self.criterion.value = self.state.criterion = next(iter(crits))
+            if len(grans) == 1:
+                self.granularity.value = self.state.granularity = next(iter(grans))
+
+    def show_message(self, text: str, error: bool = False):
+        colour = "#c0392b" if error else "#555"
+        self.message.value = f'<div style="{SMALL}; color:{colour}">{html.escape(text)}</div>' if text else ""

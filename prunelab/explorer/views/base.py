@@ -1,0 +1,116 @@
+"""What every view shares: a bokeh layout inside a jupyter_bokeh widget, a caption, and sending
+only the columns that changed."""
+
+from __future__ import annotations
+
+import html
+from typing import Callable
+
+import ipywidgets as w
+import numpy as np
+from bokeh.models import ColumnDataSource
+from jupyter_bokeh.widgets import BokehModel
+
+FONT = "font-size:12px; line-height:1.35; color:#333"
+
+
+class BokehWidget(BokehModel):
+    """jupyter_bokeh's widget, one way: Python owns every view's state.
+
+    BokehJS (jupyter_bokeh 4.1) echoes each patch it applies back to the kernel, and JupyterLab
+    delivers widget messages on a kernel subshell thread. Applying those echoes would replace a
+    data source's columns with the patched ones only, from another thread while the main thread
+    updates the same sources. The views take no input from the page (tools act in the browser
+    alone), so incoming document events are ignored, except "document ready", which says a new
+    page view exists and may have missed patches.
+
+    Also closes quietly when its document already let go of it (closing twice, or garbage
+    collection at interpreter exit, raises KeyError in jupyter_bokeh 4.1)."""
+
+    def __init__(self, model, post: Callable[[str, Callable[[], None]], None] | None = None, **kwargs):
+        self._post = post or (lambda key, fn: fn())
+        self._dirty = False  # patched since render_bundle was made
+        super().__init__(model, **kwargs)
+
+    def _document_patched(self, event) -> None:
+        if event.setter is not self:
+            self._dirty = True
+        super()._document_patched(event)
+
+    def _sync_model(self, _model, content, _buffers) -> None:
+        # A page that shows this widget draws it from render_bundle; patches sent before it was
+        # ready never reached it. When its document is ready, send the current state if it moved
+        # (on the main thread, which owns the document).
+        if content.get("kind") == "MessageSent" and (content.get("msg_data") or {}).get("name") == "document_ready":
+            self._post(f"bundle:{id(self)}", self._rebundle)
+
+    def _rebundle(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.update_from_model(self._model)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except KeyError:
+            pass
+
+
+def update_columns(source: ColumnDataSource, **columns) -> list[str]:
+    """Replace the given columns of ``source``, sending only those whose values changed (one
+    patch event). Returns the names sent."""
+    changed = {k: v for k, v in columns.items() if not _same(source.data.get(k), v)}
+    if changed:
+        source.data.update(changed)
+    return list(changed)
+
+
+def _same(old, new) -> bool:
+    if old is None:
+        return False
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and any(
+            isinstance(v, np.ndarray) for v in (*old, *new)):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new))
+    if isinstance(old, np.ndarray) or isinstance(new, np.ndarray):
+        a, b = np.asarray(old), np.asarray(new)
+        return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    return old == new
+
+
+class View:
+    """Base of the bokeh views: ``widget`` is what the explorer lays out."""
+
+    title = ""
+
+    def __init__(self, pruner, state, post=None):
+        self.pruner = pruner
+        self.state = state
+        self._post = post
+        self.caption = w.HTML(layout=w.Layout(margin="0 0 2px 4px"))
+        self.root = self.build()
+        self.bokeh: BokehWidget | None = None
+        self.widget = w.VBox([self.caption])
+        self.widget.add_class("prunelab-view")
+        self.widget.add_class(f"prunelab-{self.slug}")
+
+    def mount(self, header: w.Widget | None = None) -> None:
+        """Wrap the filled bokeh layout in its widget (subclasses call this once their data is in,
+        so the first picture a page draws is complete)."""
+        self.bokeh = BokehWidget(self.root, post=self._post, layout=w.Layout(overflow="visible"))
+        self.widget.children = (header or self.caption, self.bokeh)
+
+    @property
+    def slug(self) -> str:
+        """CSS class suffix: prunelab-connectivity, prunelab-weights, ..."""
+        return type(self).__name__.removesuffix("View").lower()
+
+    def build(self):
+        raise NotImplementedError
+
+    def set_caption(self, detail: str = "", status: str = "") -> None:
+        """Title in bold, then ``detail`` (HTML), then a status badge (e.g. stale)."""
+        badge = (f' <span class="prunelab-status" style="background:#fff3cd; color:#7a5a00; padding:0 5px; '
+                 f'border-radius:3px">{html.escape(status)}</span>') if status else ""
+        value = f'<div style="{FONT}"><b>{html.escape(self.title)}</b>{badge} {detail}</div>'
+        if self.caption.value != value:
+            self.caption.value = value

@@ -1,0 +1,156 @@
+"""Metrics: the measured numbers of the current state, and the accuracy/sparsity trace of every
+state visited in this session, with the dense baseline."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem, NumeralTickFormatter, Span
+from bokeh.plotting import figure
+
+from ...evaluation import Metrics
+from .base import FONT, View, update_columns
+
+COLOURS = {"magnitude": "#3b6ea5", "taylor": "#d97b29", "attribution": "#3a9a5b", "random": "#8e6bb8",
+           "mixed": "#7f7f7f"}
+MARKERS = {"unstructured": "circle", "structured": "square", "2:4": "triangle", "mixed": "diamond"}
+
+
+def si(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M'."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g} {prefix}{unit}"
+    return f"{n:.3g} {unit}".rstrip()
+
+
+def format_value(m: Metrics, value: float) -> str:
+    return f"{value:.1%}" if m.metric_name == "accuracy" else f"{value:.4g}"
+
+
+def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
+    """The numbers of one state, densely: accuracy first (as "NN.N%"), what it was measured on."""
+    acc = format_value(m, m.accuracy)
+    where = f"on {m.samples:,} {html.escape(m.data)} samples"
+    if m.accuracy_interval is not None:
+        lo, hi = m.accuracy_interval
+        where = f"95% CI {lo:.1%}–{hi:.1%}, " + where
+    delta = ""
+    if baseline is not None:
+        d = m.accuracy - baseline.accuracy
+        pts = f"{d * 100:+.1f} pts" if m.metric_name == "accuracy" else f"{d:+.4g}"
+        colour = "#c0392b" if d < -1e-9 else ("#3a9a5b" if d > 1e-9 else "#666")
+        delta = (f' · <span style="color:{colour}">{pts}</span> vs dense '
+                 f"{format_value(baseline, baseline.accuracy)}")
+    loss = f"{m.loss:.4f}" if m.loss is not None else "–"
+    cell = 'style="padding:0 14px 0 0; vertical-align:top"'
+    small = 'style="color:#666; font-size:11px"'
+    return (
+        f'<div style="{FONT}"><table style="border-collapse:collapse"><tr>'
+        f'<td {cell}><span style="font-size:22px; font-weight:600" class="prunelab-accuracy">{acc}</span> '
+        f'{html.escape(m.metric_name)}<br><span {small}>{where}{delta}</span></td>'
+        f"<td {cell}>loss <b>{loss}</b><br><span {small}>sparsity <b>{sparsity:.1%}</b> of prunable weights</span></td>"
+        f"<td {cell}>params <b>{m.nonzero_params:,}</b> nonzero of {m.params:,}<br>"
+        f"<span {small}>{m.compression_ratio:.2f}× compression</span></td>"
+        f"<td {cell}>memory <b>{si(m.dense_bytes, 'B')}</b> dense → <b>{si(m.sparse_bytes, 'B')}</b> sparse<br>"
+        f"<span {small}>fp32 values + 1-bit mask</span></td>"
+        f"<td {cell}>FLOPs <b>{si(m.flops)}</b> → <b>{si(m.nonzero_flops)}</b> per sample<br>"
+        f"<span {small}><b>{m.theoretical_speedup:.2f}×</b> theoretical speedup</span></td>"
+        "</tr></table></div>"
+    )
+
+
+def state_kind(plans) -> tuple[str, str]:
+    """(criterion, granularity) of a pruning state, 'mixed' where layers differ."""
+    crits = {p.criterion for p in plans.values()}
+    grans = {p.granularity for p in plans.values()}
+    pick = lambda s, default: next(iter(s)) if len(s) == 1 else ("mixed" if s else default)  # noqa: E731
+    return pick(crits, "magnitude"), pick(grans, "unstructured")
+
+
+class MetricsView(View):
+    """``readout`` is the numbers (an HTML widget with the class prunelab-metrics); ``widget`` is
+    the trace of accuracy against sparsity over every state visited."""
+
+    title = "Accuracy vs sparsity (every state visited)"
+    slug = "trace"  # .prunelab-metrics belongs to the readout alone
+
+    def __init__(self, pruner, state, width: int = 330, height: int = 380, post=None):
+        self.size = (width, height)
+        self.readout = w.HTML()
+        self.readout.add_class("prunelab-metrics")
+        self._seen: set = set()
+        super().__init__(pruner, state, post)
+        state.observe(self._update, "revision")
+        state.observe(self._baseline, "baseline")
+        self._baseline()
+        self._update()
+        self.mount()
+
+    def build(self):
+        self.fig = figure(width=self.size[0], height=self.size[1], tools="pan,wheel_zoom,box_zoom,reset,save",
+                          toolbar_location="above", x_axis_label="sparsity (prunable weights)",
+                          y_axis_label="accuracy", min_border=4)
+        self.fig.toolbar.logo = None
+        self.fig.xaxis.formatter = NumeralTickFormatter(format="0%")
+        self.fig.yaxis.formatter = NumeralTickFormatter(format="0.0%")
+        self.fig.x_range.start = 0
+        self.base_line = Span(location=0, dimension="width", line_color="#555", line_dash="dotted", line_width=1.5,
+                              visible=False)
+        self.base_label = Label(x=0.01, y=0, text="", text_font_size="10px", text_color="#555", visible=False)
+        self.fig.add_layout(self.base_line)
+        self.fig.add_layout(self.base_label)
+        self.points = {}
+        renderers = []
+        for crit, colour in COLOURS.items():
+            src = ColumnDataSource(dict(sparsity=[], accuracy=[], marker=[], granularity=[], criterion=[]))
+            r = self.fig.scatter("sparsity", "accuracy", marker="marker", source=src, size=7, fill_color=colour,
+                                 line_color=colour, fill_alpha=0.55, visible=False)
+            self.points[crit] = (src, r)
+            renderers.append(r)
+        self.legend = Legend(items=[], location="bottom_left", label_text_font_size="10px",
+                             background_fill_alpha=0.6, click_policy="hide")
+        self.fig.add_layout(self.legend)
+        self.fig.add_tools(HoverTool(renderers=renderers, tooltips=[("sparsity", "@sparsity{0.0%}"),
+                                                                    ("accuracy", "@accuracy{0.0%}"),
+                                                                    ("", "@criterion · @granularity")]))
+        self.current = ColumnDataSource(dict(sparsity=[], accuracy=[], low=[], high=[]))
+        self.fig.segment("sparsity", "low", "sparsity", "high", source=self.current, line_color="#111", line_width=2)
+        self.fig.scatter("sparsity", "accuracy", source=self.current, size=13, fill_color=None, line_color="#111",
+                         line_width=2)
+        return self.fig
+
+    def _baseline(self, change=None):
+        base = self.state.baseline
+        if base is None:
+            return
+        self.base_line.update(location=base.accuracy, visible=True)
+        self.base_label.update(y=base.accuracy, text=f"dense {format_value(base, base.accuracy)}", visible=True)
+        if base.metric_name != "accuracy":
+            self.fig.yaxis.axis_label = base.metric_name
+            self.fig.yaxis.formatter.format = "0.000"
+
+    def _update(self, change=None):
+        m = self.state.metrics
+        if m is None:
+            return
+        sparsity = self.pruner.overall_sparsity()
+        self.readout.value = readout_html(m, self.state.baseline, sparsity)
+        crit, gran = state_kind(self.pruner.plans)
+        key = (round(sparsity, 6), round(m.accuracy, 6), crit, gran)
+        if key not in self._seen:
+            self._seen.add(key)
+            src, r = self.points[crit]
+            src.stream(dict(sparsity=[sparsity], accuracy=[m.accuracy], marker=[MARKERS[gran]], granularity=[gran],
+                            criterion=[crit]))
+            if not r.visible:  # the legend lists the criteria that have points
+                r.visible = True
+                self.legend.items = [*self.legend.items, LegendItem(label=crit, renderers=[r])]
+        lo, hi = m.accuracy_interval or (m.accuracy, m.accuracy)
+        update_columns(self.current, sparsity=[sparsity], accuracy=[m.accuracy], low=[lo], high=[hi])
+
+    @property
+    def visited(self) -> int:
+        """Number of distinct states on the trace."""
+        return len(self._seen)

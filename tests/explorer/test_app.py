@@ -1,0 +1,155 @@
+"""The Explorer as a whole: opening, following the Pruner from anywhere, background work with a
+stale marker, panels in tabs, and clear errors for bad input to pl.explore."""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import prunelab as pl
+from prunelab.explorer import app as app_module
+
+from explorer_support import Sent
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    ex = pl.explore("digits-mlp")
+    ex.wait()
+    yield ex
+    ex.close()
+
+
+def test_opens_with_every_view_filled(explorer):
+    ex = explorer
+    assert isinstance(ex, pl.Explorer)
+    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution"}
+    assert ex.state.explanations is not None and not ex.state.explanations_stale
+    assert ex.tabs.titles[0] == "Inspect"
+    text = ex.views["metrics"].readout.value
+    assert re.search(r"\d\d\.\d%", text) and f"{ex.pruner.evaluate().accuracy:.1%}" in text
+    assert "prunelab-metrics" in ex.views["metrics"].readout._dom_classes
+    assert ex.state.layer == "2"  # the biggest layer is shown in detail first
+
+
+def test_changes_from_python_refresh_views_by_patches(explorer):
+    ex = explorer
+    ex.pruner.reset()
+    ex.wait()
+    sent = {name: Sent(v.bokeh) for name, v in ex.views.items()}
+    ex.pruner.prune(0.9)
+    assert f"{ex.pruner.evaluate().accuracy:.1%}" in ex.views["metrics"].readout.value
+    assert ex.state.explanations_stale and "stale" in ex.views["interpretability"].caption.value
+    for name in ("connectivity", "weights", "importance", "metrics"):
+        assert sent[name].events(), f"{name} sent nothing"
+        assert not sent[name].rerendered()
+    ex.wait()  # the settled change is explained again in the background
+    assert not ex.state.explanations_stale
+    assert ex.state.explanations.sparsity == pytest.approx(0.9, abs=1e-3)
+    assert any(e["kind"] == "ColumnDataChanged" for e in sent["interpretability"].events())
+    ex.pruner.reset()
+    ex.wait()
+
+
+def test_new_weights_rebuild_references_and_rescore(explorer):
+    ex = explorer
+    ex.pruner.reset()
+    weights = {n: p.detach() * 0.5 for n, p in ex.pruner.model.named_parameters()}
+    ex.pruner.set_weights(weights)
+    assert ex.state.reference.version == ex.pruner.weights_version
+    assert torch.allclose(ex.state.reference.weights["0"], weights["0.weight"])
+    assert set(ex.state.scores) == {"magnitude"}  # taylor and attribution are recomputed
+    ex.wait()
+    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution"}
+    ex.pruner.reset()
+    ex.wait()
+
+
+def test_progress_shows_while_background_work_runs(explorer):
+    explorer.explain()
+    assert explorer.state.busy == "attributions"
+    assert explorer._busy.layout.visibility == "visible"
+    explorer.wait()
+    assert explorer.state.busy == "" and explorer._busy.layout.visibility == "hidden"
+
+
+def test_add_panel_adds_a_tab(explorer):
+    import ipywidgets as w
+
+    panel = w.Label("hello")
+    explorer.add_panel("Mine", panel)
+    assert explorer.tabs.children[-1] is panel and explorer.tabs.titles[-1] == "Mine"
+    with pytest.raises(TypeError, match="ipywidgets widget"):
+        explorer.add_panel("bad", "not a widget")
+
+
+def test_panels_are_mounted_when_their_modules_exist(monkeypatch):
+    import types
+
+    import ipywidgets as w
+
+    made = []
+
+    class TrainingPanel(w.VBox):
+        def __init__(self, pruner):
+            super().__init__()
+            made.append(pruner)
+
+    module = types.ModuleType("prunelab.explorer.panels.training")
+    module.TrainingPanel = TrainingPanel
+    monkeypatch.setitem(__import__("sys").modules, "prunelab.explorer.panels.training", module)
+    ex = pl.explore("digits-mlp")
+    assert ex.tabs.titles[:2] == ("Inspect", "Fine-tune") and made == [ex.pruner]
+    ex.close()
+
+
+def test_a_pruner_can_be_explored_and_its_baseline_is_the_original(explorer):
+    demo = pl.demos.load("digits-mlp")
+    pruner = pl.Pruner(demo.model, demo.val)
+    dense = pruner.evaluate().accuracy
+    pruner.prune(0.97)
+    ex = pl.explore(pruner)
+    assert ex.state.baseline.accuracy == pytest.approx(dense)
+    assert ex.state.metrics.accuracy < dense
+    assert abs(ex.controls.global_slider.value - 0.97) < 1e-3
+    ex.close()
+    pruner.prune(0.5)  # a closed explorer no longer follows its Pruner
+    assert abs(ex.controls.global_slider.value - 0.97) < 1e-3
+
+
+def test_bad_input_gives_clear_errors():
+    with pytest.raises(ValueError, match="unknown demo 'digits-mpl'.*Did you mean 'digits-mlp'"):
+        pl.explore("digits-mpl")
+    with pytest.raises(ValueError, match="needs val_data"):
+        pl.explore(nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="unknown option 'eval_sample'.*Did you mean 'eval_samples'"):
+        pl.explore("digits-mlp", eval_sample=100)
+    with pytest.raises(TypeError, match="torch.nn.Module, a demo name"):
+        pl.explore(42)
+    with pytest.raises(ValueError, match="brings its own data"):
+        pl.explore("digits-mlp", val_data=(torch.zeros(2, 64), torch.zeros(2, dtype=torch.long)))
+    model = nn.Sequential(nn.Linear(4, 3))
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match="does not fit the model"):
+        pl.explore(model, (torch.zeros(5, 7), torch.zeros(5, dtype=torch.long)))
+    assert torch.equal(model[0].weight, before)  # the model is left as it was
+
+
+def test_a_users_model_with_tabular_inputs(monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(200, 6)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    ex = pl.explore(model, (x, y), eval_samples=100)
+    ex.wait()
+    assert ex.state.metrics.samples == 100 and "on 100 validation" in ex.views["metrics"].readout.value
+    interp = ex.views["interpretability"]
+    assert len(interp.bars_src.data["x"]) == 6 * 6 * 2  # bars, not images, for 6 features
+    ex.controls.global_slider.value = 0.5
+    assert abs(ex.pruner.overall_sparsity() - 0.5) < 0.01
+    ex.close()
+
+
+def test_pruner_options_are_the_pruners_keyword_arguments():
+    assert app_module._PRUNER_OPTIONS == ["metric", "loss", "eval_samples", "batch_size", "seed"]

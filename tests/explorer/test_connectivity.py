@@ -1,0 +1,89 @@
+"""Connectivity view: a layered unit graph whose edges and units fade as pruning removes them,
+sent to the browser as column patches."""
+
+import numpy as np
+
+from prunelab.explorer.topology import INPUT
+from prunelab.explorer.views.connectivity import ConnectivityView
+
+from explorer_support import Sent, make_state, measured
+
+
+def test_graph_has_a_column_per_layer_and_caps_big_layers(mlp_pruner):
+    view = ConnectivityView(mlp_pruner, make_state(mlp_pruner))
+    g = view._graph
+    assert [c.name for c in g.columns] == [INPUT, "0", "2", "4"]
+    assert [c.units for c in g.columns] == [64, 300, 100, 10]
+    # 19,200 and 30,000 weights are sampled down; the 1,000 of the output layer are all drawn
+    assert [len(g.edges[n].dst_unit) for n in ("0", "2", "4")] == [2500, 2500, 1000]
+    assert "0: 2,500 of 19,200 edges" in view.caption.value and "2: 2,500 of 30,000 edges" in view.caption.value
+    assert len(view.nodes.data_source.data["x"]) == 64 + 300 + 100 + 10
+
+
+def test_pruning_sends_only_opacity_columns_and_fades_pruned_edges(mlp_pruner):
+    mlp_pruner.reset()
+    state = make_state(mlp_pruner)
+    view = ConnectivityView(mlp_pruner, state)
+    sent = Sent(view.bokeh)
+    mlp_pruner.prune(0.8)
+    measured(mlp_pruner, state)
+    assert sent.columns(view.edges.data_source) == {"alpha", "now"}
+    assert not sent.full_data_sends(view.edges.data_source) and not sent.rerendered()
+    data = view.edges.data_source.data
+    gone = np.asarray(data["now"]) == 0
+    assert 0.6 < gone.mean() < 0.95  # a uniform sample of edges: about the pruned share
+    assert np.all(np.asarray(data["alpha"])[gone] == 0)
+    assert np.all(np.asarray(data["alpha"])[~gone] > 0)
+    mlp_pruner.reset()
+
+
+def test_structured_pruning_fades_removed_units(mlp_pruner):
+    mlp_pruner.reset()
+    state = make_state(mlp_pruner)
+    view = ConnectivityView(mlp_pruner, state)
+    sent = Sent(view.bokeh)
+    mlp_pruner.prune({"0": 0.5}, granularity="structured")
+    measured(mlp_pruner, state)
+    nodes = view.nodes.data_source.data
+    in_layer0 = np.asarray(nodes["layer"]) == "0"
+    dead = np.asarray(nodes["state"]) == "pruned"
+    assert dead[in_layer0].sum() == 150
+    assert np.all(np.asarray(nodes["alpha"])[dead] < 0.5)
+    assert sent.columns(view.nodes.data_source) == {"alpha", "state"}
+    mlp_pruner.reset()
+
+
+def test_unit_colour_follows_the_criterion_scores(mlp_pruner):
+    mlp_pruner.reset()
+    state = make_state(mlp_pruner)
+    view = ConnectivityView(mlp_pruner, state)
+    before = np.asarray(view.nodes.data_source.data["score"]).copy()
+    taylor = {n: np.arange(l.units, dtype=float) for n, l in ((l.name, l) for l in mlp_pruner.layers)}
+    state.scores = {**state.scores, "taylor": taylor}
+    state.criterion = "taylor"
+    after = np.asarray(view.nodes.data_source.data["score"])
+    layer2 = np.asarray(view.nodes.data_source.data["layer"]) == "2"
+    assert np.array_equal(after[layer2], np.arange(100))
+    assert not np.array_equal(before[layer2], after[layer2])
+    assert "taylor importance" in view.caption.value
+
+
+def test_a_page_that_opens_late_gets_the_current_picture(mlp_pruner):
+    mlp_pruner.reset()
+    state = make_state(mlp_pruner)
+    view = ConnectivityView(mlp_pruner, state)
+    ready = {"event": "jsevent", "kind": "MessageSent", "msg_type": "bokeh_event",
+             "msg_data": {"type": "event", "name": "document_ready", "values": {"type": "map"}}}
+    bundle = view.bokeh.render_bundle
+    view.bokeh._sync_model(view.bokeh, dict(ready), [])
+    assert view.bokeh.render_bundle is bundle  # nothing changed since it was drawn: no resend
+    mlp_pruner.prune(0.5)
+    measured(mlp_pruner, state)
+    view.bokeh._sync_model(view.bokeh, dict(ready), [])
+    assert view.bokeh.render_bundle is not bundle  # patches it may have missed: resent whole, once
+    # the page's echo of a patch is ignored: Python's data stay whole
+    echo = {"event": "jsevent", "kind": "ModelChanged", "model": {"id": view.edges.data_source.id},
+            "attr": "data", "new": {"type": "map", "entries": []}}
+    view.bokeh._sync_model(view.bokeh, echo, [])
+    assert len(view.edges.data_source.data["x0"]) == 6000
+    mlp_pruner.reset()
