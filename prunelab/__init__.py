@@ -12,9 +12,15 @@ from .criteria import Attribution, Criterion, Magnitude, Random, Taylor
 from .evaluation import Metrics
 from .layers import Layer
 from .pruner import Pruner
+from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_program, load_sparse,
+                     load_state_dict, load_structured, measure_latency)
+from .recipe import apply_recipe, load_recipe, record_recipe, register_step
 
 __all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
            "__version__", "demos", "explore"]
+__all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_program", "load_recipe",
+            "load_sparse", "load_state_dict", "load_structured", "measure_latency", "record_recipe",
+            "register_step"]
 
 
 def __getattr__(name):

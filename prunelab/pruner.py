@@ -617,6 +617,15 @@ class Pruner:
         self._scores[(criterion, units, weights_version)] = dict(scores)
         return True
 
+    # ------------------------------------------------------------------ export (issue 5)
+
+    def export(self, path, format: str = "state_dict"):
+        """Write the current state to ``path``: "state_dict", "sparse", "structured", "onnx" or
+        "recipe" (see :mod:`prunelab.export`). Returns an :class:`prunelab.Exported`."""
+        from .export import export
+
+        return export(self, path, format)
+
 
 def _missing_loss(outputs, targets):
     raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")

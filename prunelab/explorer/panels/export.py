@@ -1,0 +1,136 @@
+"""The Export panel: write the pruned model in any format, and see what each format buys.
+
+Measuring every format takes seconds (the ONNX and torch.export tracers dominate), so it runs on
+demand and the table says when the pruning has moved on since. Work runs on the kernel's main
+thread on purpose: export reads the model's weights, and a slider moved meanwhile would change
+them halfway through.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import ipywidgets as widgets
+
+from ...export import FORMATS, GIVES, compare_formats
+
+ENDINGS = {"state_dict": ".safetensors", "sparse": ".sparse.safetensors", "structured": ".structured",
+           "onnx": ".onnx", "recipe": ".recipe.json"}
+LABELS = {"state_dict": "state_dict (dense, masks baked in)", "sparse": "sparse (bitmask + values: smaller)",
+          "structured": "structured (units removed: smaller and faster)", "onnx": "ONNX (checked with onnxruntime)",
+          "recipe": "recipe (JSON of what was done)"}
+
+
+class ExportPanel(widgets.VBox):
+    """Export ``pruner``'s current state, and compare every format's file size and the measured
+    dense vs structured latency.
+
+    Args:
+        pruner: the Pruner whose state is exported (never modified).
+        directory: where the default file names point.
+        stem: the default file name without its ending.
+        formats: the formats measured in the table (default: all).
+        measure: measure the table at once instead of on the button.
+    """
+
+    def __init__(self, pruner, directory=".", stem: str = "pruned-model", formats=FORMATS, measure: bool = False):
+        self.pruner = pruner
+        self.directory = Path(directory)
+        self.stem = stem
+        self.formats = tuple(formats)
+        self.report = None
+        self.last_export = None
+        self.format = widgets.Dropdown(options=[(LABELS[f], f) for f in FORMATS], value="sparse",
+                                       description="Format", layout=widgets.Layout(width="420px"))
+        self.path = widgets.Text(value=str(self.directory / f"{stem}{ENDINGS['sparse']}"), description="Path",
+                                 layout=widgets.Layout(width="420px"))
+        self.gives = widgets.HTML(self._gives_html("sparse"))
+        self.export_button = widgets.Button(description="Export", icon="download", button_style="primary")
+        self.status = widgets.HTML()
+        self.measure_button = widgets.Button(description="Measure all formats", icon="tachometer",
+                                             tooltip="write every format to a temporary folder, count the bytes, "
+                                                     "time dense vs structured")
+        self.table = widgets.HTML("<i>Press <b>Measure all formats</b> to see each format's real file size and "
+                                  "the measured speed of dense vs structured for this state.</i>")
+        self.summary = widgets.HTML()
+        self.stale = widgets.HTML()
+        self.format.observe(self._on_format, names="value")
+        self.export_button.on_click(lambda _: self.export())
+        self.measure_button.on_click(lambda _: self.measure())
+        self._unsubscribe = pruner.on_change(self._on_pruner_change)
+        super().__init__([
+            widgets.HTML("<b>Export</b>"), self.format, self.path, self.gives,
+            widgets.HBox([self.export_button, self.measure_button]), self.status, self.stale, self.table,
+            self.summary,
+        ])
+        if measure:
+            self.measure()
+
+    # ------------------------------------------------------------------ actions
+
+    def export(self):
+        """Export in the chosen format to the chosen path; the status line says what happened."""
+        fmt, path = self.format.value, self.path.value.strip()
+        if not path:
+            self._status("Give a file path to export to.", error=True)
+            return None
+        self.export_button.disabled = True
+        self._status(f"Exporting {fmt}…")
+        try:
+            done = self.pruner.export(Path(path).expanduser(), fmt)
+        except Exception as e:  # shown in the panel: a callback's exception would be invisible
+            self._status(f"{type(e).__name__}: {e}", error=True)
+            return None
+        finally:
+            self.export_button.disabled = False
+        self.last_export = done
+        files = ", ".join(f"{html.escape(str(f))} ({f.stat().st_size / 1e3:,.1f} kB)" for f in done.files)
+        extra = ""
+        if "max_abs_diff" in done.details:
+            extra = (f" Outputs checked on {done.details.get('checked')} validation samples: max difference "
+                     f"{done.details['max_abs_diff']:.2g} from the masked model.")
+        self._status(f"Wrote {files}.{html.escape(extra)}")
+        return done
+
+    def measure(self):
+        """Write every format to a temporary folder and time dense vs structured; fill the table."""
+        self.measure_button.disabled = True
+        self.table.value = "<i>Measuring: writing every format and timing dense vs structured…</i>"
+        try:
+            self.report = compare_formats(self.pruner, formats=self.formats)
+        except Exception as e:
+            self.table.value = f"<span style='color:#b00'>{html.escape(f'{type(e).__name__}: {e}')}</span>"
+            self.summary.value = ""
+            return None
+        finally:
+            self.measure_button.disabled = False
+        self.table.value = self.report.html(sentence=False)
+        self.summary.value = f"<p>{html.escape(self.report.sentence())}</p>"
+        self.stale.value = ""
+        return self.report
+
+    # ------------------------------------------------------------------ reactions
+
+    def _on_format(self, change):
+        old, new = change["old"], change["new"]
+        p = Path(self.path.value)
+        if p.name == f"{self.stem}{ENDINGS[old]}":  # still the default name: follow the format
+            self.path.value = str(p.with_name(f"{self.stem}{ENDINGS[new]}"))
+        self.gives.value = self._gives_html(new)
+
+    def _on_pruner_change(self):
+        if self.report is not None:
+            self.stale.value = ("<span style='color:#b60'>The pruning changed since this table was measured; press "
+                                "<b>Measure all formats</b> for the current state.</span>")
+
+    def _gives_html(self, fmt: str) -> str:
+        return f"<span style='color:#555'>Gives: {html.escape(GIVES[fmt])}.</span>"
+
+    def _status(self, text: str, error: bool = False):
+        colour = "#b00" if error else "#060"
+        self.status.value = f"<span style='color:{colour}'>{text if not error else html.escape(text)}</span>"
+
+    def close(self):
+        self._unsubscribe()
+        super().close()

@@ -1,0 +1,237 @@
+"""Recipes: what was done to a model, as JSON, and replaying it on a fresh model.
+
+A recipe records the Pruner's history up to its current state as a list of ``steps`` (the
+schedule), plus the settings that decide the masks (seed, batch size, evaluation subset) and, for
+checking, the per-layer result: sparsity, criterion, granularity, and a SHA-256 of every mask.
+
+Step kinds (``"kind"``):
+- ``"prune"``: ``{"granularity", "criterion", "amount": {layer: fraction}}`` or with
+  ``"threshold": {layer: |w|}``; replayed as ``pruner.prune(...)``.
+- ``"reset"``: back to the original weights, no masks.
+- ``"set_weights"``: new unmasked weights (fine-tuning); recorded, but replaying it needs the
+  training that produced them, so :func:`apply_recipe` warns and goes on.
+More kinds can be added with :func:`register_step`.
+
+Replaying a recipe on the same starting weights with the same data gives the same masks, bit
+for bit (checked against the recorded digests). On differently trained weights of the same
+architecture, the same steps give that model's own masks (a warning says they differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+KIND = "recipe"
+FORMAT = "prunelab.recipe"
+VERSION = 1
+
+_REPLAYERS: dict[str, Callable] = {}
+
+
+def register_step(kind: str, replay: Callable[[object, dict, dict], None]) -> None:
+    """Teach :func:`apply_recipe` a new kind of step: ``replay(pruner, step, context)``, where
+    ``context`` holds ``data``, ``train_data`` and ``criteria`` as passed to apply_recipe."""
+    _REPLAYERS[kind] = replay
+
+
+# ---------------------------------------------------------------------------- recording
+
+def _mask_digest(mask: torch.Tensor) -> str:
+    bits = np.packbits(mask.detach().cpu().reshape(-1).numpy())
+    return hashlib.sha256(f"{tuple(mask.shape)}|".encode() + bits.tobytes()).hexdigest()
+
+
+def _weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
+    from .export.files import digest
+
+    return digest(weights)
+
+
+def _prune_steps(before: Mapping, after: Mapping) -> list[dict]:
+    """Steps that turn plans ``before`` into ``after``: clear what went dense, then set each new
+    plan, grouped by (granularity, criterion, amount or threshold)."""
+    changed = {n: after.get(n) for n in set(before) | set(after) if before.get(n) is not after.get(n)}
+    steps = []
+    clears: dict[str, list[str]] = {}
+    for n, plan in changed.items():
+        if plan is None:
+            g = "structured" if before[n].granularity == "structured" else "unstructured"
+            clears.setdefault(g, []).append(n)
+    for g, names in sorted(clears.items()):
+        steps.append({"kind": "prune", "granularity": g, "criterion": "magnitude",  # unused at 0: cheapest
+                      "amount": {n: 0.0 for n in sorted(names)}})
+    sets: dict[tuple, dict] = {}
+    for n, plan in changed.items():
+        if plan is None:
+            continue
+        by = "threshold" if plan.threshold is not None else "amount"
+        step = sets.setdefault((plan.granularity, plan.criterion, by),
+                               {"kind": "prune", "granularity": plan.granularity, "criterion": plan.criterion,
+                                by: {}})
+        step[by][n] = plan.threshold if by == "threshold" else plan.amount
+    for key in sorted(sets):
+        step = sets[key]
+        by = "threshold" if "threshold" in step else "amount"
+        step[by] = dict(sorted(step[by].items()))
+        steps.append(step)
+    return steps
+
+
+def record_recipe(pruner) -> dict:
+    """The recipe of ``pruner``'s current state (its history up to now, undone steps excluded)."""
+    history = pruner._history[: pruner._cursor + 1]
+    steps = []
+    for before, after in zip(history, history[1:]):
+        if after is pruner._original:
+            steps.append({"kind": "reset"})
+        elif after.base is not before.base:
+            steps.append({"kind": "set_weights", "replayable": False,
+                          "note": "new unmasked weights (fine-tuning); replay needs the same training"})
+            steps.extend(_prune_steps(before.plans, after.plans))
+        else:
+            steps.extend(_prune_steps(before.plans, after.plans))
+    sparsity = pruner.sparsity()
+    plans = pruner.plans
+    layers = {}
+    for l in pruner.layers:
+        plan = plans.get(l.name)
+        layers[l.name] = {"shape": list(l.shape), "sparsity": sparsity[l.name],
+                          "granularity": plan.granularity if plan else None,
+                          "criterion": plan.criterion if plan else None,
+                          "amount": plan.amount if plan else None,
+                          "threshold": plan.threshold if plan else None}
+    return {
+        "format": FORMAT, "version": VERSION,
+        "model_class": type(pruner.model).__qualname__,
+        "pruner": {"seed": pruner.seed, "batch_size": pruner.batch_size,
+                   "eval_samples": None if len(pruner.val_inputs) == pruner.val_total else len(pruner.val_inputs),
+                   "scoring_data": "train_data" if pruner.train_data is not None else "val_data"},
+        "steps": steps,
+        "layers": layers,
+        "overall_sparsity": pruner.overall_sparsity(),
+        "check": {"original_weights_sha256": _weights_digest(pruner._original.base),
+                  "masks_sha256": {n: _mask_digest(m) for n, m in sorted(pruner.masks().items())}},
+    }
+
+
+def save_recipe(pruner, path) -> Path:
+    """Write :func:`record_recipe` as JSON to ``path`` (all-or-nothing)."""
+    from .export.files import write_bytes
+
+    return write_bytes(path, (json.dumps(record_recipe(pruner), indent=2) + "\n").encode())
+
+
+def load_recipe(path) -> dict:
+    """Read a recipe JSON file; a clear ValueError when it is not one."""
+    from .export.files import check_marker, read_file
+
+    path = Path(path)
+    try:
+        recipe = json.loads(read_file(path).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a prunelab recipe (not valid JSON: {e}); it may be damaged or cut "
+                         "short. Export it again with pruner.export(path, format='recipe').") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path} is not a prunelab recipe (JSON {type(recipe).__name__}, not an object).")
+    check_marker(path, recipe.get("format"), KIND, "prunelab.apply_recipe")
+    return recipe
+
+
+# ---------------------------------------------------------------------------- replaying
+
+def _replay_prune(pruner, step: dict, context: dict) -> None:
+    criterion = step.get("criterion") or "magnitude"
+    criteria = context.get("criteria") or {}
+    if criterion in criteria:
+        criterion = criteria[criterion]
+    else:
+        from .criteria import CRITERIA
+
+        if criterion not in CRITERIA:
+            raise ValueError(f"the recipe uses criterion {criterion!r}, which is not built in: pass "
+                             f"criteria={{{criterion!r}: your_criterion_instance}} to apply_recipe.")
+    if "threshold" in step:
+        pruner.prune(threshold=step["threshold"], criterion=criterion, granularity=step["granularity"])
+    else:
+        pruner.prune(step["amount"], criterion=criterion, granularity=step["granularity"])
+
+
+def _replay_unrecorded_weights(pruner, step: dict, context: dict) -> None:
+    warnings.warn("the recipe contains new weights from fine-tuning that were not recorded as a replayable "
+                  "step; the replay keeps the current weights, so masks chosen after it may differ.",
+                  stacklevel=4)
+
+
+register_step("prune", _replay_prune)
+register_step("reset", lambda pruner, step, context: pruner.reset())
+register_step("set_weights", _replay_unrecorded_weights)
+
+
+def apply_recipe(model, recipe, data, *, train_data=None, criteria: Mapping | None = None,
+                 check: bool = True):
+    """Replay ``recipe`` on ``model`` (a fresh instance; its weights are masked in place).
+
+    Args:
+        model: the model to prune, with the same prunable layers as the recorded one.
+        recipe: a dict from :func:`record_recipe` or the path of a recipe file.
+        data: validation data, as for ``Pruner(model, val_data)``; with ``train_data``, the same
+            data the recorded Pruner used (scores of "taylor" and "attribution" depend on it).
+        criteria: ``{name: Criterion}`` for custom criteria the recipe names.
+        check: compare the resulting masks with the recorded ones and warn when they differ.
+
+    Returns the Pruner, in the replayed state (its history holds the replayed steps).
+    """
+    from .pruner import Pruner
+
+    if not isinstance(recipe, dict):
+        recipe = load_recipe(recipe)
+    elif recipe.get("format") != FORMAT:
+        raise ValueError("this dict is not a prunelab recipe (no 'format': 'prunelab.recipe'); make one with "
+                         "prunelab.record_recipe(pruner) or pruner.export(path, format='recipe').")
+    settings = recipe.get("pruner", {})
+    pruner = Pruner(model, data, train_data=train_data, seed=settings.get("seed", 0),
+                    batch_size=settings.get("batch_size", 1024), eval_samples=settings.get("eval_samples"))
+    _check_layers(pruner, recipe)
+    context = {"data": data, "train_data": train_data, "criteria": dict(criteria or {})}
+    for i, step in enumerate(recipe.get("steps", [])):
+        kind = step.get("kind")
+        if kind not in _REPLAYERS:
+            raise ValueError(f"recipe step {i} has kind {kind!r}, which this prunelab cannot replay; known kinds: "
+                             f"{sorted(_REPLAYERS)}. Update prunelab, or register it with prunelab.register_step.")
+        _REPLAYERS[kind](pruner, step, context)
+    if check:
+        _check_masks(pruner, recipe)
+    return pruner
+
+
+def _check_layers(pruner, recipe: dict) -> None:
+    recorded = {n: tuple(v["shape"]) for n, v in recipe.get("layers", {}).items()}
+    here = {l.name: l.shape for l in pruner.layers}
+    if recorded and recorded != here:
+        missing = sorted(set(recorded) - set(here))
+        wrong = sorted(n for n in set(recorded) & set(here) if recorded[n] != here[n])
+        raise ValueError(f"the model does not match the recipe's {recipe.get('model_class')}: layers missing "
+                         f"{missing[:3]}, with other shapes {wrong[:3]}. Pass a fresh instance of the recorded "
+                         "model class built with the same arguments.")
+
+
+def _check_masks(pruner, recipe: dict) -> None:
+    expected = recipe.get("check", {}).get("masks_sha256")
+    if expected is None:
+        return
+    got = {n: _mask_digest(m) for n, m in pruner.masks().items()}
+    if got == expected:
+        return
+    differ = sorted(n for n in set(got) | set(expected) if got.get(n) != expected.get(n))
+    same_start = recipe["check"].get("original_weights_sha256") == _weights_digest(pruner._original.base)
+    why = ("the model starts from the recorded weights, so the data or a non-deterministic criterion differs"
+           if same_start else "the model's weights differ from the recorded ones, so its own masks were chosen")
+    warnings.warn(f"replaying the recipe gave masks that differ from the recorded ones in {differ[:5]} ({why}).",
+                  stacklevel=3)

@@ -1,0 +1,58 @@
+"""The Export panel: exports on click, shows errors in the panel, measures formats on demand."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import pytest
+
+import prunelab as pl
+from prunelab.explorer.panels.export import ExportPanel
+
+
+@pytest.fixture
+def pruner():
+    d = pl.demos.load("digits-cnn")
+    p = pl.Pruner(d.model, d.val)
+    p.prune(0.5, granularity="structured", scope="layer")
+    return p
+
+
+def test_panel_is_a_widget_and_exports_the_chosen_format_on_click(pruner, tmp_path):
+    panel = ExportPanel(pruner, directory=tmp_path)
+    assert isinstance(panel, widgets.Widget)
+    assert panel.path.value == str(tmp_path / "pruned-model.sparse.safetensors")
+    panel.export_button.click()
+    assert (tmp_path / "pruned-model.sparse.safetensors").exists()
+    assert "Wrote" in panel.status.value and "kB" in panel.status.value
+    assert pl.load_sparse(panel.last_export.path)["0.weight"].shape == (16, 1, 3, 3)
+
+    panel.format.value = "recipe"  # the default name follows the format
+    assert panel.path.value == str(tmp_path / "pruned-model.recipe.json")
+    assert "replays" in panel.gives.value
+    panel.path.value = str(tmp_path / "mine.json")
+    panel.format.value = "state_dict"  # a name the user typed stays
+    assert panel.path.value == str(tmp_path / "mine.json")
+
+
+def test_panel_shows_a_clear_error_and_writes_nothing(pruner, tmp_path):
+    panel = ExportPanel(pruner, directory=tmp_path / "missing")
+    panel.export_button.click()
+    assert "could not write" in panel.status.value and "#b00" in panel.status.value
+    assert panel.last_export is None and not panel.export_button.disabled
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_measure_fills_the_table_and_goes_stale_when_the_pruning_moves(pruner, tmp_path):
+    panel = ExportPanel(pruner, directory=tmp_path, formats=("state_dict", "sparse", "recipe"))
+    panel.measure_button.click()
+    report = panel.report
+    assert report is not None and report.units_removed == 56
+    for fmt in ("state_dict", "sparse", "recipe"):
+        assert f"<td>{fmt}</td>" in panel.table.value
+    assert "ms</td>" in panel.table.value  # dense and structured latency
+    assert "only &#x27;structured&#x27;" in panel.summary.value and "Size only" in panel.summary.value
+    assert panel.stale.value == ""
+    pruner.prune(0.9)
+    assert "changed since" in panel.stale.value
+    panel.close()
+    pruner.prune(0.5)  # a closed panel no longer listens
