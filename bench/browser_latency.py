@@ -31,14 +31,17 @@ import labdriver  # noqa: E402
 
 TARGET_MEDIAN_MS = 150.0
 
-# Records keydown times and every change of the readout's text, in page time.
+# Records, in page time: keydown, every change of the readout's text, and the arrival of every
+# message from the kernel (to split the latency into kernel + transport, and drawing in the page).
 _JS_INSTRUMENT = """(sel) => {
   const el = document.querySelector(sel);
   if (!el) throw new Error('no element matches ' + sel);
-  const lat = window.__latency = {t0: null, changes: []};
-  document.addEventListener('keydown', () => { lat.t0 = performance.now(); lat.changes = []; }, true);
+  const lat = window.__latency = {t0: null, changes: [], msgs: []};
+  document.addEventListener('keydown', () => { lat.t0 = performance.now(); lat.changes = []; lat.msgs = []; }, true);
   new MutationObserver(() => lat.changes.push([performance.now(), el.innerText]))
       .observe(el, {subtree: true, childList: true, characterData: true});
+  const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  kernel.iopubMessage.connect(() => { if (lat.t0 !== null) lat.msgs.push(performance.now()); });
 }"""
 
 
@@ -49,7 +52,7 @@ def measure(nb: labdriver.NotebookPage, slider: str, readout: str, moves: int, e
     again once it had shown that result (the display was not stable)."""
     nb.page.evaluate(_JS_INSTRUMENT, readout)
     nb.page.locator(f"{slider} .noUi-handle").first.focus()
-    result = {"first": [], "shown": [], "unstable": 0, "never": 0, "texts": []}
+    result = {"first": [], "shown": [], "kernel": [], "page": [], "unstable": 0, "never": 0, "texts": []}
     for _ in range(moves):
         nb.page.keyboard.press("ArrowRight")
         _wait_settled(nb, settle_ms)
@@ -61,7 +64,14 @@ def measure(nb: labdriver.NotebookPage, slider: str, readout: str, moves: int, e
         if not hits:
             result["never"] += 1
             continue
-        result["shown"].append(lat["changes"][hits[0]][0] - lat["t0"])
+        shown_at = lat["changes"][hits[0]][0]
+        result["shown"].append(shown_at - lat["t0"])
+        # The last kernel message before the result showed carried it. Before its arrival: kernel
+        # work, transport both ways, and the page handling earlier messages (bokeh patches); after
+        # it: the page rendering the readout.
+        last_msg = max((t for t in lat["msgs"] if t <= shown_at), default=lat["t0"])
+        result["kernel"].append(last_msg - lat["t0"])
+        result["page"].append(shown_at - last_msg)
         result["unstable"] += hits[0] != len(lat["changes"]) - 1 and not pattern.search(lat["changes"][-1][1])
         result["texts"].append(nb.text(readout))
     return result
@@ -99,6 +109,9 @@ def summary(name: str, result: dict) -> tuple[float, float]:
     print(f"  key -> readout shows the new value: median {med:7.1f} ms  p90 {p90:7.1f} ms  "
           f"(n={len(shown)}, min {shown[0]:.1f}, max {shown[-1]:.1f})")
     print(f"  key -> readout first changes:       median {first_med:7.1f} ms  p90 {first_p90:7.1f} ms")
+    print(f"  of which: key -> arrival of the kernel message that carried it, median "
+          f"{statistics.median(result['kernel']):.1f} ms (kernel work, transport, and the page handling earlier "
+          f"messages);\n            that arrival -> shown, median {statistics.median(result['page']):.1f} ms")
     print(f"  presses whose result never showed: {result['never']}; changed again after showing it: "
           f"{result['unstable']}")
     return med, p90
