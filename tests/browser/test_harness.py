@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
 SCREENSHOTS = "harness"  # tests/browser/screenshots/harness/
 SLIDER = ".harness-slider"
 READOUT = ".harness-readout"

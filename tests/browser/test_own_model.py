@@ -8,7 +8,7 @@ import pytest
 
 import explorer_ui as ui
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
 NOTEBOOK = "02-your-own-model.ipynb"
 SCREENSHOTS = "own-model"  # tests/browser/screenshots/own-model/
 

@@ -12,7 +12,7 @@ import pytest
 
 import explorer_ui as ui
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
 NOTEBOOK = "01-quickstart.ipynb"
 SCREENSHOTS = "quickstart"  # tests/browser/screenshots/quickstart/
 # Views that must draw differently after the global slider moved: the weights (kept/pruned), the
