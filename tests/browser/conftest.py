@@ -91,4 +91,6 @@ def pytest_terminal_summary(terminalreporter):
     if _skipped_for_chromium:
         terminalreporter.write_sep("!", "BROWSER TESTS WERE SKIPPED", red=True, bold=True)
         terminalreporter.write_line(f"{_skipped_for_chromium[0]}")
-        terminalreporter.write_line("Nothing was checked in a real browser. Run `make test` as root to install Chromium.")
+        terminalreporter.write_line(
+            "Nothing was checked in a real browser. Run `make test` as root to install Chromium."
+        )

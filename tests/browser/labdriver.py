@@ -63,7 +63,10 @@ def chromium_missing_reason() -> str | None:
     """Why the browser tests cannot run here, or None when Chromium is installed."""
     if Path(CHROMIUM).exists() or shutil.which(CHROMIUM):
         return None
-    return f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` (make test does it as root)"
+    return (
+        f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+        "(make test does it as root)"
+    )
 
 
 def _free_port() -> int:
@@ -421,7 +424,8 @@ class NotebookPage:
         for c in self.page.evaluate(_JS_CANVASES, selector):
             if c["w"] and c["h"] and min(c["w"], c["h"]) < min_side:
                 continue
-            p = pictures.setdefault(c["group"], {"w": c["w"], "h": c["h"], "shown": 0, "ink": 0, "colour": 0, "hash": 0})
+            empty = {"w": c["w"], "h": c["h"], "shown": 0, "ink": 0, "colour": 0, "hash": 0}
+            p = pictures.setdefault(c["group"], empty)
             p["shown"] = max(p["shown"], c["shown"])
             p["ink"] += c["ink"]
             p["colour"] += c["colour"]
@@ -495,7 +499,8 @@ class NotebookPage:
         )
         try:
             if overflow > 0:
-                self.page.set_viewport_size({"width": size["width"], "height": min(size["height"] + overflow, max_height)})
+                tall = min(size["height"] + overflow, max_height)
+                self.page.set_viewport_size({"width": size["width"], "height": tall})
                 self.page.wait_for_timeout(400)  # let bokeh re-lay out to the new window
             self.page.screenshot(path=str(path))
         finally:
