@@ -31,7 +31,7 @@ def quick(open_run):
 @pytest.fixture
 def fresh(quick):
     """The quickstart explorer back at its original weights, and no error seen so far."""
-    if quick.slider_value(ui.GLOBAL_SLIDER) != 0 or ui.accuracy(quick) != quick.original_accuracy:
+    if ui.sparsity(quick) > 0 or ui.accuracy(quick) != quick.original_accuracy:
         ui.click_reset(quick)
     assert quick.errors() == []
     return quick
