@@ -1,0 +1,120 @@
+"""What a person sees and touches in the prunelab explorer, by its stable CSS classes.
+
+Used by the explorer's browser tests and by bench/browser_latency.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from labdriver import NotebookPage
+
+EXPLORER = ".prunelab-explorer"
+GLOBAL_SLIDER = ".prunelab-global-slider"
+LAYER_SLIDER = ".prunelab-layer-slider"
+RESET = "button.prunelab-reset"
+# The readout: the HTML widget that holds the accuracy span ("NN.N%").
+METRICS = ".prunelab-metrics:has(.prunelab-accuracy)"
+ACCURACY = ".prunelab-metrics .prunelab-accuracy"
+PROGRESS = ".prunelab-progress"
+# The bokeh views, by the suffix of their class: "trace" is accuracy against sparsity of every state visited.
+VIEWS = ("connectivity", "weights", "importance", "interpretability", "trace")
+
+
+def view(slug: str) -> str:
+    """Selector of one bokeh view's widget (`prunelab-view prunelab-<slug>`)."""
+    return f".prunelab-view.prunelab-{slug}"
+
+
+def accuracy(nb: NotebookPage) -> float:
+    """The accuracy the readout shows, in percent."""
+    text = nb.text(ACCURACY)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d)?)%\s*", text)
+    assert m, f"the accuracy readout shows {text!r}, not 'NN.N%'"
+    return float(m.group(1))
+
+
+def wait_ready(nb: NotebookPage, timeout_s: float = 120.0) -> None:
+    """Wait until the explorer is drawn: sliders, readout and every view's canvas."""
+    nb.wait_for(f"{GLOBAL_SLIDER} .noUi-handle", timeout_s=timeout_s)
+    nb.wait_for(ACCURACY, timeout_s=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while any(not nb.canvases(view(s)) for s in VIEWS):
+        if time.monotonic() > deadline:
+            missing = [s for s in VIEWS if not nb.canvases(view(s))]
+            raise AssertionError(f"these explorer views drew no canvas in {timeout_s} s: {missing}")
+        nb.page.wait_for_timeout(200)
+    settle(nb)
+
+
+def settle(nb: NotebookPage, quiet_ms: int = 600, timeout_s: float = 60.0) -> None:
+    """Wait until the kernel is idle, no background work shows, and the readout stopped changing."""
+    deadline = time.monotonic() + timeout_s
+    last, since, busy = None, time.monotonic(), ""
+    while time.monotonic() < deadline:
+        nb.wait_kernel_idle(timeout_s)
+        busy = nb.page.evaluate(
+            """(s) => { const e = document.querySelector(s);
+                        return e && getComputedStyle(e).visibility !== 'hidden' ? e.innerText || 'busy' : ''; }""",
+            PROGRESS,
+        )
+        text = nb.text(METRICS)
+        if text != last or busy:
+            last, since = text, time.monotonic()
+        elif (time.monotonic() - since) * 1000 >= quiet_ms:
+            return
+        nb.page.wait_for_timeout(100)
+    raise AssertionError(f"the explorer did not settle in {timeout_s} s (busy: {busy!r}; readout: {last!r})")
+
+
+def click_reset(nb: NotebookPage) -> None:
+    """Press the reset button with the mouse and wait for the explorer to settle."""
+    nb.page.locator(RESET).first.click()
+    nb.page.wait_for_timeout(150)
+    settle(nb)
+
+
+def view_hashes(nb: NotebookPage) -> dict[str, list[int]]:
+    """Pixel hashes of every view's pictures, by view."""
+    return {s: [c["hash"] for c in nb.canvases(view(s))] for s in VIEWS}
+
+
+def redrawn_views(nb: NotebookPage, before: dict[str, list[int]], expect: tuple[str, ...],
+                  timeout_s: float = 15.0) -> set[str]:
+    """Wait until the views in `expect` all drew something different from `before`; return all that did."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = view_hashes(nb)
+        changed = {s for s in VIEWS if now[s] != before[s]}
+        if set(expect) <= changed or time.monotonic() > deadline:
+            return changed
+        nb.page.wait_for_timeout(200)
+
+
+def views_without_data(nb: NotebookPage, min_colour: int = 5) -> dict[str, list[dict]]:
+    """Views whose pictures show no data: no canvas, or not one coloured pixel beyond noise.
+
+    Axes, grid lines and text are grey (no saturated pixels at all); every explorer view draws its
+    data in colour (importance colour maps, kept/pruned bars, criterion colours; the trace's first
+    state is one small point). So a picture with no colour is a view that never drew its data.
+    Only meaningful where the data is visible: at 100% sparsity edges and bars fade out.
+    """
+    missing = {}
+    for s in VIEWS:
+        pictures = nb.canvases(view(s))
+        if not pictures or max(p["colour"] for p in pictures) < min_colour:
+            missing[s] = pictures
+    return missing
+
+
+TAB = ".prunelab-tabs .lm-TabBar-tab"
+# The page of the tab now shown (ipywidgets' Tab hides the others with lm-mod-hidden).
+VISIBLE_TAB_PAGE = ".prunelab-tabs .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)"
+
+
+def sparsity(nb: NotebookPage) -> float:
+    """The sparsity of prunable weights the readout shows ("sparsity 10.0% of prunable weights"), 0..1."""
+    m = re.search(r"sparsity\s+(\d+(?:\.\d+)?)%", nb.text(METRICS))
+    assert m, f"the readout shows no sparsity: {nb.text(METRICS)!r}"
+    return float(m.group(1)) / 100

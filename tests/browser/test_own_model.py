@@ -1,0 +1,57 @@
+"""notebooks/02-your-own-model.ipynb as a person uses it: their model, their data, the same explorer."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import explorer_ui as ui
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
+NOTEBOOK = "02-your-own-model.ipynb"
+SCREENSHOTS = "own-model"  # tests/browser/screenshots/own-model/
+
+
+@pytest.fixture(scope="module")
+def own(open_run):
+    nb = open_run(NOTEBOOK, screenshots=SCREENSHOTS, wait_for=f"{ui.GLOBAL_SLIDER} .noUi-handle", timeout_s=240)
+    ui.wait_ready(nb)
+    return nb
+
+
+def test_runs_clean_and_every_view_draws_data(own):
+    assert own.unexecuted_cells() == []
+    assert own.errors() == []
+    assert own.blank_canvases() == []
+    assert ui.views_without_data(own) == {}
+
+
+def test_pruning_from_python_shows_in_the_explorer(own):
+    # The notebook's last cell prunes half the channels from Python: the sliders and numbers follow.
+    assert own.slider_value(ui.GLOBAL_SLIDER) > 0
+    assert not re.search(r"sparsity\s+0\.0%", own.text(ui.METRICS)), own.text(ui.METRICS)
+
+
+def test_global_slider_moves_the_numbers_and_reset_restores_the_dense_model(own):
+    dense = dense_accuracy(own)
+    before_text = own.text(ui.METRICS)
+    before_views = ui.view_hashes(own)
+    own.press_keys(ui.GLOBAL_SLIDER, "End")
+    ui.settle(own)
+    assert own.slider_value(ui.GLOBAL_SLIDER) == 1.0
+    assert own.text(ui.METRICS) != before_text
+    assert ui.accuracy(own) < dense - 30, "with every prunable weight removed it should be near chance"
+    redrawn = ui.redrawn_views(own, before_views, ("weights", "trace"))
+    assert {"weights", "trace"} <= redrawn, f"only these views redrew: {sorted(redrawn)}"
+    ui.click_reset(own)
+    assert ui.accuracy(own) == dense
+    assert own.slider_value(ui.GLOBAL_SLIDER) == 0
+    assert own.errors() == []
+
+
+def dense_accuracy(nb) -> float:
+    """The dense model's accuracy, which the readout shows beside the current one ("vs dense NN.N%")."""
+    m = re.search(r"vs dense\s+(\d+(?:\.\d)?)%", nb.text(ui.METRICS))
+    assert m, f"the readout does not show the dense accuracy: {nb.text(ui.METRICS)!r}"
+    return float(m.group(1))
