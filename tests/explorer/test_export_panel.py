@@ -56,3 +56,11 @@ def test_measure_fills_the_table_and_goes_stale_when_the_pruning_moves(pruner, t
     assert "changed since" in panel.stale.value
     panel.close()
     pruner.prune(0.5)  # a closed panel no longer listens
+
+
+def test_export_panel_has_stable_css_classes():
+    d = pl.demos.load("digits-mlp")
+    panel = ExportPanel(pl.Pruner(d.model, d.val))
+    assert "prunelab-export" in panel._dom_classes
+    assert "prunelab-export-button" in panel.export_button._dom_classes
+    assert "prunelab-export-path" in panel.path._dom_classes

@@ -68,6 +68,11 @@ class ExportPanel(widgets.VBox):
             widgets.HBox([self.export_button, self.measure_button]), self.status, self.stale, self.table,
             self.summary,
         ])
+        # Stable classes for tests and for users' styling, as the explorer's controls have.
+        self.add_class("prunelab-export")
+        for widget, name in ((self.format, "format"), (self.path, "path"), (self.export_button, "button"),
+                             (self.status, "status"), (self.table, "table")):
+            widget.add_class(f"prunelab-export-{name}")
         if measure:
             self.measure()
 

@@ -161,6 +161,11 @@ class TrainingPanel(widgets.VBox):
                                                      row(self.allocate_value, self.allocate_button),
                                                      self.allocation_html])),
         ])
+        self.add_class("prunelab-training")
+        for widget, name in ((self.finetune_button, "finetune"), (self.iterate_button, "iterate"),
+                             (self.cancel_button, "cancel"), (self.progress, "progress"), (self.status, "status"),
+                             (self.allocate_button, "allocate")):
+            widget.add_class(f"prunelab-training-{name}")
         self._refresh_availability()
 
     # ------------------------------------------------------------------ figures

@@ -82,6 +82,9 @@ class MetricsView(View):
         self.readout.add_class("prunelab-metrics")
         self._seen: set = set()
         super().__init__(pruner, state, post)
+        # The readout follows the measurement itself, before the views patch on "revision": the
+        # page handles messages in order, so the numbers show without waiting for the plots.
+        state.observe(self._update_readout, "metrics")
         state.observe(self._update, "revision")
         state.observe(self._baseline, "baseline")
         self._baseline()
@@ -131,12 +134,16 @@ class MetricsView(View):
             self.fig.yaxis.axis_label = base.metric_name
             self.fig.yaxis.formatter.format = "0.000"
 
+    def _update_readout(self, change=None):
+        if self.state.metrics is not None:
+            self.readout.value = readout_html(self.state.metrics, self.state.baseline, self.pruner.overall_sparsity())
+
     def _update(self, change=None):
         m = self.state.metrics
         if m is None:
             return
         sparsity = self.pruner.overall_sparsity()
-        self.readout.value = readout_html(m, self.state.baseline, sparsity)
+        self._update_readout()
         crit, gran = state_kind(self.pruner.plans)
         key = (round(sparsity, 6), round(m.accuracy, 6), crit, gran)
         if key not in self._seen:
