@@ -1,6 +1,9 @@
 """Shared fixtures for the core tests (the models and helpers are in core_models.py)."""
 
 import pytest
+import torch
+
+import prunelab as pl
 
 from core_models import IMAGE, MODELS, VECTOR, make_mlp, random_data
 
@@ -25,3 +28,19 @@ def any_model(request):
     """(name, model, data) for every fixture architecture."""
     build, shape = MODELS[request.param]
     return request.param, build(), random_data(shape)
+
+
+@pytest.fixture
+def pruner():
+    """A fresh Pruner on the digits-mlp demo, with its training data (modules may override it)."""
+    d = pl.demos.load("digits-mlp")
+    return pl.Pruner(d.model, d.val, train_data=d.train)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for the module: tiny models train faster so, above all on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

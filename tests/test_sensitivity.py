@@ -14,18 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def pruner():
-    d = pl.demos.load("digits-mlp")
-    return pl.Pruner(d.model, d.val, train_data=d.train)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
 
 
 def test_table_measures_each_layer_alone(pruner):

@@ -12,18 +12,7 @@ import prunelab as pl
 from prunelab.explorer.panels.training import TrainingPanel, layer_colours
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def pruner():
-    d = pl.demos.load("digits-mlp")
-    return pl.Pruner(d.model, d.val, train_data=d.train)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
 
 
 def small_iteration(panel, target=0.9, steps=2):
