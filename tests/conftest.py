@@ -44,3 +44,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: their session-wide playwright driver keeps an asyncio loop marked as
+    running on the main thread, which other tests (and the explorer's scheduler) would take for a
+    Jupyter kernel's loop."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
