@@ -36,8 +36,9 @@ chromium:
 
 install: $(VENV)/.lab
 
+# As root (containers), JupyterLab refuses to start without --allow-root.
 lab: $(VENV)/.lab
-	$(PY) -m jupyter lab notebooks/01-quickstart.ipynb
+	$(PY) -m jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/01-quickstart.ipynb
 
 test: $(VENV)/.test chromium
 	PRUNELAB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q

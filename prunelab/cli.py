@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         import subprocess
 
         notebook = Path.cwd() / "notebooks" / "01-quickstart.ipynb"
+        import os
+
         cmd = [sys.executable, "-m", "jupyter", "lab"] + ([str(notebook)] if notebook.exists() else [])
+        if hasattr(os, "geteuid") and os.geteuid() == 0:  # as root (containers) it refuses to start otherwise
+            cmd.append("--allow-root")
         return subprocess.call(cmd)
     parser.print_help()
     return 0
