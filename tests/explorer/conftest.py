@@ -15,3 +15,12 @@ def mlp_pruner():
 def cnn_pruner():
     demo = pl.demos.load("digits-cnn")
     return pl.Pruner(demo.model, demo.val, train_data=demo.train)
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    """The digits-mlp explorer, settled (one per test module)."""
+    ex = pl.explore("digits-mlp")
+    ex.wait()
+    yield ex
+    ex.close()

@@ -13,14 +13,6 @@ from prunelab.explorer import app as app_module
 from explorer_support import Sent
 
 
-@pytest.fixture(scope="module")
-def explorer():
-    ex = pl.explore("digits-mlp")
-    ex.wait()
-    yield ex
-    ex.close()
-
-
 def test_opens_with_every_view_filled(explorer):
     ex = explorer
     assert isinstance(ex, pl.Explorer)

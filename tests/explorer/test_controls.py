@@ -7,14 +7,6 @@ import prunelab as pl
 from prunelab.explorer.controls import on_step
 
 
-@pytest.fixture(scope="module")
-def explorer():
-    ex = pl.explore("digits-mlp")
-    ex.wait()
-    yield ex
-    ex.close()
-
-
 @pytest.fixture
 def ex(explorer):
     explorer.pruner.reset()
