@@ -8,16 +8,16 @@
 
 from . import demos
 from ._version import __version__
-from .criteria import Attribution, Criterion, Magnitude, Random, Taylor
-from .evaluation import Metrics
-from .layers import Layer
-from .pruner import Pruner
+from .core.criteria import Attribution, Criterion, Magnitude, Random, Taylor
+from .core.evaluation import Metrics
+from .core.layers import Layer
+from .pruner import Pruner, apply_recipe
 from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_program, load_sparse,
                      load_state_dict, load_structured, measure_latency)
-from .recipe import apply_recipe, load_recipe, record_recipe, register_step
+from .recipe import load_recipe, record_recipe, register_step
 from .sensitivity import Allocation, SensitivityTable
-from .tables import Table
-from .training import FinetuneResult, sparsity_schedule
+from .core.tables import Table
+from .retrain.training import FinetuneResult, sparsity_schedule
 
 __all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
            "__version__", "demos", "explore"]

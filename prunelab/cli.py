@@ -8,7 +8,7 @@ import io
 import json
 import sys
 
-from . import __version__
+from ._version import __version__
 
 
 def _fractions(text: str) -> list[float]:
@@ -23,7 +23,8 @@ def _fractions(text: str) -> list[float]:
 
 def sweep_rows(demo: str, sparsities: list[float], criterion: str, granularity: str) -> list[dict]:
     """Prune the demo to each sparsity (one-shot, global) and measure it."""
-    from . import Pruner, demos
+    from . import demos
+    from .pruner import Pruner
 
     d = demos.load(demo)
     pruner = Pruner(d.model, d.val, train_data=d.train)
@@ -65,9 +66,9 @@ def format_rows(rows: list[dict], fmt: str, *, granularity: str = "unstructured"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .criteria import CRITERIA
+    from .core.criteria import CRITERIA
     from .demos import NAMES
-    from .pruner import GRANULARITIES
+    from .core.checks import GRANULARITIES
 
     parser = argparse.ArgumentParser(
         prog="prunelab",
@@ -116,7 +117,8 @@ def export_command(args) -> int:
     """Run ``prunelab export``; returns the exit status."""
     from pathlib import Path
 
-    from . import Pruner, apply_recipe, demos
+    from . import demos
+    from .pruner import Pruner, apply_recipe
     from .export import compare_formats, export
 
     if not 0 <= args.sparsity <= 1:

@@ -28,6 +28,9 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from .core.criteria import CRITERIA
+from .core.files import check_marker, digest, read_file, write_bytes
+
 KIND = "recipe"
 FORMAT = "prunelab.recipe"
 VERSION = 1
@@ -49,8 +52,6 @@ def _mask_digest(mask: torch.Tensor) -> str:
 
 
 def _weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
-    from .export.files import digest
-
     return digest(weights)
 
 
@@ -123,15 +124,11 @@ def record_recipe(pruner) -> dict:
 
 def save_recipe(pruner, path) -> Path:
     """Write :func:`record_recipe` as JSON to ``path`` (all-or-nothing)."""
-    from .export.files import write_bytes
-
     return write_bytes(path, (json.dumps(record_recipe(pruner), indent=2) + "\n").encode())
 
 
 def load_recipe(path) -> dict:
     """Read a recipe JSON file; a clear ValueError when it is not one."""
-    from .export.files import check_marker, read_file
-
     path = Path(path)
     try:
         recipe = json.loads(read_file(path).decode("utf-8"))
@@ -152,8 +149,6 @@ def _replay_prune(pruner, step: dict, context: dict) -> None:
     if criterion in criteria:
         criterion = criteria[criterion]
     else:
-        from .criteria import CRITERIA
-
         if criterion not in CRITERIA:
             raise ValueError(f"the recipe uses criterion {criterion!r}, which is not built in: pass "
                              f"criteria={{{criterion!r}: your_criterion_instance}} to apply_recipe.")
@@ -174,30 +169,20 @@ register_step("reset", lambda pruner, step, context: pruner.reset())
 register_step("set_weights", _replay_unrecorded_weights)
 
 
-def apply_recipe(model, recipe, data, *, train_data=None, criteria: Mapping | None = None,
-                 check: bool = True):
-    """Replay ``recipe`` on ``model`` (a fresh instance; its weights are masked in place).
-
-    Args:
-        model: the model to prune, with the same prunable layers as the recorded one.
-        recipe: a dict from :func:`record_recipe` or the path of a recipe file.
-        data: validation data, as for ``Pruner(model, val_data)``; with ``train_data``, the same
-            data the recorded Pruner used (scores of "taylor" and "attribution" depend on it).
-        criteria: ``{name: Criterion}`` for custom criteria the recipe names.
-        check: compare the resulting masks with the recorded ones and warn when they differ.
-
-    Returns the Pruner, in the replayed state (its history holds the replayed steps).
-    """
-    from .pruner import Pruner
-
+def as_recipe(recipe) -> dict:
+    """``recipe`` as a checked recipe dict: a dict made by :func:`record_recipe`, or a file's path."""
     if not isinstance(recipe, dict):
-        recipe = load_recipe(recipe)
-    elif recipe.get("format") != FORMAT:
+        return load_recipe(recipe)
+    if recipe.get("format") != FORMAT:
         raise ValueError("this dict is not a prunelab recipe (no 'format': 'prunelab.recipe'); make one with "
                          "prunelab.record_recipe(pruner) or pruner.export(path, format='recipe').")
-    settings = recipe.get("pruner", {})
-    pruner = Pruner(model, data, train_data=train_data, seed=settings.get("seed", 0),
-                    batch_size=settings.get("batch_size", 1024), eval_samples=settings.get("eval_samples"))
+    return recipe
+
+
+def replay(pruner, recipe: dict, *, data=None, train_data=None, criteria: Mapping | None = None,
+           check: bool = True) -> None:
+    """Replay the steps of ``recipe`` (see :func:`as_recipe`) on ``pruner``, a fresh Pruner of a
+    model with the recorded layers. :func:`prunelab.apply_recipe` builds the Pruner and calls this."""
     _check_layers(pruner, recipe)
     context = {"data": data, "train_data": train_data, "criteria": dict(criteria or {})}
     for i, step in enumerate(recipe.get("steps", [])):
@@ -208,7 +193,6 @@ def apply_recipe(model, recipe, data, *, train_data=None, criteria: Mapping | No
         _REPLAYERS[kind](pruner, step, context)
     if check:
         _check_masks(pruner, recipe)
-    return pruner
 
 
 def _check_layers(pruner, recipe: dict) -> None:

@@ -20,7 +20,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .tables import Table, percent, signed_points
+from .core.checks import check_fraction
+from .core.criteria import get_criterion
+from .core.tables import Table, percent, signed_points
+from .retrain.training import Hooks, Snapshot
 
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
@@ -99,15 +102,13 @@ class SensitivityTable(Table):
 
 
 def _check_sparsities(sparsities) -> tuple[float, ...]:
-    from .pruner import _check_fraction
-
     if isinstance(sparsities, (int, float)):
         sparsities = [sparsities]
     values = list(sparsities)
     if not values:
         raise ValueError("sparsities is empty: give the fractions to measure, e.g. [0.5, 0.8, 0.9, 0.95].")
     for v in values:
-        _check_fraction(v)
+        check_fraction(v)
     return tuple(sorted(set(float(v) for v in values)))
 
 
@@ -140,8 +141,6 @@ def measure(snap, sparsities: Sequence[float], layers: Sequence[str], criterion,
     """Sensitivity of each layer on a :class:`~prunelab.training.Snapshot` (safe to run on any
     thread: it works on the snapshot's private copy of the model). ``hooks`` (a
     :class:`~prunelab.training.Hooks`) reports each finished layer and can cancel."""
-    from .training import Hooks
-
     hooks = hooks or Hooks()
     if granularity not in ("unstructured", "structured"):
         raise ValueError(f"sensitivity prunes 'unstructured' or 'structured'; got {granularity!r} (2:4 has only one "
@@ -196,9 +195,6 @@ def cache_key(pruner, sparsities, layers, criterion, granularity):
 def sensitivity(pruner, sparsities=DEFAULT_SPARSITIES, layers=None, criterion="magnitude",
                 granularity: str = "unstructured", executor=None) -> SensitivityTable:
     """Prune one layer at a time to each sparsity and measure; cached per weights and arguments."""
-    from .criteria import get_criterion
-    from .training import Snapshot
-
     get_criterion(criterion)  # a clear error for unknown names, before any work
     sparsities = _check_sparsities(sparsities)
     names = analysed_layers(pruner, layers, granularity)

@@ -7,7 +7,7 @@ from torch import nn
 
 from core_models import IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_mlp, random_data
 from prunelab import Attribution, Criterion, Pruner
-from prunelab.criteria import get_criterion
+from prunelab.core.criteria import get_criterion
 
 
 def taylor_reference(model, x, y):

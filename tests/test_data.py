@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from core_models import VECTOR, make_mlp, random_data
 from prunelab import Pruner
-from prunelab.data import as_dataset, batches, first_samples, materialize, stratified_subset
+from prunelab.core.data import as_dataset, batches, first_samples, materialize, stratified_subset
 
 
 @pytest.fixture

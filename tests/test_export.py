@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import prunelab as pl
-from prunelab.export import files as export_files
+from prunelab.core import files as export_files
 from prunelab.export import shrink
 from prunelab.export.structured import structured_paths
 

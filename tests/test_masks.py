@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prunelab.masks import Ranking, n_of_m_mask, pruned_count
+from prunelab.core.masks import Ranking, n_of_m_mask, pruned_count
 
 
 def test_pruned_count_rounds_to_nearest():

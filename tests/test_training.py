@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import prunelab as pl
-from prunelab import training
-from prunelab.training import Batches, Cancelled, Hooks, regrow_masks, sparsity_schedule, train_masked
+from prunelab.retrain import training
+from prunelab.retrain.training import Batches, Cancelled, Hooks, regrow_masks, sparsity_schedule, train_masked
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..criteria import get_criterion
-from ..layers import find_layers
+from ..core.criteria import get_criterion
+from ..core.layers import find_layers
 
 Snapshot = dict[str, torch.Tensor]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import demos
-from ..evaluation import Metrics, classification_scores
+from ..core.evaluation import Metrics, classification_scores
 from ..pruner import Pruner
 from .analysis import Explainer, Shadow, snapshot, unit_and_weight_scores
 from .background import Scheduler

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ..layers import Layer
+from ..core.layers import Layer
 
 INPUT = "input"
 

@@ -15,90 +15,13 @@ format         what                                            load with        
 All files are written all-or-nothing and loaded without pickle.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass, field
-from pathlib import Path
-
+from .formats import FORMATS, GIVES, SUFFIXES, Exported, export
 from .latency import Latency, measure_latency
+from .program import load_program
+from .report import FormatReport, compare_formats
 from .sparse import load_sparse
 from .state_dict import load_state_dict
-from .program import load_program
 from .structured import load_structured, shrink
-
-FORMATS = ("state_dict", "sparse", "structured", "onnx", "recipe")
-SUFFIXES = {"state_dict": ".safetensors", "sparse": ".safetensors", "structured": "", "onnx": ".onnx",
-            "recipe": ".json"}
-GIVES = {"state_dict": "neither: same size and speed as dense (zeros stored as numbers)",
-         "sparse": "size only: loads back to dense shapes, runs at dense speed",
-         "structured": "size and speed: units are removed, every forward does less work",
-         "onnx": "size and speed when units were removed (it carries the structured network)",
-         "recipe": "no weights: replays the pruning on a fresh model"}
-
-
-@dataclass(frozen=True)
-class Exported:
-    """What an export wrote: ``files`` (one, or two for "structured"), their total ``bytes``, and
-    format-specific ``details`` (for example the checked output difference)."""
-
-    format: str
-    files: tuple[Path, ...]
-    bytes: int
-    details: dict = field(default_factory=dict)
-
-    @property
-    def path(self) -> Path:
-        return self.files[0]
-
-    def __str__(self) -> str:
-        names = " + ".join(str(f) for f in self.files)
-        return f"{self.format}: {names} ({self.bytes / 1e3:,.1f} kB)"
-
-
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        import difflib
-
-        close = difflib.get_close_matches(str(format), FORMATS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown export format {format!r}.{hint} Formats: {list(FORMATS)}.")
-
-
-def export(pruner, path, format: str = "state_dict") -> Exported:
-    """Write ``pruner``'s current state to ``path`` in ``format`` (see the module docstring).
-
-    ``path`` is used as given, except for "structured", which writes ``<path>.safetensors`` and
-    ``<path>.pt2`` (a ``.safetensors``/``.pt2`` suffix on ``path`` is dropped first). The model
-    is never modified. Raises OSError (nothing left behind) when the files cannot be written.
-    """
-    _check_format(format)
-    if format == "state_dict":
-        from .state_dict import save_state_dict
-
-        files, details = (save_state_dict(pruner.model, path),), {}
-    elif format == "sparse":
-        from .sparse import save_sparse
-
-        files, details = (save_sparse(pruner.model, path),), {}
-    elif format == "structured":
-        from .structured import save_structured
-
-        files, shrunk = save_structured(pruner, path)
-        details = {"units": shrunk.units, "units_removed": shrunk.removed, "max_abs_diff": shrunk.max_abs_diff,
-                   "checked": shrunk.checked, "flops_ratio": shrunk.flops_ratio}
-    elif format == "onnx":
-        from .onnx_export import save_onnx
-
-        file, details = save_onnx(pruner, path)
-        files = (file,)
-    else:
-        from ..recipe import save_recipe
-
-        files, details = (save_recipe(pruner, path),), {}
-    return Exported(format, tuple(files), sum(f.stat().st_size for f in files), details)
-
-
-from .report import FormatReport, compare_formats  # noqa: E402  (uses export above)
 
 __all__ = ["Exported", "FORMATS", "FormatReport", "GIVES", "Latency", "compare_formats", "export",
            "load_program", "load_sparse", "load_state_dict", "load_structured", "measure_latency", "shrink"]

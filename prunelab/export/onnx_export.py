@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_paths
+from ..core.files import atomic_paths
 from .structured import CHECK_SAMPLES, _example, _outputs, shrink
 
 KIND = "onnx"

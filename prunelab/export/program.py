@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import check_marker, marker, read_file
+from ..core.files import check_marker, marker, read_file
 
 PROGRAM_KIND = "program"
 PROGRAM_INFO = "prunelab.json"  # extra file inside the .pt2 archive

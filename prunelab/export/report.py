@@ -13,7 +13,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .formats import FORMATS, GIVES, SUFFIXES, export
 from .latency import Latency, measure_latency
+from .structured import shrink
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,6 @@ def compare_formats(pruner, *, formats=None, batch: int = 256, threads: int = 1,
     """Export ``pruner``'s current state in every format (to a temporary folder unless
     ``directory`` is given), measure each file, and time dense vs structured on ``batch``
     validation samples."""
-    from . import FORMATS, GIVES, SUFFIXES, export
-    from .structured import shrink
-
     formats = tuple(formats or FORMATS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="prunelab-export-") as tmp:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import load_safetensors, plain_tensors, save_safetensors
+from ..core.files import load_safetensors, plain_tensors, save_safetensors
 
 KIND = "sparse"
 MASK, VALUES = "::mask", "::values"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import load_safetensors, save_safetensors
+from ..core.files import load_safetensors, save_safetensors
 
 KIND = "state_dict"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import atomic_paths, load_safetensors, safetensors_bytes, write_file
+from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
 from .program import load_program, program_bytes
 
 KIND = "structured"
@@ -141,7 +141,7 @@ def _tolerance(reference: torch.Tensor) -> float:
 def shrink(pruner) -> Shrunk:
     """A deep copy of ``pruner.model`` with every removable unit physically removed, checked
     against the masked model. Raises ValueError (naming the layers) when outputs differ."""
-    from ..evaluation import count_flops
+    from ..core.evaluation import count_flops
 
     example = _example(pruner)
     x = pruner.val_inputs[:CHECK_SAMPLES]

@@ -54,7 +54,7 @@ def test_criterion_choice_reapplies_with_the_new_criterion(ex):
 
 
 def test_taylor_uses_the_scores_computed_in_the_background(ex, monkeypatch):
-    from prunelab.criteria import Taylor
+    from prunelab.core.criteria import Taylor
 
     ex.controls.criterion.value = "taylor"
     ex.wait()  # weight scores are computed off the main thread, then the action runs

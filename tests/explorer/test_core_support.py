@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import prunelab as pl
-from prunelab.evaluation import _layer_flops, count_flops
+from prunelab.core.evaluation import _layer_flops, count_flops
 
 
 def test_weights_version_follows_set_weights_and_history(mlp_pruner):

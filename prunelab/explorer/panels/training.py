@@ -23,7 +23,7 @@ import ipywidgets as widgets
 from ..background import MainThread
 from ..bokeh_loader import load_bokehjs
 from ...sensitivity import DEFAULT_SPARSITIES, SensitivityTable, analysed_layers, allocate, cache_key, measure
-from ...training import (SCHEDULES, Batches, Cancelled, Hooks, IterateSettings, Snapshot, check_optimizer,
+from ...retrain.training import (SCHEDULES, Batches, Cancelled, Hooks, IterateSettings, Snapshot, check_optimizer,
                          finetune_snapshot, history_table, resolve_defaults, run_iterate)
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress updates sent to the browser

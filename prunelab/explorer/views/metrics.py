@@ -9,7 +9,7 @@ import ipywidgets as w
 from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem, NumeralTickFormatter, Span
 from bokeh.plotting import figure
 
-from ...evaluation import Metrics
+from ...core.evaluation import Metrics
 from .base import FONT, View, update_columns
 
 COLOURS = {"magnitude": "#3b6ea5", "taylor": "#d97b29", "attribution": "#3a9a5b", "random": "#8e6bb8",

@@ -35,8 +35,10 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .data import as_dataset
-from .tables import Table, count, percent, seconds
+from ..core.base import BasePruner
+from ..core.checks import GRANULARITIES, check_fraction
+from ..core.data import as_dataset
+from ..core.tables import Table, count, percent, seconds
 
 SCHEDULES = ("agp", "linear", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -343,9 +345,7 @@ class Snapshot:
 
     def pruner(self):
         """An independent Pruner over the copy, in the snapshot's state (its history starts here)."""
-        from .pruner import Pruner
-
-        twin = Pruner(self.model, self.val, train_data=self.train_data, **self.options)
+        twin = BasePruner(self.model, self.val, train_data=self.train_data, **self.options)
         if self.plans:
             twin.set_plans(self.plans)
         return twin
@@ -482,16 +482,14 @@ class IterateSettings:
         return self.steps * self.epochs_per_step + self.final_epochs
 
     def check(self, layer_names: list[str]):
-        from .pruner import GRANULARITIES, _check_fraction
-
         if isinstance(self.target, Mapping):
             unknown = [n for n in self.target if n not in layer_names]
             if unknown:
                 raise ValueError(f"unknown layers {unknown} in target; prunable layers: {layer_names}.")
             for v in self.target.values():
-                _check_fraction(v)
+                check_fraction(v)
         else:
-            _check_fraction(self.target)
+            check_fraction(self.target)
         sparsity_schedule(0.0, 0.5, self.steps, self.schedule)
         for what in ("epochs_per_step", "final_epochs"):
             v = getattr(self, what)
