@@ -14,6 +14,7 @@ executor gives the same table.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -178,18 +179,18 @@ def measure(snap, sparsities: Sequence[float], layers: Sequence[str], criterion,
     return SensitivityTable(rows, baseline=baseline, criterion=criterion, granularity=granularity, weights=weights)
 
 
+# One cache per Pruner, living as long as it does; keyed by the weights' version, so fine-tuning
+# (which sets new weights) invalidates it and undo finds the old entry again.
+_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _cache(pruner) -> dict:
-    # Kept on the Pruner so it lives as long as the model; keyed by the weights' version, so
-    # fine-tuning (which sets new weights) invalidates it and undo finds the old entry again.
-    cache = pruner.__dict__.get("_sensitivity_cache")
-    if cache is None:
-        cache = pruner.__dict__["_sensitivity_cache"] = {}
-    return cache
+    return _CACHES.setdefault(pruner, {})
 
 
 def cache_key(pruner, sparsities, layers, criterion, granularity):
     crit = criterion if isinstance(criterion, str) else id(criterion)
-    return (pruner._state.base_version, crit, granularity, tuple(sparsities), tuple(layers))
+    return (pruner.weights_version, crit, granularity, tuple(sparsities), tuple(layers))
 
 
 def sensitivity(pruner, sparsities=DEFAULT_SPARSITIES, layers=None, criterion="magnitude",

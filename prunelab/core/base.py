@@ -178,7 +178,7 @@ class BasePruner:
     @property
     def structured_blocked(self) -> dict[str, str]:
         """Layers whose units cannot be removed, with the reason."""
-        self._unit_groups()
+        self.unit_groups()
         return dict(self._structured_blocked)
 
     @property
@@ -190,7 +190,7 @@ class BasePruner:
         """Fraction of each layer's weights that are zero in effect (masked)."""
         out = {}
         for l in self.layers:
-            kept = self._kept.get(_weight_name(l))
+            kept = self._kept.get(l.weight_name)
             out[l.name] = 0.0 if kept is None else 1 - kept / l.params
         return out
 
@@ -202,7 +202,7 @@ class BasePruner:
     def mask(self, layer: str) -> torch.Tensor:
         """The effective keep-mask of a layer's weight (True = kept)."""
         l = self.layer(layer)
-        m = self._masks.get(_weight_name(l))
+        m = self._masks.get(l.weight_name)
         return torch.ones(l.shape, dtype=torch.bool, device=self.device) if m is None else m.clone()
 
     def masks(self) -> dict[str, torch.Tensor]:
@@ -263,7 +263,7 @@ class BasePruner:
         key = (self._criterion_key(crit, criterion), granularity, names, self._state.base_version)
         if key not in self._rankings:
             if granularity == "structured":
-                groups = [self._unit_groups()[n] for n in names]
+                groups = [self.unit_groups()[n] for n in names]
                 unit = self.scores(criterion, units=True)
                 per_group = [sum(unit[l] for l in g.layers) for g in groups]
                 if len(per_group) > 1:  # comparable across layers: each layer's scores over their mean
@@ -277,7 +277,10 @@ class BasePruner:
                 self._rankings[key] = Ranking([w[n] for n in names])
         return self._rankings[key]
 
-    def _unit_groups(self) -> dict[str, UnitGroup]:
+    def unit_groups(self) -> dict[str, UnitGroup]:
+        """Units that shrink together, by layer name: each prunable layer's output units with the
+        inputs of the layers they feed and coupled layers (residual additions). Layers absent are
+        in :attr:`structured_blocked`, with the reason."""
         if self._groups is None:
             with self.dense():
                 self._groups, self._structured_blocked = find_unit_groups(
@@ -350,7 +353,7 @@ class BasePruner:
                     plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
             return plans
         # structured: one decision per unit group (coupled layers share it)
-        groups = self._unit_groups()
+        groups = self.unit_groups()
         roots = list(dict.fromkeys(groups[n].layers[0] for n in eligible))
         if per_layer:  # coupled layers lose the same units, so one amount must serve them all
             for root in roots:
@@ -410,8 +413,8 @@ class BasePruner:
                 a = 1 - int(keep.sum()) / keep.numel()
                 plans[n] = Plan(granularity, crit.name, a, t, keep) if a > 0 else None
             else:
-                g = self._unit_groups()[n]
-                mean_abs = sum(self._state.base[_weight_name(self._by_name[l])].abs().reshape(g.units, -1).mean(1)
+                g = self.unit_groups()[n]
+                mean_abs = sum(self._state.base[self._by_name[l].weight_name].abs().reshape(g.units, -1).mean(1)
                                for l in g.layers) / len(g.layers)
                 keep = mean_abs >= t
                 a = 1 - int(keep.sum()) / keep.numel()
@@ -421,7 +424,7 @@ class BasePruner:
     def _eligible(self, granularity: str, names: list[str] | None) -> list[str]:
         if granularity != "structured":
             return names if names is not None else self.layer_names
-        groups = self._unit_groups()
+        groups = self.unit_groups()
         if names is None:
             if not groups:
                 reasons = "; ".join(f"{n}: {r}" for n, r in self._structured_blocked.items())
@@ -447,7 +450,7 @@ class BasePruner:
         for n, plan in changes.items():
             old = plans.pop(n, None)
             if old is not None and old.granularity == "structured" and (plan is None or plan.granularity != "structured"):
-                for m in self._unit_groups()[n].layers:  # coupled layers lose the shared unit mask too
+                for m in self.unit_groups()[n].layers:  # coupled layers lose the shared unit mask too
                     plans.pop(m, None)
             if plan is not None:
                 plans[n] = plan
@@ -480,8 +483,8 @@ class BasePruner:
         if plan is None:
             return set()
         if plan.granularity == "structured":
-            return self._unit_groups()[layer].params
-        return {_weight_name(self._by_name[layer])}
+            return self.unit_groups()[layer].params
+        return {self._by_name[layer].weight_name}
 
     def _refresh_masks(self, params: set[str]):
         if not params:
@@ -490,7 +493,7 @@ class BasePruner:
         seen_groups = set()
         for n, plan in self._state.plans.items():
             if plan.granularity == "structured":
-                g = self._unit_groups()[n]
+                g = self.unit_groups()[n]
                 if id(g) in seen_groups or not (g.params & params):
                     continue
                 seen_groups.add(id(g))
@@ -498,7 +501,7 @@ class BasePruner:
                     fresh.setdefault(p, torch.ones_like(self._params[p], dtype=torch.bool))
                 g.keep_masks(plan.keep, {p: fresh[p] for p in g.params & params})
             else:
-                w = _weight_name(self._by_name[n])
+                w = self._by_name[n].weight_name
                 if w in params:
                     fresh[w] = fresh[w] & plan.keep if w in fresh else plan.keep.clone()
         for p in params:
@@ -591,7 +594,7 @@ class BasePruner:
             plan = replace(plan, keep=keep.detach().to(self.device).clone())
             if plan.granularity == "structured":
                 self._eligible("structured", [name])
-                self._set_group(changes, self._unit_groups()[name], plan)
+                self._set_group(changes, self.unit_groups()[name], plan)
             else:
                 changes[name] = plan
         if weights is None:
@@ -691,10 +694,6 @@ class BasePruner:
 
 def _missing_loss(outputs, targets):
     raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")
-
-
-def _weight_name(layer: Layer) -> str:
-    return f"{layer.name}.weight" if layer.name else "weight"
 
 
 def _check_finite(model: nn.Module):

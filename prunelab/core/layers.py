@@ -38,6 +38,11 @@ class Layer:
         """Output units (Linear) or filters (Conv)."""
         return self.shape[0]
 
+    @property
+    def weight_name(self) -> str:
+        """The weight's name in ``model.named_parameters()`` (the root module's is ``"weight"``)."""
+        return f"{self.name}.weight" if self.name else "weight"
+
     def describe(self) -> str:
         return f"{self.name} ({self.kind} {'x'.join(map(str, self.shape))}, {self.params:,} weights)"
 

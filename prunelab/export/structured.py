@@ -68,7 +68,7 @@ def removable_units(pruner, silent: bool = True) -> dict[str, torch.Tensor]:
     """``{root layer: bool vector over its units, True = remove}`` for every unit group with
     something to remove: the units structured pruning dropped and, with ``silent``, the units
     whose output-making parameters are all zero. Coupled layers share their root's vector."""
-    groups = pruner._unit_groups()
+    groups = pruner.unit_groups()
     params = dict(pruner.model.named_parameters())
     plans = pruner.plans
     out = {}

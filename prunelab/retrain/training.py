@@ -572,11 +572,11 @@ def run_iterate(twin, settings: IterateSettings, apply: Callable[[dict, dict, di
         grown = 0
         if s.regrow:
             weights = dict(twin.model.named_parameters())
-            keep = {f"{n}.weight" if n else "weight": twin.mask(n) for n, p in twin.plans.items()}
+            keep = {twin.layer(n).weight_name: twin.mask(n) for n in twin.plans}
             grads = dense_gradients(twin.model, batches, loss)
             new, grown = regrow_masks(keep, weights, grads, s.regrow)
             if new:
-                by_param = {f"{n}.weight" if n else "weight": n for n in twin.layer_names}
+                by_param = {l.weight_name: l.name for l in twin.layers}
                 twin.set_plans({by_param[p]: replace(twin.plans[by_param[p]], keep=m) for p, m in new.items()})
         epochs = s.epochs_per_step + (s.final_epochs if k == s.steps else 0)
         train_masked(twin.model, twin.masks(), batches, loss, epochs=epochs, lr=s.lr,

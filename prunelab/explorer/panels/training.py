@@ -217,7 +217,7 @@ class TrainingPanel(widgets.VBox):
         self.allocate_button.disabled = self.busy or self.sensitivity_table is None
 
     def _on_pruner_change(self):
-        if self.sensitivity_table is not None and self._table_version != self.pruner._state.base_version:
+        if self.sensitivity_table is not None and self._table_version != self.pruner.weights_version:
             self.marks.value = self._marks_html(stale=True)
 
     def _on_allocate_mode(self, change):
@@ -388,7 +388,7 @@ class TrainingPanel(widgets.VBox):
             return
         criterion = resolve_defaults(self.pruner, None, None)[0]
         key = cache_key(self.pruner, sparsities, layers, criterion, granularity)
-        version = self.pruner._state.base_version
+        version = self.pruner.weights_version
         snap = Snapshot.of(self.pruner)
 
         def work(hooks, post):
@@ -406,7 +406,7 @@ class TrainingPanel(widgets.VBox):
     def show_sensitivity(self, table: SensitivityTable, version: int | None = None):
         """Draw a sensitivity table (one curve per layer, in the layer's colour) and mark layers."""
         self.sensitivity_table = table
-        self._table_version = self.pruner._state.base_version if version is None else version
+        self._table_version = self.pruner.weights_version if version is None else version
         for name, src in self._sensitivity_sources.items():
             if name in table.layers:
                 s, _ = table.curve(name)

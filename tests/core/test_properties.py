@@ -77,7 +77,7 @@ def test_reset_restores_bitwise(arch, steps):
     for amount, granularity, criterion in steps:
         if granularity == "2:4":
             amount = 0.5
-        if granularity == "structured" and not pruner._unit_groups():
+        if granularity == "structured" and not pruner.unit_groups():
             continue
         pruner.prune(amount, granularity=granularity, criterion=criterion)
     pruner.evaluate()
@@ -91,7 +91,7 @@ def test_reset_restores_bitwise(arch, steps):
 def test_structured_pruning_removes_whole_units(arch, amount, criterion):
     model, x, y = arch
     pruner = Pruner(model, (x, y))
-    groups = pruner._unit_groups()
+    groups = pruner.unit_groups()
     pruner.prune(amount, granularity="structured", scope="layer", criterion=criterion)
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
