@@ -1,18 +1,28 @@
-"""Keeping the kernel responsive: coalesced main-thread work, debounced timers, background jobs.
+"""Keeping the kernel responsive: the one helper for running work on the kernel's main thread.
 
-Inside a Jupyter kernel the main thread runs an asyncio loop: ``soon`` folds many requests made
-in one turn of the loop into a single call, ``later`` waits for changes to settle, and ``submit``
-runs long work on one worker thread and hands its result back on the main thread (widgets and
-the Pruner are only touched there). Results of jobs that were superseded are dropped.
+Inside a Jupyter kernel the main thread runs an asyncio loop, and JupyterLab delivers widget
+messages on a subshell thread. The Pruner and the widgets are only touched on the main thread, so
+everything that reacts to a person goes through one :class:`Scheduler` (the controls, the views,
+the panels and the Explorer share the Explorer's):
 
-Without a running loop (plain scripts, tests) ``soon`` runs at once, and ``wait()`` runs the
-pending timers and delivers finished jobs on the caller's thread.
+- ``post(key, fn)`` runs ``fn`` on the main thread in the order posted (a drag's values posted
+  before the main thread gets to them collapse into the last);
+- ``soon(key, fn)`` folds many requests made in one turn of the loop into a single call;
+- ``call(fn)`` runs ``fn`` at once when already on the main thread, else posts it there;
+- ``later(key, delay, fn)`` waits for changes to settle (debounce);
+- ``submit(key, label, work, done)`` runs long work on one worker thread and hands its result back
+  on the main thread. Results of jobs that were superseded are dropped.
+
+Without a running loop (plain scripts, tests) work asked for on the main thread runs at once; what
+other threads post waits for ``drain()`` or ``wait()``, which also run the pending timers and
+deliver finished jobs on the caller's thread.
+
+:class:`MainThread` is the panels' older face of the same helper (``post(fn)``, ``drain()``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,8 +42,25 @@ class _Job:
 
 
 class Scheduler:
-    """Runs the explorer's deferred and background work. ``on_busy(labels, fraction)`` is told,
-    on the main thread, which jobs are running (empty when idle) and their progress."""
+    """Runs the explorer's main-thread, deferred and background work.
+
+    The main thread is the thread that makes the Scheduler (in a notebook: the kernel's, while a
+    cell runs), and its asyncio loop when one runs there.
+
+    Args:
+        on_busy: told ``on_busy(labels, fraction)``, on the main thread, which background jobs are
+            running (an empty list when idle) and the progress of the latest (0..1, or None).
+
+    Example:
+        >>> s = Scheduler()
+        >>> s.post("refresh", lambda: print("on the main thread"))  # no loop here: runs at once
+        on the main thread
+        >>> s.submit("job", "adding", lambda progress: 1 + 1, print)
+        1
+        >>> s.wait()  # scripts and tests: deliver what finished
+        2
+        >>> s.close()
+    """
 
     def __init__(self, on_busy: Callable[[list[str], float | None], None] | None = None):
         try:
@@ -41,6 +68,7 @@ class Scheduler:
         except RuntimeError:
             self._loop = None
         self._main = threading.current_thread()
+        self._posted: list[Callable[[], None]] = []  # from other threads while no loop runs
         self._executor: ThreadPoolExecutor | None = None
         self._on_busy = on_busy or (lambda labels, fraction: None)
         self._generation: dict[str, int] = {}
@@ -54,6 +82,11 @@ class Scheduler:
         self._lock = threading.Lock()
 
     @property
+    def main_thread(self) -> threading.Thread:
+        """The thread this Scheduler runs main-thread work on."""
+        return self._main
+
+    @property
     def live(self) -> bool:
         """True inside a running event loop (a Jupyter kernel), where work can be deferred."""
         return self._loop is not None and self._loop.is_running() and not self._loop.is_closed()
@@ -62,7 +95,11 @@ class Scheduler:
 
     def soon(self, key: str, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the main thread once the current burst of events is handled; several
-        requests with the same key before then run once. Safe to call from any thread."""
+        requests with the same key before then run once (the latest ``fn``). From any thread.
+
+        Args: ``key`` names the request; ``fn`` takes no arguments. Returns: None.
+        Example: ``scheduler.soon("refresh", explorer.refresh)`` (no loop: runs at once).
+        """
         if not self.live:
             if threading.current_thread() is self._main:
                 fn()
@@ -85,13 +122,19 @@ class Scheduler:
     def post(self, key: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the main thread, in the order posted; from any thread. Consecutive posts
         with the same key that have not run yet keep only the latest (a drag ends at its last
-        value). Runs at once on the main thread when there is no loop."""
+        value). Runs at once on the main thread when there is no loop; an exception ``fn`` raises
+        is printed and the queue goes on.
+
+        Args: ``key`` names the request (``"global"``, ``"layer:0"``...); ``fn`` takes no arguments.
+        Returns: None.
+        Example: ``scheduler.post("export", panel.export)`` from a button's click handler.
+        """
         if not self.live:
             if threading.current_thread() is self._main:
                 fn()
             else:
                 with self._lock:
-                    self._deferred[f"post:{key}:{id(fn)}"] = fn
+                    self._posted.append(fn)
             return
         with self._lock:
             if self._queue and self._queue[-1][0] == key:
@@ -101,9 +144,9 @@ class Scheduler:
             if self._draining:
                 return
             self._draining = True
-        self._loop.call_soon_threadsafe(self._drain)
+        self._loop.call_soon_threadsafe(self._run_posted)
 
-    def _drain(self):
+    def _run_posted(self):
         """Run what was posted so far; what arrives meanwhile waits one turn of the loop, so that
         refreshes requested by these actions run before the next batch."""
         with self._lock:
@@ -115,12 +158,51 @@ class Scheduler:
                 traceback.print_exc()
         with self._lock:
             if self._queue:
-                self._loop.call_soon(self._drain)
+                self._loop.call_soon(self._run_posted)
             else:
                 self._draining = False
 
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the main thread: at once when called there, else through its asyncio loop
+        when one runs there (a Jupyter kernel), else queued until :meth:`drain` (scripts, tests).
+        Unlike :meth:`post`, a call on the main thread never waits for the loop; a Scheduler made
+        before its loop ran adopts the loop on the first call made inside it.
+
+        Args: ``fn`` takes no arguments. Returns: None.
+        Example: ``scheduler.call(lambda: panel.apply_step(step))`` from a worker thread.
+        """
+        if threading.current_thread() is self._main:
+            if self._loop is None:  # made before the loop ran: adopt it once it does
+                try:
+                    self._loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    pass
+            fn()
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn)
+        else:
+            with self._lock:
+                self._posted.append(fn)
+
+    def drain(self) -> None:
+        """Run, on this thread, what other threads posted while no loop ran (scripts, tests).
+
+        Returns: None. Example: ``worker.join(); scheduler.drain()``.
+        """
+        while True:
+            with self._lock:
+                if not self._posted:
+                    return
+                fn = self._posted.pop(0)
+            fn()
+
     def later(self, key: str, delay: float, fn: Callable[[], None]) -> None:
-        """Call ``fn`` after ``delay`` seconds without a newer request for the same key (debounce)."""
+        """Call ``fn`` after ``delay`` seconds without a newer request for the same key (debounce);
+        without a running loop it fires on :meth:`wait`.
+
+        Args: ``key`` names the timer; ``delay`` in seconds; ``fn`` takes no arguments.
+        Returns: None. Example: ``scheduler.later("explain", 0.4, explorer.explain)``.
+        """
         self.cancel(key)
         if self.live:
             self._timers[key] = (self._loop.call_later(delay, self._fire, key, fn), fn)
@@ -132,6 +214,7 @@ class Scheduler:
         fn()
 
     def cancel(self, key: str) -> None:
+        """Drop the pending timer (or deferred request) with this key, if any."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer[0].cancel()
@@ -142,7 +225,24 @@ class Scheduler:
     def submit(self, key: str, label: str, work: Callable[[Callable[[float], None]], Any],
                done: Callable[[Any], None], failed: Callable[[BaseException], None] | None = None) -> int:
         """Run ``work(progress)`` on the worker thread; ``done(result)`` runs on the main thread
-        unless a newer job with the same key was submitted since. Returns the job's generation."""
+        unless a newer job with the same key was submitted since (then the result is dropped, and
+        the work skipped when it had not started).
+
+        Args:
+            key: names the job. label: what the busy indicator says while it runs.
+            work: ``work(progress)`` on the worker thread; ``progress(fraction)`` reports 0..1.
+            done, failed: ``done(result)`` / ``failed(exception)``, run on the main thread.
+
+        Returns:
+            The job's generation (see :meth:`current`).
+
+        Example:
+            >>> s = Scheduler()
+            >>> s.submit("sum", "adding", lambda progress: 1 + 1, print)
+            1
+            >>> s.wait()
+            2
+        """
         generation = self._generation.get(key, 0) + 1
         self._generation[key] = generation
         if self._executor is None:
@@ -161,6 +261,7 @@ class Scheduler:
         return generation
 
     def current(self, key: str, generation: int) -> bool:
+        """True while ``generation`` is the latest job submitted with ``key``."""
         return self._generation.get(key) == generation
 
     def _report(self, fraction: float):
@@ -197,11 +298,16 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self._jobs or self._deferred or self._timers)
+        """True while jobs, timers or posts from other threads are pending."""
+        return bool(self._jobs or self._deferred or self._timers or self._posted)
 
     def wait(self, timeout: float = 120.0) -> None:
-        """Run pending timers now and block until every job is finished and delivered (on this
-        thread). For scripts and tests; in a notebook results arrive by themselves."""
+        """Run pending timers and posts now and block until every job is finished and delivered
+        (on this thread). For scripts and tests; in a notebook results arrive by themselves.
+
+        Args: ``timeout``: seconds to wait for a job before raising TimeoutError. Returns: None.
+        Example: ``scheduler.submit("job", "working", work, show); scheduler.wait()``.
+        """
         import time
 
         deadline = time.monotonic() + timeout
@@ -218,19 +324,22 @@ class Scheduler:
                 continue
             with self._lock:
                 due, self._deferred = list(self._deferred.values()), {}
+                due, self._posted = self._posted + due, []
             for key in list(self._timers):
                 handle, fn = self._timers.pop(key)
                 handle.cancel()
                 due.append(fn)
             for fn in due:
                 fn()
-            if not (self._jobs or self._deferred or self._timers or (on_main and (self._queue or self._soon))):
+            if not (self._jobs or self._deferred or self._timers or self._posted
+                    or (on_main and (self._queue or self._soon))):
                 return
             for job in list(self._jobs):
                 job.future.exception(timeout=max(0.0, deadline - time.monotonic()))  # waits; raises on timeout
                 self._deliver(job)
 
     def close(self) -> None:
+        """Cancel the timers, drop late results and stop the worker thread."""
         for key in list(self._timers):
             self.cancel(key)
         self._generation = {k: g + 1 for k, g in self._generation.items()}  # late results are dropped
@@ -242,36 +351,38 @@ class Scheduler:
 _SKIPPED = object()
 
 
-class MainThread:
-    """Runs callbacks on the thread that created it: at once when posted from that thread, else
-    through its asyncio loop when one runs there (a Jupyter kernel), else queued until
-    :meth:`drain` (scripts, tests). For panels, which have no Scheduler of their own."""
 
-    def __init__(self):
-        self.thread = threading.current_thread()
-        try:
-            self.loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.loop = None
-        self.pending: queue.SimpleQueue = queue.SimpleQueue()
+
+class MainThread:
+    """The panels' face of :class:`Scheduler`: runs callbacks on the thread that made it.
+
+    ``post(fn)`` runs ``fn`` at once when posted from that thread, else through its asyncio loop
+    when one runs there (a Jupyter kernel), else queued until :meth:`drain` (scripts, tests): the
+    behaviour of :meth:`Scheduler.call`, which does the work.
+
+    Args:
+        scheduler: the Scheduler to post through (default: a new one, made on this thread).
+
+    Example:
+        >>> main = MainThread()
+        >>> t = threading.Thread(target=lambda: main.post(lambda: print("back on the main thread")))
+        >>> t.start(); t.join()
+        >>> main.drain()
+        back on the main thread
+    """
+
+    def __init__(self, scheduler: Scheduler | None = None):
+        self.scheduler = scheduler or Scheduler()
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread callbacks run on."""
+        return self.scheduler.main_thread
 
     def post(self, fn: Callable[[], None]) -> None:
-        if threading.current_thread() is self.thread:
-            if self.loop is None:  # made before the loop ran: adopt it once it does
-                try:
-                    self.loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    pass
-            fn()
-        elif self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(fn)
-        else:
-            self.pending.put(fn)
+        """Run ``fn`` on the main thread (see the class docstring); returns None."""
+        self.scheduler.call(fn)
 
     def drain(self) -> None:
-        while True:
-            try:
-                fn = self.pending.get_nowait()
-            except queue.Empty:
-                return
-            fn()
+        """Run what other threads posted while no loop ran; returns None."""
+        self.scheduler.drain()

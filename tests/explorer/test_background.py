@@ -19,7 +19,7 @@ def test_without_a_loop_work_runs_now_and_wait_delivers():
     assert calls == ["soon"] and s.busy
     s.submit("job", "working", lambda progress: threading.current_thread().name, calls.append)
     s.wait(timeout=10)
-    assert calls[1:] == ["timer", "prunelab-explorer_0"] or calls[1] == "timer" and calls[2].startswith("prunelab")
+    assert calls == ["soon", "timer", "prunelab-explorer_0"]  # the job ran on the worker thread
     assert busy[0] == ["working"] and busy[-1] == []
     assert not s.busy
     s.close()
@@ -144,3 +144,31 @@ def test_main_thread_runs_posts_from_other_threads_on_its_own_thread():
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
     assert ran_on == [threading.main_thread()]
+
+
+def test_main_thread_without_a_loop_queues_posts_from_other_threads_until_drained():
+    from prunelab.explorer.background import MainThread
+
+    main = MainThread()
+    ran = []
+    main.post(lambda: ran.append("here"))  # on its own thread: at once
+    worker = threading.Thread(target=lambda: main.post(lambda: ran.append(threading.current_thread())))
+    worker.start()
+    worker.join()
+    assert ran == ["here"] and main.scheduler.busy
+    main.drain()
+    assert ran == ["here", threading.main_thread()] and not main.scheduler.busy
+
+
+def test_call_runs_at_once_on_the_main_thread_even_inside_a_loop():
+    async def main():
+        s = Scheduler()
+        ran = []
+        s.call(lambda: ran.append("call"))  # at once
+        s.post("p", lambda: ran.append("post"))  # waits for the loop
+        first = list(ran)
+        await asyncio.sleep(0.02)
+        s.close()
+        return first, ran
+
+    assert asyncio.run(main()) == (["call"], ["call", "post"])
