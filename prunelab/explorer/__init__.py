@@ -1,10 +1,14 @@
 """The interactive explorer: ``prunelab.explore(model, val_data)`` in JupyterLab.
 
-app.py composes and wires; controls.py holds what a person drags and clicks; views/ has one
-bokeh view per file; state.py is the observable state the views follow; analysis.py and
-background.py keep the expensive work off the main thread.
+opening.py turns what a person brings into a Pruner and an Explorer; app.py composes and wires;
+state.py is the one state hub (traits) that the controls, views and panels observe, and the one
+bridge from the Pruner into it; actions.py the typed actions the controls ask for; controls.py
+what a person drags and clicks; views/ one bokeh view per file; panels/ the tabs beside them;
+background.py the one helper for running work on the kernel's main thread and in the background;
+analysis.py the expensive measurements that run there.
 """
 
-from .app import Explorer, explore
+from .app import Explorer
+from .opening import explore
 
 __all__ = ["Explorer", "explore"]

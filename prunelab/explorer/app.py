@@ -1,32 +1,29 @@
 """The Explorer: composition and wiring.
 
-Data flows one way: a control builds an action and the Explorer runs it on the Pruner; the
-Pruner tells its listeners; the Explorer measures the new state once (``refresh``), sets the
-shared state, and the views, observing it, patch their data sources. Work that takes long
-(attribution and Taylor scores, input attributions) runs in the background on a copy of the
-model and lands in the shared state when done; what it shows is marked stale meanwhile.
+Data flows one way: a control builds a typed Action and the Explorer runs it on the Pruner; the
+Pruner's one bridge into the state hub (``state.follow``) has the Explorer measure the new state
+once (``refresh``); the controls, views and panels, observing the hub, follow. Work that takes
+long (attribution and Taylor scores, input attributions) runs in the background on a copy of the
+model and lands in the hub when done; what it shows is marked stale meanwhile. All of it runs on
+the kernel's main thread through one Scheduler, shared by the controls, the views and the panels.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import html
-import inspect
-from typing import Callable
 
 import ipywidgets as w
 import torch
-from torch import nn
 
-from .. import demos
 from ..core.evaluation import Metrics, classification_scores
 from ..pruner import Pruner
+from .actions import Action
 from .analysis import Explainer, Shadow, snapshot, unit_and_weight_scores
 from .background import Scheduler
 from .bokeh_loader import load_bokehjs
 from .controls import Controls
-from .state import COMPARED, ExplorerState, dense_reference, magnitude_scores
+from .state import COMPARED, NEEDS_SCORING, ExplorerState, dense_reference, follow, magnitude_scores, measure
 from .views.connectivity import ConnectivityView
 from .views.importance import ImportanceView
 from .views.interpretability import InterpretabilityView
@@ -36,15 +33,24 @@ from .panels.training import TrainingPanel
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
-NEEDS_SCORING = ("taylor", "attribution")
 
 
 class Explorer(w.VBox):
     """Interactive pruning of one Pruner: controls, live views, and panels in tabs.
 
     Made by :func:`explore`. ``explorer.pruner`` is the Pruner it drives (change it from Python
-    and the views follow); ``explorer.add_panel(title, widget)`` adds a tab; ``explorer.wait()``
-    blocks until background work is done (scripts and tests; notebooks need not call it).
+    and the views follow); ``explorer.state`` the state hub the controls, views and panels observe;
+    ``explorer.add_panel(title, widget)`` adds a tab; ``explorer.wait()`` blocks until background
+    work is done (scripts and tests; notebooks need not call it).
+
+    Args:
+        pruner: the Pruner to drive. title: shown in the heading.
+        image_shape: (height, width) to draw 1-D inputs as images. class_names: labels of the classes.
+
+    Example:
+        >>> ex = Explorer(pl.Pruner(model, val_data), title="my model")
+        >>> ex.pruner.prune(0.5); ex.wait().state.metrics.sparsity > 0
+        True
     """
 
     def __init__(self, pruner: Pruner, *, title: str = "", image_shape: tuple[int, int] | None = None,
@@ -58,16 +64,17 @@ class Explorer(w.VBox):
         self._explainer: Explainer | None = None
         self._injected: set = set()              # (criterion, units, weights version) handed to the Pruner
         self._scoring: set = set()               # the same, being computed now
-        self._pending: tuple[Callable[[], None], str] | None = None  # action waiting for scores
+        self._pending: Action | None = None      # the action waiting for scores
 
         layer = max(pruner.layers, key=lambda l: l.params).name
-        self.state = ExplorerState(layer=layer)
-        self._new_reference()
+        self.state = ExplorerState(layer_names=tuple(pruner.layer_names), layer=layer)
+        self.state.scores = {"magnitude": magnitude_scores(pruner)}
+        self.state.reference = dense_reference(pruner)
         self.state.metrics = pruner.evaluate()
         self.state.baseline = self._baseline()
 
-        self.controls = Controls(pruner, self.state, self.apply, post=self._scheduler.post)
         post = self._scheduler.post
+        self.controls = Controls(pruner, self.state, self.apply, post=post)
         self.views = {
             "connectivity": ConnectivityView(pruner, self.state, post=post),
             "weights": WeightsView(pruner, self.state, post=post),
@@ -76,16 +83,14 @@ class Explorer(w.VBox):
                                                      class_names=class_names, post=post),
             "metrics": MetricsView(pruner, self.state, post=post),
         }
-        interp = self.views["interpretability"]
         # widget messages arrive on a kernel subshell thread: act on the main thread
-        interp.explain.on_click(lambda _: self._scheduler.post("explain", self.explain))
-        interp.auto.observe(lambda c: c["new"] and self._scheduler.post("auto", self._schedule_explain), "value")
+        self.views["interpretability"].explain.on_click(lambda _: post("explain", self.explain))
 
         self._busy_bar = w.FloatProgress(value=0, min=0, max=1, layout=w.Layout(width="140px", height="14px"))
         self._busy_label = w.HTML()
-        self._busy = w.HBox([self._busy_label, self._busy_bar], layout=w.Layout(visibility="hidden",
-                                                                              align_items="center"))
-        self._busy.add_class("prunelab-progress")
+        self.progress = w.HBox([self._busy_label, self._busy_bar], layout=w.Layout(visibility="hidden",
+                                                                                 align_items="center"))
+        self.progress.add_class("prunelab-progress")
         heading = w.HTML(f'<div style="font-size:14px; font-weight:600">prunelab · {html.escape(title)}</div>')
         inspect_tab = w.VBox([self.views[k].widget for k in ("connectivity", "weights", "importance",
                                                               "interpretability")])
@@ -93,50 +98,56 @@ class Explorer(w.VBox):
         self.tabs.add_class("prunelab-tabs")
         left = w.VBox([self.controls.widget, self.views["metrics"].widget], layout=w.Layout(flex="0 0 auto"))
         self.children = [
-            w.HBox([heading, self._busy], layout=w.Layout(justify_content="space-between", align_items="center")),
+            w.HBox([heading, self.progress], layout=w.Layout(justify_content="space-between", align_items="center")),
             self.views["metrics"].readout,
             w.HBox([left, self.tabs], layout=w.Layout(align_items="flex-start")),
         ]
-        self._unsubscribe = pruner.on_change(self._on_change)
+        # Dependent work follows the hub: scores for a new criterion or new weights, explanations.
         self.state.observe(lambda _: self._prefetch(), ["criterion", "granularity", "mode"])
-        self._mount_panels()
+        self.state.observe(lambda _: self._score_in_background(), "reference")
+        self.state.observe(lambda _: self._schedule_explain(), "revision")
+        self.state.observe(lambda c: c["new"] and self._schedule_explain(), "auto_explain")
+        self._unsubscribe = follow(pruner, self._scheduler.soon, self.refresh)  # the one bridge
+        self.panels = {"Fine-tune": TrainingPanel(pruner), "Export": ExportPanel(pruner, self.state, post)}
+        for title, panel in self.panels.items():
+            self.add_panel(title, panel)
         self._score_in_background()
         self._schedule_explain()
 
     # -------------------------------------------------------------- panels
 
     def add_panel(self, title: str, widget: w.Widget) -> None:
-        """Add a tab beside the Inspect views (fine-tuning, export, your own)."""
+        """Add a tab beside the Inspect views (fine-tuning, export, your own).
+
+        Args:
+            title: the tab's title. widget: any ipywidgets widget, e.g. a
+                :class:`~prunelab.explorer.panels.base.Panel` built on ``explorer.state``.
+
+        Returns:
+            None.
+
+        Example:
+            >>> ex.add_panel("Notes", ipywidgets.Textarea())
+        """
         if not isinstance(widget, w.Widget):
             raise TypeError(f"add_panel needs an ipywidgets widget, got {type(widget).__name__}.")
         self.tabs.children = (*self.tabs.children, widget)
         self.tabs.set_title(len(self.tabs.children) - 1, title)
 
-    def _mount_panels(self):
-        self.add_panel("Fine-tune", TrainingPanel(self.pruner))
-        self.add_panel("Export", ExportPanel(self.pruner))
-
     # -------------------------------------------------------------- measuring
 
-    def _on_change(self):
-        self._scheduler.soon("refresh", self.refresh)
-
     def refresh(self) -> None:
-        """Measure the Pruner's current state and let every view follow (runs after each change)."""
-        if self.pruner.weights_version != self.state.reference.version:
-            self._new_reference()
-            self._score_in_background()
-        self.state.metrics = self.pruner.evaluate()
-        self.state.revision += 1  # the views patch themselves
-        self.controls.sync()
-        self.state.explanations_stale = True
-        self._schedule_explain()
+        """Measure the Pruner's current state into the hub; the controls, views and panels,
+        observing it, follow (runs after each change, once per burst).
 
-    def _new_reference(self):
-        """Unmasked weights of the current weights version, and their magnitude scores."""
-        self.state.scores = {"magnitude": magnitude_scores(self.pruner)}
-        self.state.score_errors = {}
-        self.state.reference = dense_reference(self.pruner)
+        Returns:
+            None.
+
+        Example:
+            >>> ex.refresh()   # after changing the model's weights behind the Pruner's back
+        """
+        measure(self.pruner, self.state)
+        self.state.action = None  # the change the action made is shown
 
     def _baseline(self) -> Metrics:
         """Metrics of the dense original model (measured on a copy when the Pruner has moved on)."""
@@ -158,18 +169,32 @@ class Explorer(w.VBox):
 
     # -------------------------------------------------------------- actions
 
-    def apply(self, action: Callable[[], None], label: str = "") -> None:
+    def apply(self, action: Action) -> None:
         """Run a control's action on the Pruner. When it prunes by a criterion whose scores are
-        not ready, the scores are computed in the background first (latest action wins)."""
-        needs = self._scores_needed(label)
+        not ready, the scores are computed in the background first (latest action wins). Errors
+        (a layer the granularity cannot prune...) show under the controls and change nothing.
+
+        Args:
+            action: an :class:`~prunelab.explorer.actions.Action`.
+
+        Returns:
+            None.
+
+        Example:
+            >>> ex.apply(Action(kind="layer", layer="2", run=lambda: ex.pruner.prune({"2": 0.5})))
+        """
+        if not isinstance(action, Action):
+            raise TypeError(f"apply() takes a prunelab.explorer.actions.Action, got {type(action).__name__}.")
+        needs = self._scores_needed(action)
         if needs is not None:
-            self._pending = (action, label)
+            self._pending = action
             self.controls.show_message(f"computing {needs[0]} scores in the background…")
             self._score(needs[0], units=needs[1])
             return
         self._pending = None
+        self.state.action = action
         try:
-            action()
+            action.run()
         except (ValueError, TypeError) as e:
             self.controls.show_message(str(e), error=True)
             self._scheduler.soon("refresh", self.refresh)  # put the controls back where the Pruner is
@@ -178,13 +203,15 @@ class Explorer(w.VBox):
 
     def _prefetch(self):
         """Start computing the scores the chosen criterion will need before the first drag."""
-        needs = self._scores_needed("")
+        needs = self._scores_needed(None)
         if needs is not None:
             self._score(needs[0], units=needs[1])
 
-    def _scores_needed(self, label: str) -> tuple[str, bool] | None:
+    def _scores_needed(self, action: Action | None) -> tuple[str, bool] | None:
+        """(criterion, units) whose scores ``action`` (None: the next pruning) waits for, if any."""
         crit = self.state.criterion
-        if label in ("reset", "undo", "redo") or self.state.mode == "threshold" or crit not in NEEDS_SCORING:
+        if (action is not None and not action.by_criterion) or self.state.mode == "threshold" \
+                or crit not in NEEDS_SCORING:
             return None
         units = self.state.granularity == "structured"
         if (crit, units, self.pruner.weights_version) in self._injected:
@@ -194,7 +221,11 @@ class Explorer(w.VBox):
     # -------------------------------------------------------------- background work
 
     def shadow(self) -> Shadow:
-        """The private copy of the model that background work runs on (made on first use)."""
+        """The private copy of the model that background work runs on (made on first use).
+
+        Returns:
+            The Shadow. Example: ``ex.shadow().model`` (never the Pruner's own model).
+        """
         if self._shadow is None:
             self._shadow = Shadow(self.pruner.model)
         return self._shadow
@@ -236,9 +267,8 @@ class Explorer(w.VBox):
                 self._injected.add((criterion, False, version))
             self.state.scores = {**self.state.scores,
                                  criterion: {n: s.detach().cpu().numpy() for n, s in result["units"].items()}}
-            if self._pending is not None and self._scores_needed(self._pending[1]) is None:
-                action, label = self._pending
-                self.apply(action, label)
+            if self._pending is not None and self._scores_needed(self._pending) is None:
+                self.apply(self._pending)
 
         def failed(error):
             self._scoring.discard(job)
@@ -252,11 +282,16 @@ class Explorer(w.VBox):
         self._scheduler.submit(key, f"{criterion} scores", work, done, failed)
 
     def _schedule_explain(self):
-        if self.views["interpretability"].auto.value:
+        if self.state.auto_explain:
             self._scheduler.later("explain", SETTLE_S, self.explain)
 
     def explain(self) -> None:
-        """Recompute the input attributions for the current state now (in the background)."""
+        """Recompute the input attributions for the current state now (in the background); the
+        Explain button does this, and so do settled changes while ``state.auto_explain`` is on.
+
+        Returns:
+            None. Example: ``ex.explain(); ex.wait().state.explanations_stale`` is False.
+        """
         self._scheduler.cancel("explain")
         p = self.pruner
         try:
@@ -271,8 +306,7 @@ class Explorer(w.VBox):
         explainer = self._explainer
 
         def done(ex):
-            self.state.explanations = ex
-            self.state.explanations_stale = ex.revision != self.state.revision
+            self.state.explanations = ex  # explanations_stale follows (state.py)
             self.state.explain_error = ""
 
         def failed(error):
@@ -283,75 +317,35 @@ class Explorer(w.VBox):
                                done, failed)
 
     def _show_busy(self, labels: list[str], fraction: float | None):
-        self._busy.layout.visibility = "visible" if labels else "hidden"
+        self.progress.layout.visibility = "visible" if labels else "hidden"
         self._busy_label.value = (f'<span style="font-size:11px; color:#555">computing {", ".join(labels)}…</span>'
                                   if labels else "")
         self._busy_bar.value = fraction or 0.0
         self.state.busy = ", ".join(labels)
 
     def wait(self, timeout: float = 120.0) -> "Explorer":
-        """Block until pending background work is done and shown (for scripts and tests)."""
+        """Block until pending background work is done and shown (for scripts and tests).
+
+        Args:
+            timeout: seconds to wait for each background job.
+
+        Returns:
+            The Explorer. Example: ``ex.pruner.prune(0.9); ex.wait()``.
+        """
         self._scheduler.wait(timeout)
         return self
 
     def close(self):
-        """Stop following the Pruner and close the widgets."""
+        """Stop following the Pruner and close the widgets and the explorer's own panels.
+
+        Returns:
+            None. Example: ``ex.close(); ex.pruner.prune(0.5)`` (the closed explorer stays as it was).
+        """
         self._unsubscribe()
         self._scheduler.close()
         for view in self.views.values():
             view.widget.close()
             view.bokeh.close()
+        for panel in self.panels.values():
+            panel.close()
         super().close()
-
-
-# ---------------------------------------------------------------------- explore()
-
-_PRUNER_OPTIONS = [name for name, p in inspect.signature(Pruner).parameters.items() if p.kind == p.KEYWORD_ONLY]
-
-
-def explore(model_or_demo, val_data=None, train_data=None, **pruner_options) -> Explorer:
-    """Open the interactive explorer.
-
-    Args:
-        model_or_demo: a ``torch.nn.Module``; a demo name such as ``"digits-mlp"`` (see
-            ``prunelab.demos.NAMES``) or a loaded Demo; or an existing Pruner.
-        val_data: labelled data to measure on (a DataLoader, a Dataset, or an ``(inputs,
-            targets)`` pair of tensors); required for a model, brought along by demos.
-        train_data: data for Taylor/attribution scoring and fine-tuning (optional).
-        **pruner_options: passed to :class:`prunelab.Pruner` (metric, loss, eval_samples,
-            batch_size, seed).
-
-    Returns an :class:`Explorer`: an ipywidgets widget that shows itself as a cell's output.
-    """
-    unknown = [k for k in pruner_options if k not in _PRUNER_OPTIONS]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], _PRUNER_OPTIONS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise TypeError(f"explore() got an unknown option {unknown[0]!r}.{hint} "
-                        f"Options (passed to the Pruner): {_PRUNER_OPTIONS}.")
-    image_shape, class_names = None, None
-    if isinstance(model_or_demo, str):
-        model_or_demo = demos.load(model_or_demo)
-    if isinstance(model_or_demo, demos.Demo):
-        demo = model_or_demo
-        if val_data is not None or train_data is not None:
-            raise ValueError(f"the demo {demo.name!r} brings its own data; call explore({demo.name!r}) without "
-                             "val_data/train_data, or pass your model with your data.")
-        pruner = Pruner(demo.model, demo.val, train_data=demo.train, **pruner_options)
-        title, image_shape, class_names = f"{demo.name}: {demo.description}", demo.image_shape, demo.classes
-    elif isinstance(model_or_demo, Pruner):
-        if val_data is not None or train_data is not None or pruner_options:
-            raise ValueError("a Pruner already holds its data and options; call explore(pruner) alone.")
-        pruner = model_or_demo
-        title = type(pruner.model).__name__
-    elif isinstance(model_or_demo, nn.Module):
-        if val_data is None:
-            raise ValueError("explore(model) needs val_data: labelled data to measure the pruned model on "
-                             "(a DataLoader, a Dataset, or an (inputs, targets) pair of tensors). "
-                             "Or try a demo: explore('digits-mlp').")
-        pruner = Pruner(model_or_demo, val_data, train_data=train_data, **pruner_options)
-        title = type(model_or_demo).__name__
-    else:
-        raise TypeError(f"explore() takes a torch.nn.Module, a demo name (one of {list(demos.NAMES)}), a Demo "
-                        f"or a Pruner; got {type(model_or_demo).__name__}.")
-    return Explorer(pruner, title=title, image_shape=image_shape, class_names=class_names)

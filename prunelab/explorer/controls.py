@@ -1,9 +1,11 @@
 """The controls: what a person drags and clicks.
 
-Controls turn a gesture into a pruning action (a function that calls the Pruner) and hand it to
-``apply``, which the Explorer provides (it makes sure the criterion's scores exist, runs the
-action, and reports errors). When the Pruner changes, from here or anywhere else (Python, undo,
-other panels), ``sync()`` moves the sliders to match without triggering actions.
+Controls turn a gesture into a typed :class:`~prunelab.explorer.actions.Action` and hand it to
+``apply``, which the Explorer provides (it makes sure the criterion's scores exist, records the
+action in the state hub, runs it, and reports errors). The choices (criterion, granularity, mode,
+layer) live in the state hub: the widgets show the state's traits and a person's choice sets them.
+When the Pruner changes, from here or anywhere else (Python, undo, other panels), the state's
+``revision`` moves and ``sync()`` moves the sliders to match without triggering actions.
 """
 
 from __future__ import annotations
@@ -17,14 +19,29 @@ from typing import Callable
 import ipywidgets as w
 import numpy as np
 
-from .state import CRITERIA, GRANULARITIES
+from ..core.checks import GRANULARITIES
+from .actions import Action
+from .state import CRITERION_ORDER, MODES
 
 SMALL = "font-size:11px; color:#555; line-height:1.2"
+MODE_LABELS = {"amount": ("fraction", "sliders set the fraction removed"),
+               "threshold": ("|w| threshold", "remove weights below an absolute |w|")}
 
 
 def on_step(value: float, step: float = 0.01) -> float:
     """A value on the sliders' grid. The page snaps any other value to the grid and sends the
-    snapped value back, which would read as a person's gesture."""
+    snapped value back, which would read as a person's gesture.
+
+    Args:
+        value: any value. step: the grid's step.
+
+    Returns:
+        The nearest value on the grid, rounded to 10 decimals.
+
+    Example:
+        >>> on_step(0.3474)
+        0.35
+    """
     return round(round(value / step) * step, 10)
 
 
@@ -33,18 +50,26 @@ def _short(n: int) -> str:
 
 
 class Controls:
-    """Sliders, choices and buttons. ``apply(action, label)`` runs an action that changes the
-    Pruner; ``widget`` is the column to lay out."""
+    """Sliders, choices and buttons; ``widget`` is the column to lay out.
 
-    def __init__(self, pruner, state, apply: Callable[[Callable[[], None], str], None],
+    Args:
+        pruner: the Pruner the actions change (read here, changed only through ``apply``).
+        state: the explorer's ExplorerState; the choices are its traits.
+        apply: ``apply(action)`` runs an :class:`Action` (``Explorer.apply``).
+        post: ``post(key, fn)`` runs ``fn`` on the main thread (``Scheduler.post``); default: at once.
+
+    Example:
+        >>> controls = Controls(pruner, state, apply=lambda action: action.run())
+        >>> controls.global_slider.value = 0.5   # prunes half of all prunable weights
+    """
+
+    def __init__(self, pruner, state, apply: Callable[[Action], None],
                  post: Callable[[str, Callable[[], None]], None] | None = None):
         self.pruner = pruner
         self.state = state
         self.apply = apply
         self.post = post or (lambda key, fn: fn())
-        self._syncing = False
-        self._last = "global"  # what set the current pruning: "global", "layers" or "threshold"
-        self._origin: str | None = None  # the gesture behind the change sync() is about to show
+        self._syncing = False  # True while this code sets widget values, which are then no gestures
 
         slider = dict(min=0.0, max=1.0, step=0.01, readout_format=".0%", continuous_update=True)
         wide = w.Layout(width="100%")
@@ -59,15 +84,15 @@ class Controls:
                                                  style={"description_width": "60px"},
                                                  tooltip="prune every weight whose magnitude is below this")
         self.threshold_slider.add_class("prunelab-threshold-slider")
-        self.criterion = w.Dropdown(options=CRITERIA, value=state.criterion, description="criterion",
+        self.criterion = w.Dropdown(options=CRITERION_ORDER, value=state.criterion, description="criterion",
                                     style={"description_width": "70px"}, layout=wide)
         self.criterion.add_class("prunelab-criterion")
         self.granularity = w.ToggleButtons(options=GRANULARITIES, value=state.granularity,
                                            style={"button_width": "112px"})
         self.granularity.add_class("prunelab-granularity")
-        self.mode = w.ToggleButtons(options=[("fraction", "amount"), ("|w| threshold", "threshold")],
+        self.mode = w.ToggleButtons(options=[(MODE_LABELS[m][0], m) for m in MODES],
                                     value=state.mode, style={"button_width": "105px"},
-                                    tooltips=["sliders set the fraction removed", "remove weights below an absolute |w|"])
+                                    tooltips=[MODE_LABELS[m][1] for m in MODES])
         self.mode.add_class("prunelab-mode")
         button = dict(layout=w.Layout(width="78px"))
         self.reset = w.Button(description="reset", icon="undo-alt", tooltip="back to the original weights", **button)
@@ -106,9 +131,11 @@ class Controls:
         self._on(self.mode, "mode", lambda value: self._choice("mode", value))
         self._on(self.layer_select, "layer", lambda value: setattr(state, "layer", value))
         state.observe(lambda c: setattr(self.layer_select, "value", c["new"]), "layer")
-        for button, action in ((self.reset, pruner.reset), (self.undo, pruner.undo), (self.redo, pruner.redo)):
-            button.on_click(lambda _, action=action, key=button.description: self.post(
-                key, lambda: self.apply(action, key)))
+        state.observe(self._show_choice, ["criterion", "granularity", "mode"])
+        state.observe(lambda _: self.sync(), "revision")
+        for button, run in ((self.reset, pruner.reset), (self.undo, pruner.undo), (self.redo, pruner.redo)):
+            action = Action(kind=button.description, run=run)
+            button.on_click(lambda _, action=action: self.post(action.kind, lambda: self.apply(action)))
 
         heading = lambda text: w.HTML(f'<div style="{SMALL}; font-weight:600; margin-top:6px">{text}</div>')  # noqa
         self.amount_box = w.VBox([self.global_slider])
@@ -145,13 +172,12 @@ class Controls:
         crit, gran = self.state.criterion, self.state.granularity
         if gran == "2:4":
             value = self._snap(self.global_slider, value)
-        self._last = self._origin = "global"
 
-        def action():
+        def run():
             self._clear_uncovered(gran)
             self.pruner.prune(value, criterion=crit, granularity=gran)
 
-        self.apply(action, "global")
+        self.apply(Action(kind="global", run=run))
 
     def _layer_moved(self, name: str, value: float):
         if self._syncing:
@@ -159,16 +185,16 @@ class Controls:
         crit, gran = self.state.criterion, self.state.granularity
         if gran == "2:4":
             value = self._snap(self.layer_sliders[name], value)
-        self._last = self._origin = "layers"
-        self.apply(lambda: self.pruner.prune({name: value}, criterion=crit, granularity=gran), name)
+        self.apply(Action(kind="layer", layer=name,
+                          run=lambda: self.pruner.prune({name: value}, criterion=crit, granularity=gran)))
 
     def _threshold_moved(self, value: float):
         if self._syncing or self.state.mode != "threshold":
             return
         gran = self.state.granularity
-        self._last = self._origin = "threshold"
         self.state.threshold = value
-        self.apply(lambda: self.pruner.prune(threshold=value, criterion="magnitude", granularity=gran), "threshold")
+        self.apply(Action(kind="threshold",
+                          run=lambda: self.pruner.prune(threshold=value, criterion="magnitude", granularity=gran)))
 
     def _snap(self, slider: w.FloatSlider, value: float) -> float:
         """2:4 removes exactly half: the slider snaps to 0 or 50%."""
@@ -179,7 +205,18 @@ class Controls:
         return snapped
 
     def uncovered(self, granularity: str) -> dict[str, str]:
-        """Layers that ``granularity`` cannot prune, with the reason."""
+        """Layers that ``granularity`` cannot prune, with the reason.
+
+        Args:
+            granularity: one of ``prunelab.core.checks.GRANULARITIES``.
+
+        Returns:
+            ``{layer name: why}``; empty for unstructured.
+
+        Example:
+            >>> "4" in controls.uncovered("structured")   # digits-mlp: its outputs cannot go
+            True
+        """
         if granularity == "structured":
             return self.pruner.structured_blocked
         if granularity == "2:4":
@@ -199,32 +236,30 @@ class Controls:
         """A new criterion, granularity or mode: re-apply what is set now under the new choice."""
         if self._syncing:
             return
-        self._origin = "choice"
-        setattr(self.state, name, value)
+        setattr(self.state, name, value)  # the widgets follow the state (_show_choice)
         # A |w| threshold cannot give a 2:4 pattern: picking one leaves the other.
         if name == "mode" and value == "threshold" and self.state.granularity == "2:4":
-            self._set_quietly(self.granularity, "granularity", "unstructured")
+            self.state.granularity = "unstructured"
         if name == "granularity" and value == "2:4" and self.state.mode == "threshold":
-            self._set_quietly(self.mode, "mode", "amount")
-        self._show_mode()
+            self.state.mode = "amount"
         if name == "mode" and value == "threshold":
             with self._quiet():  # start from the |w| that gives the sparsity in effect now
                 t = max(self._equivalent_threshold(), 10 ** self.threshold_slider.min)
                 self.threshold_slider.value = 10 ** on_step(math.log10(t))
         if self.state.mode == "threshold":
             self._threshold_moved(self.threshold_slider.value)
-        elif self._last == "layers" and name != "mode":
+        elif self.state.driver == "layers" and name != "mode":
             crit, gran = self.state.criterion, self.state.granularity
             skip = self.uncovered(gran)
             amounts = {n: (0.5 if gran == "2:4" else s.value) for n, s in self.layer_sliders.items()
                        if s.value > 0 and n not in skip}
 
-            def action():
+            def run():
                 self._clear_uncovered(gran)
                 if amounts:
                     self.pruner.prune(amounts, criterion=crit, granularity=gran)
 
-            self.apply(action, name)
+            self.apply(Action(kind="layers", run=run))
         elif self.global_slider.value > 0 or self.pruner.plans:
             self._global_moved(self.global_slider.value)
 
@@ -237,11 +272,6 @@ class Controls:
         magnitudes = np.concatenate([ref.abs_flat(l.name) for l in self.pruner.layers])
         return float(np.quantile(magnitudes, sparsity))
 
-    def _set_quietly(self, widget, trait: str, value: str):
-        with self._quiet():
-            widget.value = value
-        setattr(self.state, trait, value)
-
     # -------------------------------------------------------------- following the Pruner
 
     @contextlib.contextmanager
@@ -252,6 +282,13 @@ class Controls:
             yield
         finally:
             self._syncing = False
+
+    def _show_choice(self, change):
+        """A choice in the state (from a person, a state made elsewhere, or Python): show it."""
+        widget = {"criterion": self.criterion, "granularity": self.granularity, "mode": self.mode}[change["name"]]
+        with self._quiet():
+            widget.value = change["new"]
+        self._show_mode()
 
     def _show_mode(self):
         threshold = self.state.mode == "threshold"
@@ -264,11 +301,19 @@ class Controls:
                          else f"{self.pruner.layer(name).describe()}: fraction removed")
 
     def sync(self):
-        """Move every control to the Pruner's state, without acting on it."""
+        """Move every control to the Pruner's state, without acting on it (runs when the state's
+        ``revision`` moves).
+
+        Returns:
+            None.
+
+        Example:
+            >>> controls.sync()   # after the Pruner changed with no explorer following it
+        """
         plans = self.pruner.plans
         sparsity = self.pruner.sparsity()
-        origin, self._origin = self._origin, None
-        if origin is None:  # changed from Python, undo or redo: show how that state was pruned
+        origin = self.state.action.kind if self.state.action is not None else None
+        if origin in (None, "reset", "undo", "redo"):  # a state made elsewhere: show how it was pruned
             self._adopt_choices(plans)
         with self._quiet():
             if origin != "global":  # the value a person dragged to stays (structured counts units)
@@ -288,12 +333,15 @@ class Controls:
         """Set the criterion and granularity choices to the state's, when all layers share them."""
         crits = {p.criterion for p in plans.values()}
         grans = {p.granularity for p in plans.values()}
-        with self._quiet():
-            if len(crits) == 1 and next(iter(crits)) in CRITERIA and self.state.mode == "amount":
-                self.criterion.value = self.state.criterion = next(iter(crits))
-            if len(grans) == 1:
-                self.granularity.value = self.state.granularity = next(iter(grans))
+        if len(crits) == 1 and next(iter(crits)) in CRITERION_ORDER and self.state.mode == "amount":
+            self.state.criterion = next(iter(crits))
+        if len(grans) == 1:
+            self.state.granularity = next(iter(grans))
 
     def show_message(self, text: str, error: bool = False):
+        """Show ``text`` under the controls (red when ``error``); ``""`` clears it. Returns None.
+
+        Example: ``controls.show_message("computing taylor scores in the background…")``.
+        """
         colour = "#c0392b" if error else "#555"
         self.message.value = f'<div style="{SMALL}; color:{colour}">{html.escape(text)}</div>' if text else ""

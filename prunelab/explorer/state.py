@@ -1,21 +1,38 @@
-"""What the views show, as traitlets: the Explorer sets it, the views observe it.
+"""The explorer's one state hub: traits that the controls, views and panels observe.
 
-Views never call the Pruner to change it; they read the Pruner (masks, weights, layers) when a
-trait they observe changes. ``revision`` moves once per measured change of the Pruner, after
-``metrics`` is set, so a view that observes it sees consistent state.
+In the ipyleaflet style, the state of one explorer is traits and only traits: choices are
+validated at the door (an unknown criterion, granularity, mode or layer raises ValueError),
+dependent state is derived by observers here (``explanations_stale`` from ``revision`` and
+``explanations``; ``driver`` from ``action``), and every observer sees each change once.
+
+One bridge brings the Pruner in: :func:`follow` subscribes to ``Pruner.on_change`` and, once per
+burst of changes, on the main thread, the Explorer runs :func:`measure`: new dense references when
+the unmasked weights moved, then ``metrics``, then ``revision``. Views and panels never call the
+Pruner to change it; they read it (masks, weights, layers) when a trait they observe changes, so
+a view that observes ``revision`` sees consistent state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from traitlets import Any, Bool, Dict, HasTraits, Int, Unicode
+from traitlets import Any, Bool, Dict, HasTraits, Instance, Int, Tuple, Unicode, observe, validate
 
-CRITERIA = ("magnitude", "taylor", "attribution", "random")
-COMPARED = ("magnitude", "taylor", "attribution")  # the criteria the importance view sets side by side
-GRANULARITIES = ("unstructured", "structured", "2:4")
+from ..core.checks import GRANULARITIES, check_choice
+from ..core.criteria import CRITERIA
+from .actions import DRIVES, Action
+
+# The criteria the controls offer, in the order shown: the core's registry, magnitude (the
+# default) first and random (the baseline, which ranks nothing) last.
+CRITERION_ORDER = tuple(sorted(CRITERIA, key=lambda name: (name != "magnitude") + (name == "random")))
+COMPARED = tuple(c for c in CRITERION_ORDER if c != "random")  # the importance view sets these side by side
+INSTANT = ("magnitude", "random")  # scored from the weights alone; the others need data, in the background
+NEEDS_SCORING = tuple(c for c in CRITERION_ORDER if c not in INSTANT)
+MODES = ("amount", "threshold")  # the sliders set fractions, or an absolute |w| threshold
+DRIVERS = tuple(dict.fromkeys(DRIVES.values()))
 
 
 @dataclass
@@ -27,29 +44,72 @@ class DenseReference:
     weights: dict[str, torch.Tensor]   # layer name -> unmasked weight
 
     def abs_flat(self, layer: str) -> np.ndarray:
+        """|w| of one layer's unmasked weight, flattened, as float numpy."""
         return self.weights[layer].detach().abs().reshape(-1).float().cpu().numpy()
 
 
 def dense_reference(pruner) -> DenseReference:
-    """The Pruner's unmasked layer weights now (a copy: the model itself holds masked weights)."""
+    """The Pruner's unmasked layer weights now (a copy: the model itself holds masked weights).
+
+    Args:
+        pruner: a Pruner.
+
+    Returns:
+        A DenseReference of ``pruner.weights_version``.
+
+    Example:
+        >>> ref = dense_reference(pruner)
+        >>> ref.weights["0"].shape == pruner.layer("0").shape
+        True
+    """
     with pruner.dense():
         weights = {l.name: l.module.weight.detach().clone() for l in pruner.layers}
     return DenseReference(pruner.weights_version, weights)
 
 
 def magnitude_scores(pruner) -> dict[str, np.ndarray]:
-    """Unit importance by magnitude (L1 norm of each unit's unmasked weights): instant."""
+    """Unit importance by magnitude (L1 norm of each unit's unmasked weights): instant.
+
+    Args:
+        pruner: a Pruner.
+
+    Returns:
+        ``{layer name: numpy array of one score per unit}``.
+
+    Example:
+        >>> magnitude_scores(pruner)["0"].shape == (pruner.layer("0").units,)
+        True
+    """
     return {n: s.detach().cpu().numpy() for n, s in pruner.scores("magnitude", units=True).items()}
 
 
 class ExplorerState(HasTraits):
-    """Shared, observable state of one explorer."""
+    """Shared, observable state of one explorer (or of one panel used on its own).
 
+    Args:
+        **traits: initial values, e.g. ``layer_names=tuple(pruner.layer_names), layer="2"``.
+
+    Example:
+        >>> state = ExplorerState(layer_names=("0", "2"), layer="2")
+        >>> state.observe(lambda change: print(change["new"]), "criterion")
+        >>> state.criterion = "taylor"
+        taylor
+        >>> state.granularity = "blocks"
+        Traceback (most recent call last):
+        ValueError: unknown granularity 'blocks': choose one of ['unstructured', 'structured', '2:4'].
+    """
+
+    layer_names = Tuple(help="the Pruner's layer names; when given, `layer` must be one of them")
     layer = Unicode(help="layer shown in the detail views")
     criterion = Unicode("magnitude", help="criterion the controls prune by")
     granularity = Unicode("unstructured")
     mode = Unicode("amount", help="'amount' (fractions) or 'threshold' (absolute |w|)")
     threshold = Any(None, help="the |w| threshold in effect in threshold mode")
+    action = Instance(Action, allow_none=True,
+                      help="the Action whose change of the Pruner is being measured; None for a change "
+                           "made elsewhere (Python, a panel)")
+    driver = Unicode("global", help="what set the pruning the sliders show: 'global', 'layers' or 'threshold' "
+                                    "(derived from `action`)")
     revision = Int(0, help="moves after every measured change of the Pruner")
     metrics = Any(None, help="Metrics of the current state")
     baseline = Any(None, help="Metrics of the dense model")
@@ -57,6 +117,94 @@ class ExplorerState(HasTraits):
     scores = Dict(help="{criterion: {layer: np.ndarray of unit scores}} on the unmasked weights, as computed")
     score_errors = Dict(help="{criterion: why its scores could not be computed}")
     explanations = Any(None, help="analysis.Explanations, or None before the first")
-    explanations_stale = Bool(True)
+    explanations_stale = Bool(True, help="the explanations are not of the current revision (derived)")
     explain_error = Unicode("")
+    auto_explain = Bool(True, help="recompute the explanations when changes settle")
     busy = Unicode("", help="what runs in the background, '' when idle")
+
+    @validate("criterion")
+    def _valid_criterion(self, proposal):
+        check_choice(proposal["value"], CRITERION_ORDER, "criterion")
+        return proposal["value"]
+
+    @validate("granularity")
+    def _valid_granularity(self, proposal):
+        check_choice(proposal["value"], GRANULARITIES, "granularity")
+        return proposal["value"]
+
+    @validate("mode")
+    def _valid_mode(self, proposal):
+        check_choice(proposal["value"], MODES, "mode")
+        return proposal["value"]
+
+    @validate("driver")
+    def _valid_driver(self, proposal):
+        check_choice(proposal["value"], DRIVERS, "driver")
+        return proposal["value"]
+
+    @validate("layer")
+    def _valid_layer(self, proposal):
+        if self.layer_names:
+            check_choice(proposal["value"], self.layer_names, "layer")
+        return proposal["value"]
+
+    @observe("revision", "explanations")
+    def _derive_stale(self, _change):
+        ex = self.explanations
+        self.explanations_stale = ex is None or ex.revision != self.revision
+
+    @observe("action")
+    def _derive_driver(self, change):
+        action = change["new"]
+        if action is not None and action.drives is not None:
+            self.driver = action.drives
+
+
+def measure(pruner, state: ExplorerState) -> None:
+    """Bring ``state`` up to the Pruner's current state: the one update after every change.
+
+    When the unmasked weights moved (a fine-tune, ``set_weights``) and the state holds a dense
+    reference, the reference and the magnitude scores are rebuilt first (other scores dropped:
+    they were of the old weights). Then ``metrics`` is measured and ``revision`` moves, so that a
+    view observing ``revision`` sees both.
+
+    Args:
+        pruner: the Pruner the state follows.
+        state: the ExplorerState to update (on the main thread).
+
+    Returns:
+        None.
+
+    Example:
+        >>> pruner.prune(0.5)
+        >>> measure(pruner, state)  # what follow() runs after each change
+        >>> state.metrics == pruner.evaluate()
+        True
+    """
+    ref = state.reference
+    if ref is not None and pruner.weights_version != ref.version:
+        state.scores = {"magnitude": magnitude_scores(pruner)}
+        state.score_errors = {}
+        state.reference = dense_reference(pruner)
+    state.metrics = pruner.evaluate()
+    state.revision += 1
+
+
+def follow(pruner, soon: Callable[[str, Callable[[], None]], None], update: Callable[[], None]) -> Callable[[], None]:
+    """The one bridge from a Pruner into a state hub: after every change of the Pruner, ``update``
+    runs on the main thread, once per burst of changes.
+
+    Args:
+        pruner: the Pruner to follow (its ``on_change`` hook; nothing else subscribes to it).
+        soon: ``soon(key, fn)``, e.g. ``Scheduler.soon``, which folds a burst into one call.
+        update: what to run, e.g. ``lambda: measure(pruner, state)``.
+
+    Returns:
+        A function that stops following.
+
+    Example:
+        >>> stop = follow(pruner, scheduler.soon, lambda: measure(pruner, state))
+        >>> pruner.prune(0.5)  # state.revision moves
+        >>> stop()
+    """
+    return pruner.on_change(lambda: soon("refresh", update))

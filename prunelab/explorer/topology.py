@@ -7,8 +7,9 @@ weight is the norm of the weights joining the two units: |w| for Linear-to-Linea
 norm for convolutions, and the norm over all positions of a channel when a convolution's output
 is flattened into a Linear layer.
 
-Big layers are capped: at most ``max_units`` units per column (the largest by weight norm) and
-``max_edges`` edges per layer (a uniform random sample, so the faded share matches the sparsity).
+Big layers are capped: at most ``max_units`` (MAX_UNITS) units per column (the largest by weight
+norm) and ``max_edges`` (MAX_EDGES) edges per layer (a uniform random sample, so the faded share
+matches the sparsity).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import fx, nn
 from ..core.layers import Layer
 
 INPUT = "input"
+MAX_UNITS = 512    # units drawn per column at most (the largest by weight norm)
+MAX_EDGES = 2500   # edges drawn per layer at most (a uniform random sample)
 
 
 @dataclass
@@ -111,7 +114,7 @@ class UnitGraph:
     """The layered unit graph of a model: columns, capped edges, and node positions."""
 
     def __init__(self, model: nn.Module, layers: list[Layer], dense: dict[str, torch.Tensor],
-                 max_units: int = 512, max_edges: int = 2500, seed: int = 0):
+                 max_units: int = MAX_UNITS, max_edges: int = MAX_EDGES, seed: int = 0):
         self.layers = layers
         self.max_units, self.max_edges = max_units, max_edges
         sources = layer_sources(model, layers)

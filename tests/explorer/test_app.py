@@ -8,8 +8,6 @@ import torch
 from torch import nn
 
 import prunelab as pl
-from prunelab.explorer import app as app_module
-
 from explorer_support import Sent
 
 
@@ -61,9 +59,9 @@ def test_new_weights_rebuild_references_and_rescore(explorer):
 def test_progress_shows_while_background_work_runs(explorer):
     explorer.explain()
     assert explorer.state.busy == "attributions"
-    assert explorer._busy.layout.visibility == "visible"
+    assert explorer.progress.layout.visibility == "visible"
     explorer.wait()
-    assert explorer.state.busy == "" and explorer._busy.layout.visibility == "hidden"
+    assert explorer.state.busy == "" and explorer.progress.layout.visibility == "hidden"
 
 
 def test_add_panel_adds_a_tab(explorer):
@@ -135,5 +133,19 @@ def test_a_users_model_with_tabular_inputs(monkeypatch):
     ex.close()
 
 
-def test_pruner_options_are_the_pruners_keyword_arguments():
-    assert app_module._PRUNER_OPTIONS == ["metric", "loss", "eval_samples", "batch_size", "seed"]
+def test_explore_passes_its_options_to_the_pruner():
+    torch.manual_seed(0)
+    x = torch.randn(120, 6)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def hits(out, targets):
+        return (out.argmax(1) == targets).float().mean()
+
+    loss = nn.CrossEntropyLoss()
+    ex = pl.explore(model, (x, y), metric=hits, loss=loss, eval_samples=100, batch_size=16, seed=3)
+    p = ex.pruner
+    assert (p.metric, p.loss, p.batch_size, p.seed) == (hits, loss, 16, 3)
+    assert ex.state.metrics.samples == 100 and ex.state.metrics.metric_name == "hits"
+    assert "hits" in ex.views["metrics"].readout.value
+    ex.close()

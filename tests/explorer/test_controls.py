@@ -10,12 +10,11 @@ from prunelab.explorer.controls import on_step
 @pytest.fixture
 def ex(explorer):
     explorer.pruner.reset()
-    c = explorer.controls
-    with c._quiet():
-        c.criterion.value, c.granularity.value, c.mode.value = "magnitude", "unstructured", "amount"
-    explorer.state.criterion, explorer.state.granularity, explorer.state.mode = "magnitude", "unstructured", "amount"
-    c._last = "global"
+    state = explorer.state  # the controls show the hub's choices without acting on them
+    state.criterion, state.granularity, state.mode, state.driver = "magnitude", "unstructured", "amount", "global"
     explorer.wait()
+    c = explorer.controls
+    assert (c.criterion.value, c.granularity.value, c.mode.value) == ("magnitude", "unstructured", "amount")
     return explorer
 
 

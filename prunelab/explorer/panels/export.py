@@ -13,8 +13,8 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from ..background import MainThread
 from ...export import FORMATS, GIVES, compare_formats
+from .base import Panel
 
 ENDINGS = {"state_dict": ".safetensors", "sparse": ".sparse.safetensors", "structured": ".structured",
            "onnx": ".onnx", "recipe": ".recipe.json"}
@@ -23,25 +23,48 @@ LABELS = {"state_dict": "state_dict (dense, masks baked in)", "sparse": "sparse 
           "recipe": "recipe (JSON of what was done)"}
 
 
-class ExportPanel(widgets.VBox):
+class ExportPanel(Panel):
     """Export ``pruner``'s current state, and compare every format's file size and the measured
     dense vs structured latency.
 
     Args:
         pruner: the Pruner whose state is exported (never modified).
+        state: the explorer's state hub (default: the panel's own, following ``pruner``).
+        post: runs work on the kernel's main thread (default: the panel's own Scheduler).
         directory: where the default file names point.
         stem: the default file name without its ending.
         formats: the formats measured in the table (default: all).
         measure: measure the table at once instead of on the button.
+
+    Returns:
+        The panel (an ipywidgets widget, class ``prunelab-export``).
+
+    Example:
+        >>> panel = ExportPanel(pruner, directory="out")
+        >>> panel.format.value = "structured"
+        >>> panel.export_button.click()   # writes out/pruned-model.structured(.safetensors, .pt2)
     """
 
-    def __init__(self, pruner, directory=".", stem: str = "pruned-model", formats=FORMATS, measure: bool = False):
-        self.pruner = pruner
+    title = "Export"
+
+    def __init__(self, pruner, state=None, post=None, *, directory=".", stem: str = "pruned-model",
+                 formats=FORMATS, measure: bool = False):
         self.directory = Path(directory)
         self.stem = stem
         self.formats = tuple(formats)
         self.report = None
         self.last_export = None
+        super().__init__(pruner, state, post)
+        # Stable classes for tests and for users' styling, as the explorer's controls have.
+        for widget, name in ((self.format, "format"), (self.path, "path"), (self.export_button, "button"),
+                             (self.status, "status"), (self.table, "table")):
+            widget.add_class(f"prunelab-export-{name}")
+        if measure:
+            self.measure()
+
+    def build(self) -> list[widgets.Widget]:
+        """The format, path, buttons, status and the table of formats."""
+        stem = self.stem
         self.format = widgets.Dropdown(options=[(LABELS[f], f) for f in FORMATS], value="sparse",
                                        description="Format", layout=widgets.Layout(width="420px"))
         self.path = widgets.Text(value=str(self.directory / f"{stem}{ENDINGS['sparse']}"), description="Path",
@@ -58,28 +81,28 @@ class ExportPanel(widgets.VBox):
         self.stale = widgets.HTML()
         self.format.observe(self._on_format, names="value")
         # Clicks arrive on a kernel subshell thread; export and measure read the model, so they
-        # run on the main thread (where this panel was made), never beside a slider move.
-        self._main = MainThread()
-        self.export_button.on_click(lambda _: self._main.post(self.export))
-        self.measure_button.on_click(lambda _: self._main.post(self.measure))
-        self._unsubscribe = pruner.on_change(self._on_pruner_change)
-        super().__init__([
+        # run on the main thread, never beside a slider move.
+        self.export_button.on_click(lambda _: self.post("export", self.export))
+        self.measure_button.on_click(lambda _: self.post("measure", self.measure))
+        self.watch(self._on_pruner_change, "revision")
+        return [
             widgets.HTML("<b>Export</b>"), self.format, self.path, self.gives,
             widgets.HBox([self.export_button, self.measure_button]), self.status, self.stale, self.table,
             self.summary,
-        ])
-        # Stable classes for tests and for users' styling, as the explorer's controls have.
-        self.add_class("prunelab-export")
-        for widget, name in ((self.format, "format"), (self.path, "path"), (self.export_button, "button"),
-                             (self.status, "status"), (self.table, "table")):
-            widget.add_class(f"prunelab-export-{name}")
-        if measure:
-            self.measure()
+        ]
 
     # ------------------------------------------------------------------ actions
 
     def export(self):
-        """Export in the chosen format to the chosen path; the status line says what happened."""
+        """Export in the chosen format to the chosen path; the status line says what happened.
+
+        Returns:
+            The :class:`prunelab.Exported` written, or None when it failed (the status says why).
+
+        Example:
+            >>> panel.format.value = "onnx"; panel.export().format
+            'onnx'
+        """
         fmt, path = self.format.value, self.path.value.strip()
         if not path:
             self._status("Give a file path to export to.", error=True)
@@ -103,7 +126,13 @@ class ExportPanel(widgets.VBox):
         return done
 
     def measure(self):
-        """Write every format to a temporary folder and time dense vs structured; fill the table."""
+        """Write every format to a temporary folder and time dense vs structured; fill the table.
+
+        Returns:
+            The ``compare_formats`` report, or None when it failed (the table says why).
+
+        Example: ``print(panel.measure().sentence())``.
+        """
         self.measure_button.disabled = True
         self.table.value = "<i>Measuring: writing every format and timing dense vs structured…</i>"
         try:
@@ -128,7 +157,7 @@ class ExportPanel(widgets.VBox):
             self.path.value = str(p.with_name(f"{self.stem}{ENDINGS[new]}"))
         self.gives.value = self._gives_html(new)
 
-    def _on_pruner_change(self):
+    def _on_pruner_change(self, _change):
         if self.report is not None:
             self.stale.value = ("<span style='color:#b60'>The pruning changed since this table was measured; press "
                                 "<b>Measure all formats</b> for the current state.</span>")
@@ -139,7 +168,3 @@ class ExportPanel(widgets.VBox):
     def _status(self, text: str, error: bool = False):
         colour = "#b00" if error else "#060"
         self.status.value = f"<span style='color:{colour}'>{text if not error else html.escape(text)}</span>"
-
-    def close(self):
-        self._unsubscribe()
-        super().close()

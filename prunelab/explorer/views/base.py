@@ -11,7 +11,12 @@ import numpy as np
 from bokeh.models import ColumnDataSource
 from jupyter_bokeh.widgets import BokehModel
 
+from ..state import CRITERION_ORDER
+
 FONT = "font-size:12px; line-height:1.35; color:#333"
+# One colour per criterion, the same in every view (in the controls' order).
+PALETTE = ("#3b6ea5", "#d97b29", "#3a9a5b", "#8e6bb8", "#c0392b", "#17becf")
+CRITERION_COLOURS = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(CRITERION_ORDER)}
 
 
 class BokehWidget(BokehModel):
@@ -58,7 +63,19 @@ class BokehWidget(BokehModel):
 
 def update_columns(source: ColumnDataSource, **columns) -> list[str]:
     """Replace the given columns of ``source``, sending only those whose values changed (one
-    patch event). Returns the names sent."""
+    patch event).
+
+    Args:
+        source: a bokeh ColumnDataSource. **columns: column name -> new values.
+
+    Returns:
+        The names of the columns sent.
+
+    Example:
+        >>> src = ColumnDataSource(dict(x=[1, 2], y=[3, 4]))
+        >>> update_columns(src, x=[1, 2], y=[5, 6])
+        ['y']
+    """
     changed = {k: v for k, v in columns.items() if not _same(source.data.get(k), v)}
     if changed:
         source.data.update(changed)
@@ -78,7 +95,18 @@ def _same(old, new) -> bool:
 
 
 class View:
-    """Base of the bokeh views: ``widget`` is what the explorer lays out."""
+    """Base of the bokeh views: subclasses set ``title``, implement :meth:`build` and call
+    :meth:`mount` once their data is in; ``widget`` is what the explorer lays out.
+
+    Args:
+        pruner: the Pruner the view reads (never changes).
+        state: the explorer's ExplorerState, which the view observes.
+        post: ``post(key, fn)`` running ``fn`` on the kernel's main thread (``Scheduler.post``).
+
+    Example:
+        >>> view = WeightsView(pruner, state)   # a subclass
+        >>> view.widget                          # an ipywidgets VBox with class prunelab-weights
+    """
 
     title = ""
 

@@ -11,9 +11,8 @@ from bokeh.plotting import figure
 
 from ..analysis import rank_correlation
 from ..state import COMPARED
-from .base import View, update_columns
+from .base import CRITERION_COLOURS as COLOURS, View, update_columns
 
-COLOURS = {"magnitude": "#3b6ea5", "taylor": "#d97b29", "attribution": "#3a9a5b"}
 BAND = 1.3  # vertical space per criterion; bars reach 1
 
 

@@ -49,11 +49,16 @@ class InterpretabilityView(View):
         self.explain = w.Button(description="Explain now", icon="refresh", tooltip="recompute the attributions now",
                                 layout=w.Layout(width="128px", min_width="128px", height="26px"))
         self.explain.add_class("prunelab-explain")
-        self.auto = w.Checkbox(value=True, description="when changes settle", indent=False,
+        self.auto = w.Checkbox(value=state.auto_explain, description="when changes settle", indent=False,
                                layout=w.Layout(width="160px", min_width="160px"))
+        self.auto.add_class("prunelab-auto-explain")
         super().__init__(pruner, state, post)
         self.caption.layout.flex = "1 1 auto"
-        state.observe(self._show, ["explanations", "explanations_stale", "explain_error"])
+        # The checkbox shows state.auto_explain; a click (on a subshell thread) sets it on the main thread.
+        send = post or (lambda key, fn: fn())
+        self.auto.observe(lambda c: send("auto", lambda: setattr(state, "auto_explain", c["new"])), "value")
+        state.observe(lambda c: setattr(self.auto, "value", c["new"]), "auto_explain")
+        state.observe(self._show, ["explanations", "explanations_stale", "explain_error", "auto_explain"])
         state.observe(self._per_class, ["metrics", "baseline"])
         self._show()
         self._per_class()
@@ -199,7 +204,7 @@ class InterpretabilityView(View):
                   f"pruned at {ex.sparsity:.1%} sparsity)</span>")
         status = ""
         if self.state.explanations_stale:
-            status = "stale: updates when changes settle" if self.auto.value else "stale: press Explain now"
+            status = "stale: updates when changes settle" if self.state.auto_explain else "stale: press Explain now"
         self.set_caption(detail, status=status)
 
     # -------------------------------------------------------------- per class

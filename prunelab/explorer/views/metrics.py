@@ -9,12 +9,12 @@ import ipywidgets as w
 from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem, NumeralTickFormatter, Span
 from bokeh.plotting import figure
 
+from ...core.checks import GRANULARITIES
 from ...core.evaluation import Metrics
-from .base import FONT, View, update_columns
+from .base import CRITERION_COLOURS, FONT, View, update_columns
 
-COLOURS = {"magnitude": "#3b6ea5", "taylor": "#d97b29", "attribution": "#3a9a5b", "random": "#8e6bb8",
-           "mixed": "#7f7f7f"}
-MARKERS = {"unstructured": "circle", "structured": "square", "2:4": "triangle", "mixed": "diamond"}
+COLOURS = {**CRITERION_COLOURS, "mixed": "#7f7f7f"}  # a state whose layers differ is "mixed"
+MARKERS = {**dict(zip(GRANULARITIES, ("circle", "square", "triangle", "inverted_triangle"))), "mixed": "diamond"}
 
 
 def si(n: float, unit: str = "") -> str:
