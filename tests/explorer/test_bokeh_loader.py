@@ -14,7 +14,9 @@ def test_loads_inline_once_inside_a_kernel(monkeypatch):
     assert bokeh_loader.load_bokehjs() is False  # once per kernel
     (resources, kw), = calls
     assert resources.mode == "inline" and resources.components == ["bokeh"] and kw["hide_banner"]
-    assert "cdn.bokeh.org" not in "".join(resources.js_raw[:1])[:1000]
+    assert resources.js_files == []  # no script fetched from anywhere
+    js = "".join(resources.js_raw)
+    assert len(js) > 100_000 and "cdn.bokeh.org" not in js  # all of the inline JavaScript, not its start
 
 
 def test_nothing_is_published_outside_a_kernel(monkeypatch):

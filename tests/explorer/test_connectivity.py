@@ -3,7 +3,7 @@ sent to the browser as column patches."""
 
 import numpy as np
 
-from prunelab.explorer.topology import INPUT
+from prunelab.explorer.topology import INPUT, MAX_EDGES
 from prunelab.explorer.views.connectivity import ConnectivityView
 
 from explorer_support import Sent, make_state, measured
@@ -11,12 +11,16 @@ from explorer_support import Sent, make_state, measured
 
 def test_graph_has_a_column_per_layer_and_caps_big_layers(mlp_pruner):
     view = ConnectivityView(mlp_pruner, make_state(mlp_pruner))
-    g = view._graph
+    g = view.graph
     assert [c.name for c in g.columns] == [INPUT, "0", "2", "4"]
     assert [c.units for c in g.columns] == [64, 300, 100, 10]
-    # 19,200 and 30,000 weights are sampled down; the 1,000 of the output layer are all drawn
-    assert [len(g.edges[n].dst_unit) for n in ("0", "2", "4")] == [2500, 2500, 1000]
-    assert "0: 2,500 of 19,200 edges" in view.caption.value and "2: 2,500 of 30,000 edges" in view.caption.value
+    # one edge per nonzero weight of these Linear layers, sampled down to the cap where there are more
+    nonzero = {l.name: int((l.module.weight != 0).sum()) for l in mlp_pruner.layers}
+    assert [len(g.edges[n].dst_unit) for n in nonzero] == [min(MAX_EDGES, n) for n in nonzero.values()]
+    capped = [n for n, count in nonzero.items() if count > MAX_EDGES]
+    assert capped  # the fixture has layers over the cap
+    for n in capped:
+        assert f"{n}: {MAX_EDGES:,} of {nonzero[n]:,} edges" in view.caption.value
     assert len(view.nodes.data_source.data["x"]) == 64 + 300 + 100 + 10
 
 
@@ -31,7 +35,10 @@ def test_pruning_sends_only_opacity_columns_and_fades_pruned_edges(mlp_pruner):
     assert not sent.full_data_sends(view.edges.data_source) and not sent.rerendered()
     data = view.edges.data_source.data
     gone = np.asarray(data["now"]) == 0
-    assert 0.6 < gone.mean() < 0.95  # a uniform sample of edges: about the pruned share
+    # between Linear layers an edge is one weight: it fades exactly when that weight is masked
+    edges = [view.graph.edges[l.name] for l in mlp_pruner.layers]
+    expected = np.concatenate([~mlp_pruner.mask(e.layer)[e.dst_unit, e.group].numpy() for e in edges])
+    assert np.array_equal(gone, expected) and 0 < gone.mean() < 1
     assert np.all(np.asarray(data["alpha"])[gone] == 0)
     assert np.all(np.asarray(data["alpha"])[~gone] > 0)
     mlp_pruner.reset()
@@ -85,5 +92,5 @@ def test_a_page_that_opens_late_gets_the_current_picture(mlp_pruner):
     echo = {"event": "jsevent", "kind": "ModelChanged", "model": {"id": view.edges.data_source.id},
             "attr": "data", "new": {"type": "map", "entries": []}}
     view.bokeh._sync_model(view.bokeh, echo, [])
-    assert len(view.edges.data_source.data["x0"]) == 6000
+    assert len(view.edges.data_source.data["x0"]) == sum(len(e.dst_unit) for e in view.graph.edges.values())
     mlp_pruner.reset()

@@ -1,7 +1,12 @@
 """Each control changes the Pruner's state through it; when the Pruner changes from elsewhere, the
 controls follow without acting."""
 
+import threading
+from collections import OrderedDict
+
 import pytest
+import torch
+from torch import nn
 
 import prunelab as pl
 from prunelab.explorer.controls import on_step
@@ -147,3 +152,53 @@ def test_choices_follow_a_state_made_elsewhere(ex):
     assert ex.state.criterion == "random" and ex.state.granularity == "structured"
     ex.controls.undo.click()  # back to dense: the choices stay as they were
     assert ex.controls.criterion.value == "random"
+
+
+def scored_on_the_main_thread(monkeypatch, criterion_class) -> list:
+    """Records each call of ``criterion_class.weight_scores`` made on the main thread."""
+    calls = []
+    original = criterion_class.weight_scores
+
+    def recording(self, ctx):
+        if threading.current_thread() is threading.main_thread():
+            calls.append(1)
+        return original(self, ctx)
+
+    monkeypatch.setattr(criterion_class, "weight_scores", recording)
+    return calls
+
+
+def test_choosing_attribution_prunes_by_attribution_scored_in_the_background(ex, monkeypatch):
+    from prunelab.core.criteria import Attribution
+
+    calls = scored_on_the_main_thread(monkeypatch, Attribution)
+    ex.controls.criterion.value = "attribution"
+    assert ex.state.criterion == "attribution"
+    ex.controls.global_slider.value = 0.6
+    ex.wait()  # the scores arrive, then the waiting action runs
+    assert {p.criterion for p in ex.pruner.plans.values()} == {"attribution"}
+    assert abs(ex.pruner.overall_sparsity() - 0.6) < 1e-3
+    assert calls == [] and ex.controls.message.value == ""
+
+
+def test_a_layer_named_reset_is_pruned_by_its_slider_not_reset(monkeypatch):
+    from prunelab.core.criteria import Taylor
+
+    torch.manual_seed(0)
+    x = torch.randn(120, 6)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(OrderedDict(reset=nn.Linear(6, 16), relu=nn.ReLU(), out=nn.Linear(16, 2)))
+    ex = pl.explore(model, (x, y))
+    ex.wait()
+    calls = scored_on_the_main_thread(monkeypatch, Taylor)
+    ex.controls.criterion.value = "taylor"  # its weight scores start in the background
+    ex.controls.layer_sliders["reset"].value = 0.5
+    # a pruning action like any other: it waits for the scores (a reset would not)
+    assert "reset" not in ex.pruner.plans and "computing taylor scores" in ex.controls.message.value
+    ex.wait()
+    plan = ex.pruner.plans["reset"]
+    assert plan.criterion == "taylor" and plan.amount == pytest.approx(0.5)
+    assert ex.pruner.sparsity()["reset"] == pytest.approx(0.5)
+    assert ex.state.driver == "layers" and ex.pruner.can_undo
+    assert calls == []  # like any layer's slider: Taylor scores from the background, none on the main thread
+    ex.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipywidgets as widgets
+import numpy as np
 import pytest
+import torch
 
 import prunelab as pl
 from prunelab.explorer.panels.export import ExportPanel
@@ -46,7 +48,8 @@ def test_measure_fills_the_table_and_goes_stale_when_the_pruning_moves(pruner, t
     panel = ExportPanel(pruner, directory=tmp_path, formats=("state_dict", "sparse", "recipe"))
     panel.measure_button.click()
     report = panel.report
-    assert report is not None and report.units_removed == 56
+    removed = sum(int((~pruner.mask(l.name).reshape(l.units, -1).any(1)).sum()) for l in pruner.layers)
+    assert report is not None and removed > 0 and report.units_removed == removed
     for fmt in ("state_dict", "sparse", "recipe"):
         assert f"<td>{fmt}</td>" in panel.table.value
     assert "ms</td>" in panel.table.value  # dense and structured latency
@@ -55,7 +58,10 @@ def test_measure_fills_the_table_and_goes_stale_when_the_pruning_moves(pruner, t
     pruner.prune(0.9)
     assert "changed since" in panel.stale.value
     panel.close()
+    panel.stale.value = ""
+    revision = panel.state.revision
     pruner.prune(0.5)  # a closed panel no longer listens
+    assert panel.stale.value == "" and panel.state.revision == revision
 
 
 def test_export_panel_has_stable_css_classes():
@@ -64,3 +70,54 @@ def test_export_panel_has_stable_css_classes():
     assert "prunelab-export" in panel._dom_classes
     assert "prunelab-export-button" in panel.export_button._dom_classes
     assert "prunelab-export-path" in panel.path._dom_classes
+
+
+def test_the_formats_offered_are_prunelabs_export_formats():
+    d = pl.demos.load("digits-mlp")
+    panel = ExportPanel(pl.Pruner(d.model, d.val))
+    assert [value for _label, value in panel.format.options] == list(pl.EXPORT_FORMATS)
+    panel.close()
+
+
+def test_structured_export_writes_a_smaller_model_with_the_same_outputs(pruner, tmp_path):
+    panel = ExportPanel(pruner, directory=tmp_path)
+    panel.format.value = "structured"
+    panel.export_button.click()
+    assert "Wrote" in panel.status.value and panel.last_export.format == "structured"
+    assert all(f.exists() for f in panel.last_export.files)
+    small = pl.load_structured(panel.last_export.path)
+    x = pruner.val_inputs[:32]
+    with torch.no_grad():
+        assert torch.allclose(small(x), pruner.model(x), atol=1e-4)
+    dense = sum(p.numel() for p in pruner.model.parameters())
+    assert sum(p.numel() for p in small.parameters()) < dense
+    panel.close()
+
+
+def test_onnx_export_is_checked_against_the_masked_model(pruner, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    panel = ExportPanel(pruner, directory=tmp_path)
+    panel.format.value = "onnx"
+    assert panel.path.value == str(tmp_path / "pruned-model.onnx")
+    panel.export_button.click()
+    done = panel.last_export
+    assert done is not None and done.path.exists(), panel.status.value
+    assert "Outputs checked on" in panel.status.value
+    session = onnxruntime.InferenceSession(str(done.path))
+    x = pruner.val_inputs[:8]
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert np.allclose(out, pruner.model(x).numpy(), atol=1e-4)
+    panel.close()
+
+
+def test_in_an_explorer_the_panel_observes_the_explorers_state(explorer):
+    panel = explorer.panels["Export"]
+    assert isinstance(panel, ExportPanel) and panel.state is explorer.state
+    panel.report = object()  # as if measured
+    panel.stale.value = ""
+    explorer.pruner.prune(0.5)
+    assert "changed since" in panel.stale.value
+    explorer.pruner.reset()
+    explorer.wait()
+    panel.report = None

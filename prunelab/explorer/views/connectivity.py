@@ -32,6 +32,11 @@ class ConnectivityView(View):
         self._rebuild()
         self.mount()
 
+    @property
+    def graph(self) -> UnitGraph | None:
+        """The unit graph drawn (columns, capped edges, positions); None before the first reference."""
+        return self._graph
+
     def build(self):
         self.fig = figure(width=self.size[0], height=self.size[1], tools="pan,wheel_zoom,reset,save",
                           toolbar_location="right", x_axis_location=None, y_axis_location=None,
