@@ -22,6 +22,7 @@ import numpy as np
 from ..core.checks import GRANULARITIES
 from .actions import Action
 from .state import CRITERION_ORDER, MODES
+from .views.metrics import si
 
 SMALL = "font-size:11px; color:#555; line-height:1.2"
 MODE_LABELS = {"amount": ("fraction", "sliders set the fraction removed"),
@@ -43,10 +44,6 @@ def on_step(value: float, step: float = 0.01) -> float:
         0.35
     """
     return round(round(value / step) * step, 10)
-
-
-def _short(n: int) -> str:
-    return f"{n / 1e6:.3g}M" if n >= 1e6 else (f"{n / 1e3:.3g}k" if n >= 1e3 else str(n))
 
 
 class Controls:
@@ -324,7 +321,7 @@ class Controls:
                 zero = sparsity[l.name]
                 self.layer_labels[l.name].value = (
                     f'<div style="{SMALL}" title="{html.escape(l.describe())}">{l.kind} '
-                    f'{"×".join(map(str, l.shape))}<br>{_short(l.params)} · <b>{zero:.0%}</b> zero</div>')
+                    f'{"×".join(map(str, l.shape))}<br>{si(l.params).replace(" ", "")} · <b>{zero:.0%}</b> zero</div>')
         self.undo.disabled = not self.pruner.can_undo
         self.redo.disabled = not self.pruner.can_redo
         self._show_mode()

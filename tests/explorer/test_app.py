@@ -149,3 +149,44 @@ def test_explore_passes_its_options_to_the_pruner():
     assert ex.state.metrics.samples == 100 and ex.state.metrics.metric_name == "hits"
     assert "hits" in ex.views["metrics"].readout.value
     ex.close()
+
+
+def test_explain_button_and_auto_explain_toggle(explorer):
+    ex = explorer
+    interp = ex.views["interpretability"]
+    ex.pruner.reset()
+    ex.wait()
+    interp.auto.value = False  # the checkbox sets the hub's trait
+    assert ex.state.auto_explain is False
+    ex.pruner.prune(0.8)
+    ex.wait()
+    assert ex.state.explanations_stale and "press Explain now" in interp.caption.value  # nothing recomputed
+    interp.explain.click()
+    assert ex.state.busy == "attributions"
+    ex.wait()
+    assert not ex.state.explanations_stale
+    assert ex.state.explanations.sparsity == pytest.approx(ex.pruner.overall_sparsity())
+    ex.pruner.prune(0.5)
+    ex.wait()
+    assert ex.state.explanations_stale
+    interp.auto.value = True  # turning it back on explains the current state once changes settle
+    ex.wait()
+    assert not ex.state.explanations_stale
+    assert ex.state.explanations.sparsity == pytest.approx(ex.pruner.overall_sparsity())
+    ex.state.auto_explain = False  # and the checkbox shows the hub's value
+    assert interp.auto.value is False
+    ex.state.auto_explain = True
+    ex.pruner.reset()
+    ex.wait()
+
+
+def test_apply_takes_typed_actions(explorer):
+    from prunelab.explorer.actions import Action
+
+    with pytest.raises(TypeError, match="Action"):
+        explorer.apply(lambda: None)
+    explorer.apply(Action(kind="layer", layer="2", run=lambda: explorer.pruner.prune({"2": 0.5})))
+    assert explorer.pruner.sparsity()["2"] == pytest.approx(0.5)
+    assert explorer.controls.layer_sliders["2"].value == pytest.approx(0.5) and explorer.state.action is None
+    explorer.pruner.reset()
+    explorer.wait()

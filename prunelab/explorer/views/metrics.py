@@ -18,7 +18,18 @@ MARKERS = {**dict(zip(GRANULARITIES, ("circle", "square", "triangle", "inverted_
 
 
 def si(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23 M'."""
+    """A number with an SI prefix, 3 significant digits (the readout's and the controls' sizes).
+
+    Args:
+        n: the number. unit: appended after the prefix ("B" for bytes).
+
+    Returns:
+        The text, e.g. ``'1.23 MB'``.
+
+    Example:
+        >>> si(1234567, "B")
+        '1.23 MB'
+    """
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= factor:
             return f"{n / factor:.3g} {prefix}{unit}"
