@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 import prunelab as pl
-from prunelab.retrain import training
-from prunelab.retrain.training import Batches, Cancelled, Hooks, regrow_masks, sparsity_schedule, train_masked
+from prunelab import retrain
+from prunelab.retrain import Cancelled, Hooks, sparsity_schedule
+from prunelab.retrain.loop import Batches, train_masked
+from prunelab.retrain.regrow import regrow_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +222,7 @@ def test_cancelled_finetune_leaves_the_pruner_unchanged(pruner):
     cancel = threading.Event()
     hooks = Hooks(progress=lambda done, total, what: cancel.set() if done == 3 else None, cancel=cancel)
     with pytest.raises(Cancelled):
-        training.finetune(pruner, 2, hooks=hooks, progress=False)
+        retrain.finetune(pruner, 2, hooks=hooks, progress=False)
     assert_same_state(pruner, snap)
 
 
@@ -305,7 +307,7 @@ def test_cancelled_iterate_stays_at_the_last_completed_step(pruner):
     batches = len(Batches(pruner.train_data, 32, "cpu"))
     hooks = Hooks(progress=lambda done, total, what: cancel.set() if done == batches + 2 else None, cancel=cancel)
     with pytest.raises(Cancelled):
-        training.iterate(pruner, 0.9, steps=3, epochs_per_step=1, final_epochs=0, hooks=hooks, progress=False)
+        retrain.iterate(pruner, 0.9, steps=3, epochs_per_step=1, final_epochs=0, hooks=hooks, progress=False)
     assert pruner.overall_sparsity() == pytest.approx(sparsity_schedule(0, 0.9, 3)[0], abs=1e-4)
     assert pruner.undo() and not pruner.can_undo  # exactly one completed step was applied
 
