@@ -37,7 +37,7 @@ def test_panel_is_a_widget_with_progress_and_cancel(pruner):
     assert isinstance(panel, widgets.VBox)
     assert isinstance(panel.progress, widgets.IntProgress)
     assert panel.cancel_button.disabled and not panel.finetune_button.disabled
-    assert panel.allocate_button.disabled  # nothing to allocate from yet
+    assert panel.sensitivity.allocate_button.disabled  # nothing to allocate from yet
 
 
 def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
@@ -82,7 +82,7 @@ def test_iterate_streams_steps_into_the_pruner_table_and_curve(pruner):
     assert [r["step"] for r in panel.history] == [0, 1, 2, 3]
     assert panel.history[-1]["accuracy_after"] == pruner.evaluate().accuracy
     assert panel.history_html.value.count("<tr>") == 1 + 4
-    assert panel._history_source.data["after"] == panel.history.column("accuracy_after")
+    assert panel.history_source.data["after"] == panel.history.column("accuracy_after")
     assert "reached 90.0% sparsity" in panel.status.value
 
 
@@ -124,20 +124,20 @@ def test_without_train_data_training_is_disabled_with_the_reason():
     panel = TrainingPanel(pl.Pruner(d.model, d.val))
     assert panel.finetune_button.disabled and panel.iterate_button.disabled
     assert "train_data" in panel.finetune_button.tooltip
-    assert not panel.sensitivity_button.disabled  # sensitivity needs validation data only
+    assert not panel.sensitivity.button.disabled  # sensitivity needs validation data only
 
 
 def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
     panel = TrainingPanel(pruner)
-    panel.sparsities.value = "0.5, 0.8, 0.9, 0.95"
-    panel.sensitivity_button.click()
+    panel.sensitivity.sparsities.value = "0.5, 0.8, 0.9, 0.95"
+    panel.sensitivity.button.click()
     assert panel.wait(60)
     table = panel.sensitivity_table
     assert table is pruner.sensitivity([0.5, 0.8, 0.9, 0.95])  # stored in the pruner's cache
     colours = layer_colours(pruner.layer_names)
-    fig = panel.sensitivity_plot._model  # the bokeh figure inside the widget
+    fig = panel.sensitivity.plot._model  # the bokeh figure inside the widget
     lines = [r for r in fig.renderers if type(r.glyph).__name__ == "Line"]
-    by_layer = {name: src for name, src in panel._sensitivity_sources.items()}
+    by_layer = {name: src for name, src in panel.sensitivity.sources.items()}
     for r in lines:
         layer = next(n for n, s in by_layer.items() if s is r.data_source)
         assert r.glyph.line_color == colours[layer]
@@ -145,24 +145,24 @@ def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
     assert by_layer["0"].data["accuracy"][0] == table.baseline
     assert set(panel.sensitivity_marks) == {"0", "2", "4"}
     assert all(m["colour"] == colours[n] for n, m in panel.sensitivity_marks.items())
-    assert "within 1 pt" in panel.marks.value
-    assert not panel.allocate_button.disabled
+    assert "within 1 pt" in panel.sensitivity.marks.value
+    assert not panel.sensitivity.allocate_button.disabled
 
-    panel.allocate_mode.value = "target"
-    panel.allocate_value.value = 0.8
-    panel.allocate_button.click()
+    panel.sensitivity.allocate_mode.value = "target"
+    panel.sensitivity.allocate_value.value = 0.8
+    panel.sensitivity.allocate_button.click()
     assert pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3)
-    assert "measured jointly" in panel.status.value and "<table>" in panel.allocation_html.value
+    assert "measured jointly" in panel.status.value and "<table>" in panel.sensitivity.allocation_html.value
 
 
 def test_structured_sensitivity_draws_only_layers_with_units(pruner):
     panel = TrainingPanel(pruner)
     panel.granularity.value = "structured"
-    panel.sparsities.value = "0.25, 0.5"
-    panel.sensitivity_button.click()
+    panel.sensitivity.sparsities.value = "0.25, 0.5"
+    panel.sensitivity.button.click()
     assert panel.wait(60)
-    assert panel._sensitivity_sources["4"].data["sparsity"] == []
-    assert panel._sensitivity_sources["2"].data["sparsity"] == [0.0, 0.25, 0.5]
+    assert panel.sensitivity.sources["4"].data["sparsity"] == []
+    assert panel.sensitivity.sources["2"].data["sparsity"] == [0.0, 0.25, 0.5]
 
 
 def test_layer_colours_are_fixed_by_position():
@@ -173,6 +173,6 @@ def test_layer_colours_are_fixed_by_position():
 
 def test_bad_sparsities_text_is_explained(pruner):
     panel = TrainingPanel(pruner)
-    panel.sparsities.value = "0.5, lots"
-    panel.sensitivity_button.click()
+    panel.sensitivity.sparsities.value = "0.5, lots"
+    panel.sensitivity.button.click()
     assert not panel.busy and "fractions separated by commas" in panel.status.value
