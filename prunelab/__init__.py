@@ -17,7 +17,7 @@ from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_
 from .recipe import load_recipe, record_recipe, register_step
 from .sensitivity import Allocation, SensitivityTable
 from .core.tables import Table
-from .retrain.training import FinetuneResult, sparsity_schedule
+from .retrain import FinetuneResult, sparsity_schedule
 
 __all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
            "__version__", "demos", "explore"]

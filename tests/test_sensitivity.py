@@ -1,6 +1,8 @@
 """Sensitivity analysis per layer, executors (in-process, threads, a real Dask cluster), allocation."""
 
+import copy
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,11 +68,31 @@ def test_results_are_cached_per_weights_and_arguments(pruner):
     assert pruner.sensitivity(SPARSITIES) is first
 
 
+class RecordingPool(ThreadPoolExecutor):
+    """A thread pool that records what it was given and on which thread each task ran."""
+
+    def __init__(self, workers):
+        super().__init__(workers, thread_name_prefix="recording-pool")
+        self.submitted, self.ran_on = [], []
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted.append(fn.__name__)
+
+        def task():
+            self.ran_on.append(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return super().submit(task)
+
+
 def test_thread_pool_gives_the_same_table(pruner):
     here = pruner.sensitivity(SPARSITIES)
-    with ThreadPoolExecutor(2) as pool:
+    with RecordingPool(2) as pool:
         fresh = pl.Pruner(pruner.model, (pruner.val_inputs, pruner.val_targets)).sensitivity(SPARSITIES, executor=pool)
     assert fresh.rows == here.rows and fresh.baseline == here.baseline
+    # the work went to the pool: the baseline and one task per layer, each on a pool thread
+    assert pool.submitted == ["evaluate_masked"] * (1 + len(pruner.layer_names))
+    assert len(pool.ran_on) == len(pool.submitted) and all(t.startswith("recording-pool") for t in pool.ran_on)
 
 
 def test_structured_sensitivity_skips_layers_that_cannot_lose_units(pruner):
@@ -136,10 +158,31 @@ def test_allocate_reaches_the_target_and_reports_joint_accuracy(pruner):
     assert "sum of single-layer drops" in text and "measured jointly" in text
 
 
-def test_allocate_within_a_drop_budget(pruner):
+def plain_accuracy(model, masks, x, y) -> float:
+    """Top-1 accuracy of a copy of ``model`` with ``masks`` multiplied in: a plain loop, not the Pruner's."""
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_allocate_within_a_drop_budget_reports_the_drop_measured_jointly(pruner):
+    with pruner.dense():
+        dense_model = copy.deepcopy(pruner.model)
+    x, y = pruner.val_inputs, pruner.val_targets
     result = pruner.allocate(max_drop=0.01)
-    assert result.predicted_drop <= 0.01 + 1e-9
+    assert result.predicted_drop <= 0.01 + 1e-9  # the curves' sum stays within the budget
     assert pruner.overall_sparsity() > 0.5
+    # what is promised: the accuracy and drop measured with every layer pruned together, here
+    # measured again independently of the Pruner (a copy of the model, the masks multiplied in)
+    joint = plain_accuracy(dense_model, pruner.masks(), x, y)
+    baseline = plain_accuracy(dense_model, {}, x, y)
+    assert result.accuracy == pytest.approx(joint, abs=0.5 / len(y))
+    assert result.baseline == pytest.approx(baseline, abs=0.5 / len(y))
+    assert result.drop == pytest.approx(baseline - joint, abs=1 / len(y))
+    assert f"{result.accuracy:.2%}" in str(result) and "measured jointly" in str(result)
 
 
 def test_allocate_structured(pruner):

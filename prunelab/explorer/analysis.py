@@ -2,7 +2,8 @@
 
 The live model belongs to the Pruner and changes on the main thread with every slider move, so
 background work never touches it: the main thread takes a snapshot of the weights it needs
-(cheap, tensors only) and the worker loads that snapshot into a copy of the model made once.
+(cheap, tensors only: :func:`prunelab.core.copies.model_state`) and the worker loads that
+snapshot into a copy of the model made once (a :class:`prunelab.core.copies.ModelCopy`).
 
 - importance scores of every unit under several criteria (captum attribution, Taylor, ...), on
   the unmasked weights, handed back to the Pruner's cache so pruning by them is instant;
@@ -12,7 +13,6 @@ background work never touches it: the main thread takes a snapshot of the weight
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable
@@ -21,41 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.copies import ModelCopy, State, model_state
 from ..core.criteria import get_criterion
-from ..core.layers import find_layers
 
-Snapshot = dict[str, torch.Tensor]
-
-
-def snapshot(model: nn.Module) -> Snapshot:
-    """A copy of the model's parameters and buffers as they are now (main thread)."""
-    state = {n: p.detach().clone() for n, p in model.named_parameters()}
-    state.update({f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers()})
-    return state
-
-
-class Shadow:
-    """A copy of the model that only the worker thread uses."""
-
-    def __init__(self, model: nn.Module):
-        try:
-            self.model = copy.deepcopy(model)
-        except Exception as e:
-            raise RuntimeError(f"the model cannot be copied ({e}), so attributions cannot be computed in "
-                               "the background") from None
-        self.layers, _ = find_layers(self.model)
-        self._params = dict(self.model.named_parameters())
-        self._buffers = dict(self.model.named_buffers())
-
-    def load(self, state: Snapshot) -> nn.Module:
-        with torch.no_grad():
-            for n, p in self._params.items():
-                p.copy_(state[n])
-            for n, b in self._buffers.items():
-                if f"buffer:{n}" in state:
-                    b.copy_(state[f"buffer:{n}"])
-        self.model.eval()
-        return self.model
+# The private copy of the model and the states fed to it are the core's (prunelab.core.copies),
+# under the names the explorer uses: a Shadow is a ModelCopy, a Snapshot a model state.
+Shadow = ModelCopy
+Snapshot = State
+snapshot = model_state
 
 
 def unit_and_weight_scores(shadow: Shadow, dense: Snapshot, ctx, criterion: str, weights: bool,

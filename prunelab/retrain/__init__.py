@@ -1,6 +1,27 @@
 """Retraining pruned models (a workflow floor): fine-tuning with the masks held, gradual pruning,
-regrowth. Each job takes a :class:`prunelab.core.base.BasePruner` through its public surface."""
+regrowth. Each job takes a :class:`prunelab.core.base.BasePruner` through its public surface.
 
-from .training import FinetuneResult, finetune, iterate, sparsity_schedule
+- :mod:`.settings`: :class:`FinetuneSettings`, :class:`IterateSettings` (every default, once) and the checks.
+- :mod:`.schedule`: :func:`sparsity_schedule` and :data:`SCHEDULES`.
+- :mod:`.loop`: batches, optimizers, :class:`Hooks` (progress, cancel) and the masked training loop.
+- :mod:`.regrow`: RigL's regrowth.
+- :mod:`.finetuning`, :mod:`.iterative`: the jobs (prepare on the Pruner's thread, run on any thread,
+  apply on the Pruner's thread) and :func:`finetune` / :func:`iterate`, the three parts in a row.
+  The Python API and the explorer's Fine-tune panel run the same jobs.
 
-__all__ = ["FinetuneResult", "finetune", "iterate", "sparsity_schedule"]
+Example:
+    >>> from prunelab import retrain
+    >>> retrain.finetune(pruner, 3, progress=False)    # doctest: +SKIP
+    >>> retrain.iterate(pruner, 0.9, progress=False)   # doctest: +SKIP
+"""
+
+from .finetuning import FinetuneJob, FinetuneResult, finetune
+from .iterative import IterateJob, IterateStep, history_table, iterate
+from .loop import Cancelled, Hooks
+from .schedule import SCHEDULES, sparsity_schedule
+from .settings import (OPTIMIZERS, VARIABLE_GRANULARITIES, FinetuneSettings, IterateSettings, TrainingSettings,
+                       resolve_defaults)
+
+__all__ = ["Cancelled", "FinetuneJob", "FinetuneResult", "FinetuneSettings", "Hooks", "IterateJob", "IterateSettings",
+           "IterateStep", "OPTIMIZERS", "SCHEDULES", "TrainingSettings", "VARIABLE_GRANULARITIES", "finetune",
+           "history_table", "iterate", "resolve_defaults", "sparsity_schedule"]

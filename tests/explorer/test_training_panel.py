@@ -4,12 +4,15 @@ sensitivity curves with stable layer colours, allocation. Widgets run without a 
 import asyncio
 import threading
 
-import ipywidgets as widgets
 import pytest
 import torch
 
 import prunelab as pl
-from prunelab.explorer.panels.training import TrainingPanel, layer_colours
+from prunelab import retrain
+from prunelab.explorer.panels.sensitivity import layer_colours
+from prunelab.explorer.panels.training import TrainingPanel
+from prunelab.retrain import OPTIMIZERS, FinetuneSettings, IterateSettings
+from prunelab.retrain.loop import Batches
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
@@ -32,12 +35,37 @@ async def until_idle(panel):
         await asyncio.sleep(0.02)
 
 
-def test_panel_is_a_widget_with_progress_and_cancel(pruner):
+def widgets_in(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from widgets_in(child)
+
+
+def test_panel_starts_idle_with_the_settings_defaults(pruner):
     panel = TrainingPanel(pruner)
-    assert isinstance(panel, widgets.VBox)
-    assert isinstance(panel.progress, widgets.IntProgress)
-    assert panel.cancel_button.disabled and not panel.finetune_button.disabled
-    assert panel.allocate_button.disabled  # nothing to allocate from yet
+    assert (panel.epochs.value, panel.lr.value, panel.optimizer.value) == (
+        FinetuneSettings.epochs, FinetuneSettings.lr, FinetuneSettings.optimizer)
+    assert list(panel.optimizer.options) == list(OPTIMIZERS)
+    assert (panel.steps.value, panel.epochs_per_step.value, panel.final_epochs.value, panel.schedule.value,
+            panel.regrow.value) == (IterateSettings.steps, IterateSettings.epochs_per_step,
+                                    IterateSettings.final_epochs, IterateSettings.schedule, IterateSettings.regrow)
+    assert not panel.busy and panel.progress.value == 0 and panel.status.value == ""
+    assert panel.cancel_button.disabled and not panel.finetune_button.disabled and not panel.iterate_button.disabled
+    assert panel.sensitivity.allocate_button.disabled  # nothing to allocate from yet
+    assert panel.sensitivity_table is None and panel.sensitivity_marks == {}
+
+
+def test_stable_css_classes_name_each_control_once(pruner):
+    panel = TrainingPanel(pruner)
+    expected = {"prunelab-training-finetune": panel.finetune_button, "prunelab-training-iterate": panel.iterate_button,
+                "prunelab-training-cancel": panel.cancel_button, "prunelab-training-progress": panel.progress,
+                "prunelab-training-status": panel.status,
+                "prunelab-training-allocate": panel.sensitivity.allocate_button}
+    assert "prunelab-training" in panel._dom_classes
+    inside = list(widgets_in(panel))
+    for css, widget in expected.items():
+        carriers = [w for w in inside if css in getattr(w, "_dom_classes", ())]
+        assert carriers == [widget], css  # in the panel, on that control only
 
 
 def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
@@ -59,11 +87,19 @@ def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
 
     run_in_loop(scenario)
     assert applied_on == [threading.main_thread()]
-    assert pruner.evaluate().accuracy > before + 0.15
+    assert pruner.evaluate().accuracy > before
     assert {n: id(p) for n, p in pruner.model.named_parameters()} == params
-    assert panel.progress.value == panel.progress.max == 2 * 45  # 2 epochs of 45 batches
+    batches = len(Batches(pruner.train_data, FinetuneSettings.batch_size, pruner.device))
+    assert panel.progress.value == panel.progress.max == 2 * batches  # 2 epochs
     assert "fine-tuned 2 epochs" in panel.status.value
     assert panel.cancel_button.disabled and not panel.finetune_button.disabled
+    # the same job as the Python API: the same weights, bit for bit, as retrain.finetune here
+    d = pl.demos.load("digits-mlp")
+    twin = pl.Pruner(d.model, d.val, train_data=d.train)
+    twin.prune(0.9)
+    retrain.finetune(twin, 2, progress=False)
+    assert all(torch.equal(p.view(torch.int32), q.view(torch.int32))
+               for p, q in zip(pruner.model.parameters(), twin.model.parameters()))
     assert pruner.undo() and pruner.evaluate().accuracy == before
 
 
@@ -82,7 +118,7 @@ def test_iterate_streams_steps_into_the_pruner_table_and_curve(pruner):
     assert [r["step"] for r in panel.history] == [0, 1, 2, 3]
     assert panel.history[-1]["accuracy_after"] == pruner.evaluate().accuracy
     assert panel.history_html.value.count("<tr>") == 1 + 4
-    assert panel._history_source.data["after"] == panel.history.column("accuracy_after")
+    assert panel.history_source.data["after"] == panel.history.column("accuracy_after")
     assert "reached 90.0% sparsity" in panel.status.value
 
 
@@ -124,20 +160,20 @@ def test_without_train_data_training_is_disabled_with_the_reason():
     panel = TrainingPanel(pl.Pruner(d.model, d.val))
     assert panel.finetune_button.disabled and panel.iterate_button.disabled
     assert "train_data" in panel.finetune_button.tooltip
-    assert not panel.sensitivity_button.disabled  # sensitivity needs validation data only
+    assert not panel.sensitivity.button.disabled  # sensitivity needs validation data only
 
 
 def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
     panel = TrainingPanel(pruner)
-    panel.sparsities.value = "0.5, 0.8, 0.9, 0.95"
-    panel.sensitivity_button.click()
+    panel.sensitivity.sparsities.value = "0.5, 0.8, 0.9, 0.95"
+    panel.sensitivity.button.click()
     assert panel.wait(60)
     table = panel.sensitivity_table
     assert table is pruner.sensitivity([0.5, 0.8, 0.9, 0.95])  # stored in the pruner's cache
     colours = layer_colours(pruner.layer_names)
-    fig = panel.sensitivity_plot._model  # the bokeh figure inside the widget
+    fig = panel.sensitivity.plot._model  # the bokeh figure inside the widget
     lines = [r for r in fig.renderers if type(r.glyph).__name__ == "Line"]
-    by_layer = {name: src for name, src in panel._sensitivity_sources.items()}
+    by_layer = {name: src for name, src in panel.sensitivity.sources.items()}
     for r in lines:
         layer = next(n for n, s in by_layer.items() if s is r.data_source)
         assert r.glyph.line_color == colours[layer]
@@ -145,24 +181,24 @@ def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
     assert by_layer["0"].data["accuracy"][0] == table.baseline
     assert set(panel.sensitivity_marks) == {"0", "2", "4"}
     assert all(m["colour"] == colours[n] for n, m in panel.sensitivity_marks.items())
-    assert "within 1 pt" in panel.marks.value
-    assert not panel.allocate_button.disabled
+    assert "within 1 pt" in panel.sensitivity.marks.value
+    assert not panel.sensitivity.allocate_button.disabled
 
-    panel.allocate_mode.value = "target"
-    panel.allocate_value.value = 0.8
-    panel.allocate_button.click()
+    panel.sensitivity.allocate_mode.value = "target"
+    panel.sensitivity.allocate_value.value = 0.8
+    panel.sensitivity.allocate_button.click()
     assert pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3)
-    assert "measured jointly" in panel.status.value and "<table>" in panel.allocation_html.value
+    assert "measured jointly" in panel.status.value and "<table>" in panel.sensitivity.allocation_html.value
 
 
 def test_structured_sensitivity_draws_only_layers_with_units(pruner):
     panel = TrainingPanel(pruner)
     panel.granularity.value = "structured"
-    panel.sparsities.value = "0.25, 0.5"
-    panel.sensitivity_button.click()
+    panel.sensitivity.sparsities.value = "0.25, 0.5"
+    panel.sensitivity.button.click()
     assert panel.wait(60)
-    assert panel._sensitivity_sources["4"].data["sparsity"] == []
-    assert panel._sensitivity_sources["2"].data["sparsity"] == [0.0, 0.25, 0.5]
+    assert panel.sensitivity.sources["4"].data["sparsity"] == []
+    assert panel.sensitivity.sources["2"].data["sparsity"] == [0.0, 0.25, 0.5]
 
 
 def test_layer_colours_are_fixed_by_position():
@@ -173,6 +209,6 @@ def test_layer_colours_are_fixed_by_position():
 
 def test_bad_sparsities_text_is_explained(pruner):
     panel = TrainingPanel(pruner)
-    panel.sparsities.value = "0.5, lots"
-    panel.sensitivity_button.click()
+    panel.sensitivity.sparsities.value = "0.5, lots"
+    panel.sensitivity.button.click()
     assert not panel.busy and "fractions separated by commas" in panel.status.value

@@ -1,0 +1,177 @@
+"""Allocation: per-layer sparsities chosen from sensitivity curves, applied, and measured jointly.
+
+The least sensitive layers are pruned most (see :func:`choose_sparsities`). What the curves
+predict (the sum of single-layer drops) is reported beside what is measured with all layers
+pruned together, because the layers' losses need not add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.base import BasePruner
+from ..core.checks import check_fraction
+from ..core.tables import Table, percent, signed_points
+from .curves import SensitivityTable, sensitivity
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Per-layer sparsities chosen from sensitivity curves, and what they gave when applied.
+
+    ``predicted_drop`` is the sum of the single-layer drops at the chosen sparsities (read from
+    the curves, interpolated between measured points); ``drop`` is measured with all layers
+    pruned together. Their difference shows how far the layers' losses add up. ``sparsity`` is
+    the fraction reached over the analysed layers (of weights, or of units for structured);
+    ``overall_sparsity`` the fraction of all prunable weights now masked.
+    """
+
+    sparsities: dict[str, float]
+    single_drops: dict[str, float]
+    predicted_drop: float
+    baseline: float
+    accuracy: float
+    sparsity: float
+    overall_sparsity: float
+    granularity: str
+
+    @property
+    def drop(self) -> float:
+        return self.baseline - self.accuracy
+
+    def table(self) -> Table:
+        rows = [dict(layer=n, sparsity=s, single_layer_drop=self.single_drops[n]) for n, s in self.sparsities.items()]
+        return Table(("layer", "sparsity", "single_layer_drop"), rows, title="allocation",
+                     formats={"sparsity": percent(1), "single_layer_drop": signed_points})
+
+    def __str__(self) -> str:
+        return (f"{self.table()}\n\nsum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: "
+                f"accuracy {self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
+                f"{self.overall_sparsity:.1%} overall sparsity")
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_() + (
+            f"<p>sum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: accuracy "
+            f"{self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
+            f"{self.overall_sparsity:.1%} overall sparsity</p>")
+
+
+def _hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower convex hull of (sparsity, drop) points sorted by sparsity."""
+    hull: list[tuple[float, float]] = []
+    for p in points:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):  # hull[-1] lies on or above the chord
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None = None,
+                      max_drop: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-layer sparsities that reach ``target_sparsity`` (a fraction of the analysed layers'
+    weights, or units for structured) with the smallest sum of single-layer drops, or that prune
+    the most with that sum within ``max_drop`` (a fraction: 0.01 is one point). Least sensitive
+    layers are pruned most: layers advance along their curves in order of drop per weight
+    pruned (on each curve's lower convex hull, drops made non-decreasing).
+
+    Args:
+        table: sensitivity curves (:func:`prunelab.sensitivity.sensitivity`).
+        target_sparsity, max_drop: exactly one of them, each a fraction.
+
+    Returns:
+        ``(sparsities, drops)``: per analysed layer, the chosen sparsity and the single-layer
+        drop read (interpolated) from its curve there.
+
+    Raises:
+        ValueError: for neither or both, a value outside [0, 1], or a target beyond the curves.
+
+    Example:
+        >>> chosen, drops = choose_sparsities(table, target_sparsity=0.8)   # doctest: +SKIP
+        >>> chosen                                                          # doctest: +SKIP
+        {'0': 0.86, '2': 0.79, '4': 0.3}
+    """
+    if (target_sparsity is None) == (max_drop is None):
+        raise ValueError("give either target_sparsity (a fraction of weights to prune) or max_drop (the accuracy "
+                         "you accept to lose, e.g. 0.01 for one point), not "
+                         f"{'both' if target_sparsity is not None else 'neither'}.")
+    for name, v in (("target_sparsity", target_sparsity), ("max_drop", max_drop)):
+        if v is not None:
+            check_fraction(v, name)
+    segments = []
+    for order, layer in enumerate(table.layers):
+        s, d = table.curve(layer)
+        pts, worst = [(0.0, 0.0)], 0.0
+        for si, di in zip(s, d):
+            worst = max(worst, di, 0.0)
+            if si > 0:
+                pts.append((si, worst))
+        w = table.weights[layer]
+        hull = _hull(pts)
+        for (s0, d0), (s1, d1) in zip(hull, hull[1:]):
+            segments.append(((d1 - d0) / (w * (s1 - s0)), order, layer, s0, s1, d0, d1, w))
+    segments.sort(key=lambda seg: (seg[0], seg[1], seg[3]))
+    total = sum(table.weights[l] for l in table.layers)
+    chosen = {l: 0.0 for l in table.layers}
+    drops = {l: 0.0 for l in table.layers}
+    need = None if target_sparsity is None else target_sparsity * total
+    pruned, spent = 0.0, 0.0
+    for _, _, layer, s0, s1, d0, d1, w in segments:
+        gain, cost = w * (s1 - s0), d1 - d0
+        if need is not None:
+            if pruned + gain >= need - 1e-12:
+                f = (need - pruned) / gain
+                chosen[layer], drops[layer] = s0 + f * (s1 - s0), d0 + f * cost
+                pruned = need
+                break
+        elif spent + cost > max_drop + 1e-12:
+            f = (max_drop - spent) / cost
+            chosen[layer], drops[layer] = s0 + f * (s1 - s0), d0 + f * cost
+            break
+        chosen[layer], drops[layer] = s1, d1
+        pruned, spent = pruned + gain, spent + cost
+    if need is not None and pruned < need - 1e-9:
+        reach = pruned / total
+        raise ValueError(f"the curves reach at most {reach:.1%} sparsity (every layer at its highest measured "
+                         f"sparsity), short of the target {target_sparsity:.1%}: measure higher sparsities, e.g. "
+                         "sensitivity(sparsities=[..., 0.95, 0.98, 0.99]).")
+    return chosen, drops
+
+
+def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop: float | None = None, *,
+             table: SensitivityTable | None = None, executor=None) -> Allocation:
+    """Choose per-layer sparsities from sensitivity curves and apply them with the table's
+    criterion and granularity (one step of history); then measure with all of them applied.
+
+    Args:
+        pruner: a BasePruner (or Pruner).
+        target_sparsity: reach this fraction of the analysed layers' weights (or units) ...
+        max_drop: ... or prune the most with the sum of single-layer drops within this (0.01 is
+            one point). Exactly one of the two.
+        table: a :class:`SensitivityTable`; default: the default analysis of all layers.
+        executor: for that default analysis (see :func:`prunelab.sensitivity.sensitivity`).
+
+    Returns:
+        An :class:`Allocation`: the sparsities, the predicted drop (the sum of the single-layer
+        drops) and the accuracy measured jointly.
+
+    Example:
+        >>> result = allocate(pruner, max_drop=0.01)   # doctest: +SKIP
+        >>> result.drop                                # doctest: +SKIP   (measured, all layers pruned)
+        0.008
+    """
+    if table is None:
+        table = sensitivity(pruner, executor=executor)
+    elif not isinstance(table, SensitivityTable):
+        raise TypeError(f"table must be the result of pruner.sensitivity(...), got {type(table).__name__}.")
+    chosen, drops = choose_sparsities(table, target_sparsity=target_sparsity, max_drop=max_drop)
+    criterion = table.criterion
+    pruner.prune(chosen, criterion=criterion, granularity=table.granularity)
+    m = pruner.evaluate()
+    total = sum(table.weights.values())
+    reached = sum(chosen[l] * table.weights[l] for l in chosen) / total if total else 0.0
+    return Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached,
+                      pruner.overall_sparsity(), table.granularity)
