@@ -8,7 +8,9 @@ import pytest
 
 import explorer_ui as ui
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
+# Each module opens JupyterLab: seconds. Its first test also pays for starting the server and Chromium
+# and running the notebook (each wait bounded in labdriver), hence the long per-test timeout.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 NOTEBOOK = "02-your-own-model.ipynb"
 SCREENSHOTS = "own-model"  # tests/browser/screenshots/own-model/
 

@@ -12,7 +12,9 @@ import pytest
 
 import explorer_ui as ui
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
+# Each module opens JupyterLab: seconds. Its first test also pays for starting the server and Chromium
+# and running the notebook (each wait bounded in labdriver), hence the long per-test timeout.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 NOTEBOOK = "01-quickstart.ipynb"
 SCREENSHOTS = "quickstart"  # tests/browser/screenshots/quickstart/
 # Views that must draw differently after the global slider moved: the weights (kept/pruned), the
