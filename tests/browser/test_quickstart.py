@@ -47,6 +47,13 @@ def test_runs_clean_and_every_view_draws_data(quick):
     assert quick.original_accuracy > 80, "the digits demo is about 97% accurate dense"
     assert quick.blank_canvases() == []
     assert ui.views_without_data(quick) == {}
+    # the readout is what the kernel's Pruner measured (the notebook's last cell prints it)
+    printed = re.search(r"accuracy (\d+(?:\.\d)?)% on (\d+) validation samples", quick.stdout())
+    assert printed and float(printed.group(1)) == quick.original_accuracy, quick.stdout()[-500:]
+
+
+def test_bokehjs_is_inline_and_nothing_comes_from_outside(quick):
+    ui.assert_offline(quick)
 
 
 def test_global_slider_by_keyboard_changes_accuracy_and_redraws_views(fresh):
