@@ -31,7 +31,7 @@ from core_models import IMAGE, MODELS, VECTOR, make_mlp, random_data
 # Tests should not set max_examples themselves, or the profile cannot raise it in CI.
 settings.register_profile("dev", database=None, deadline=None, max_examples=10,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("ci", database=None, deadline=None, max_examples=50, derandomize=True,
+settings.register_profile("ci", database=None, deadline=None, max_examples=200, derandomize=True,
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
