@@ -24,7 +24,8 @@ $(VENV)/.test: $(VENV)/.lab
 
 # The browser tests drive Debian's chromium (playwright cannot download a browser offline).
 # Checked on every `make test`; installed with apt-get as root (or password-less sudo). Where it
-# is still missing the browser tests FAIL as root or in CI, and are skipped loudly otherwise.
+# is still missing the browser tests FAIL as root, in CI or with PRUNELAB_REQUIRE_BROWSER=1 (.ci/run),
+# and are skipped loudly otherwise.
 CHROMIUM ?= /usr/bin/chromium
 APT      := DEBIAN_FRONTEND=noninteractive apt-get
 chromium:
@@ -32,7 +33,7 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then $(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; \
 	  elif sudo -n true 2>/dev/null; then sudo $(APT) update -qq && sudo $(APT) install -y -qq chromium >/dev/null; \
 	  fi; \
-	  [ -x "$(CHROMIUM)" ] || echo "WARNING: $(CHROMIUM) is missing and could not be installed: browser tests will fail (root/CI) or be skipped."; }
+	  [ -x "$(CHROMIUM)" ] || echo "WARNING: $(CHROMIUM) is missing and could not be installed: browser tests will fail (root/CI/PRUNELAB_REQUIRE_BROWSER=1) or be skipped."; }
 
 install: $(VENV)/.lab
 

@@ -20,9 +20,16 @@ SCREENSHOTS = Path(__file__).parent / "screenshots"
 _skipped_for_chromium: list[str] = []
 
 
+def browser_required() -> bool:
+    """Whether a missing browser is a failure here: with PRUNELAB_REQUIRE_BROWSER=1 (.ci/run sets it,
+    on any machine), in CI (CI set), or as root (where `make test` installs Chromium itself)."""
+    return (os.environ.get("PRUNELAB_REQUIRE_BROWSER", "") not in ("", "0")
+            or bool(os.environ.get("CI")) or os.geteuid() == 0)
+
+
 def _no_browser(reason: str):
-    """Fail where the browser tests must run (CI, root: `make test` installs Chromium); else skip loudly."""
-    if os.environ.get("CI") or os.geteuid() == 0:
+    """Fail where the browser tests must run (see `browser_required`); else skip loudly."""
+    if browser_required():
         pytest.fail(f"browser tests cannot run: {reason}", pytrace=False)
     _skipped_for_chromium.append(reason)
     pytest.skip(f"BROWSER TESTS NOT RUN: {reason}")

@@ -5,6 +5,7 @@ Used by the explorer's browser tests and by bench/browser_latency.py.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -118,3 +119,12 @@ def sparsity(nb: NotebookPage) -> float:
     m = re.search(r"sparsity\s+(\d+(?:\.\d+)?)%", nb.text(METRICS))
     assert m, f"the readout shows no sparsity: {nb.text(METRICS)!r}"
     return float(m.group(1)) / 100
+
+
+def assert_offline(nb: NotebookPage) -> None:
+    """BokehJS travels inside the notebook (not from cdn.bokeh.org: every loader output read whole),
+    and the page fetched nothing but from the private JupyterLab."""
+    loaders = nb.output_data("application/vnd.bokehjs_load.v0+json")
+    assert loaders, "no BokehJS loader output"
+    assert not [d for d in loaders if "cdn.bokeh.org" in json.dumps(d)], "BokehJS is loaded from the CDN"
+    assert nb.outside_requests() == []

@@ -293,6 +293,20 @@ _JS_CELL_STATE = """() => {
   return cells;
 }"""
 
+_JS_OUTPUT_DATA = """(mime) => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  const found = [];
+  for (let i = 0; i < nb.model.cells.length; i++) {
+    const c = nb.model.cells.get(i);
+    if (c.type !== 'code') continue;
+    for (let j = 0; j < c.outputs.length; j++) {
+      const data = c.outputs.get(j).toJSON().data;
+      if (data && mime in data) found.push(data[mime]);
+    }
+  }
+  return found;
+}"""
+
 _JS_OUTPUT_ERROR_TEXT = """(needles) => {
   const found = [];
   // Whole output children: JupyterLab's own "Javascript Error" replaces the output's classes.
@@ -364,6 +378,7 @@ class NotebookPage:
     notebook: str
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for, in order
 
     def run_all(self, timeout_s: float = 120.0) -> None:
         """Run every cell (notebook:run-all-cells) and wait until the kernel is done."""
@@ -374,6 +389,19 @@ class NotebookPage:
     def cells(self) -> list[dict]:
         """Code cells with their execution count and outputs, as the notebook model holds them."""
         return self.page.evaluate(_JS_CELL_STATE)
+
+    def output_data(self, mime: str) -> list:
+        """The data of every output with this MIME type, whole, as the notebook model holds it."""
+        return self.page.evaluate(_JS_OUTPUT_DATA, mime)
+
+    def stdout(self) -> str:
+        """Everything the notebook's cells printed (their stdout streams), in cell order."""
+        return "".join(o["text"] or "" for c in self.cells() for o in c["outputs"] if o["name"] == "stdout")
+
+    def outside_requests(self) -> list[str]:
+        """URLs the page asked for from anywhere but the private JupyterLab (a CDN, say)."""
+        local = (f"http://127.0.0.1:{self.server.port}/", f"ws://127.0.0.1:{self.server.port}/")
+        return [u for u in self.requests if not u.startswith(local + ("data:", "blob:", "about:"))]
 
     def wait_for(self, selector: str, timeout_s: float = 60.0, count: int = 1):
         """Wait until at least `count` elements match (widgets render after their cell finished)."""
@@ -519,6 +547,7 @@ def open_notebook(server: LabServer, browser, notebook: str, timeout_s: float = 
     nbp = NotebookPage(server=server, page=page, notebook=notebook)
     page.on("console", lambda m: m.type == "error" and nbp.console_errors.append(_console_text(m)))
     page.on("pageerror", lambda e: nbp.page_errors.append(str(e)))
+    page.on("request", lambda r: nbp.requests.append(r.url))
     server.mark_log()
     workspace = "w" + secrets.token_hex(4)
     page.goto(server.url(notebook, workspace), wait_until="domcontentloaded", timeout=timeout_s * 1000)

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
+# Each module opens JupyterLab: seconds. Its first test also pays for starting the server and Chromium
+# and running the notebook (each wait bounded in labdriver), hence the long per-test timeout.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 SCREENSHOTS = "harness"  # tests/browser/screenshots/harness/
 SLIDER = ".harness-slider"
 READOUT = ".harness-readout"

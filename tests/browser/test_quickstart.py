@@ -12,7 +12,9 @@ import pytest
 
 import explorer_ui as ui
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each module opens JupyterLab: seconds
+# Each module opens JupyterLab: seconds. Its first test also pays for starting the server and Chromium
+# and running the notebook (each wait bounded in labdriver), hence the long per-test timeout.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 NOTEBOOK = "01-quickstart.ipynb"
 SCREENSHOTS = "quickstart"  # tests/browser/screenshots/quickstart/
 # Views that must draw differently after the global slider moved: the weights (kept/pruned), the
@@ -45,6 +47,13 @@ def test_runs_clean_and_every_view_draws_data(quick):
     assert quick.original_accuracy > 80, "the digits demo is about 97% accurate dense"
     assert quick.blank_canvases() == []
     assert ui.views_without_data(quick) == {}
+    # the readout is what the kernel's Pruner measured (the notebook's last cell prints it)
+    printed = re.search(r"accuracy (\d+(?:\.\d)?)% on (\d+) validation samples", quick.stdout())
+    assert printed and float(printed.group(1)) == quick.original_accuracy, quick.stdout()[-500:]
+
+
+def test_bokehjs_is_inline_and_nothing_comes_from_outside(quick):
+    ui.assert_offline(quick)
 
 
 def test_global_slider_by_keyboard_changes_accuracy_and_redraws_views(fresh):
