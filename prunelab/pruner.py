@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import export, recipe, sensitivity
+from . import export, recipe, retrain, sensitivity
 from .core.base import BasePruner
-from .retrain import training
+from .retrain import FinetuneSettings as _F, IterateSettings as _I
 
 
 class Pruner(BasePruner):
@@ -37,26 +37,27 @@ class Pruner(BasePruner):
         "recipe" (see :mod:`prunelab.export`). Returns an :class:`prunelab.Exported`."""
         return export.export(self, path, format)
 
-    def finetune(self, epochs: int = 5, *, lr: float = 1e-3, optimizer="adam", batch_size: int = 32,
-                 progress: bool = True):
+    def finetune(self, epochs: int = _F.epochs, *, lr: float = _F.lr, optimizer=_F.optimizer,
+                 batch_size: int = _F.batch_size, progress: bool = True):
         """Retrain on train_data with the masks held (pruned weights, and their optimizer state, stay
         exactly zero); the trained weights become one step of history (undo, reset work).
         ``optimizer``: "adam", "adamw", "sgd", a torch.optim class or ``f(params, lr)``.
         Returns a FinetuneResult (accuracy before and after, loss per epoch, seconds)."""
-        return training.finetune(self, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+        return retrain.finetune(self, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
 
-    def iterate(self, target, *, steps: int = 10, epochs_per_step: int = 4, schedule: str = "agp",
-                criterion=None, granularity: str | None = None, regrow: float = 0.0, final_epochs: int = 10,
-                lr: float = 1e-3, optimizer="adam", batch_size: int = 32, progress: bool = True):
+    def iterate(self, target, *, steps: int = _I.steps, epochs_per_step: int = _I.epochs_per_step,
+                schedule: str = _I.schedule, criterion=_I.criterion, granularity: str | None = _I.granularity,
+                regrow: float = _I.regrow, final_epochs: int = _I.final_epochs, lr: float = _I.lr,
+                optimizer=_I.optimizer, batch_size: int = _I.batch_size, progress: bool = True):
         """Gradual pruning toward ``target`` (a fraction, or ``{layer: fraction}``): prune to the
         schedule's next sparsity ("agp": Zhu & Gupta's cubic; "linear"; "constant"), fine-tune
         ``epochs_per_step``, repeat ``steps`` times, then ``final_epochs`` more. ``criterion`` and
         ``granularity`` default to those in effect (else magnitude, unstructured). ``regrow``: the
         fraction of kept weights swapped each step for the pruned ones with the largest gradients
         (RigL), at the same sparsity. Each step is one step of history. Returns the history table."""
-        return training.iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
-                       criterion=criterion, granularity=granularity, regrow=regrow, final_epochs=final_epochs,
-                       lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+        return retrain.iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
+                              criterion=criterion, granularity=granularity, regrow=regrow, final_epochs=final_epochs,
+                              lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
 
     def sensitivity(self, sparsities=None, layers=None, criterion="magnitude", granularity: str = "unstructured",
                     executor=None):

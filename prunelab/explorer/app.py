@@ -64,6 +64,7 @@ class Explorer(w.VBox):
         self._explainer: Explainer | None = None
         self._injected: set = set()              # (criterion, units, weights version) handed to the Pruner
         self._scoring: set = set()               # the same, being computed now
+        self._shown: dict = {}                   # (criterion, weights version) -> unit scores shown
         self._pending: Action | None = None      # the action waiting for scores
 
         layer = max(pruner.layers, key=lambda l: l.params).name
@@ -241,6 +242,9 @@ class Explorer(w.VBox):
         p = self.pruner
         version = p.weights_version
         job = (criterion, units, version)
+        if (criterion, version) in self._shown and criterion not in self.state.scores:
+            # back to weights scored before (reset, undo across a fine-tune): show them again
+            self.state.scores = {**self.state.scores, criterion: self._shown[(criterion, version)]}
         if job in self._scoring or job in self._injected:
             return  # already on its way: a pending action runs when it lands
         try:
@@ -265,8 +269,9 @@ class Explorer(w.VBox):
             if result["weights"] is not None:
                 p.add_scores(criterion, result["weights"], units=False, weights_version=version)
                 self._injected.add((criterion, False, version))
-            self.state.scores = {**self.state.scores,
-                                 criterion: {n: s.detach().cpu().numpy() for n, s in result["units"].items()}}
+            shown = self._shown[(criterion, version)] = {n: s.detach().cpu().numpy()
+                                                         for n, s in result["units"].items()}
+            self.state.scores = {**self.state.scores, criterion: shown}
             if self._pending is not None and self._scores_needed(self._pending) is None:
                 self.apply(self._pending)
 

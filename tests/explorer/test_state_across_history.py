@@ -1,8 +1,9 @@
 """What the explorer shows does not depend on what was done before: found when the explorer tests
 stopped sharing one mutable explorer (tests/explorer/conftest.py).
 
-Both are known bugs, pinned as strict xfails: when one is fixed its test passes, strict makes that
-an error, and the mark goes.
+Both were bugs: the scores of weights seen before were not shown again after reset or undo (the
+Fine-tune panel's "taylor, attribution: computing..." that never ended), and a choice that changed
+nothing made the controls take the next change from Python for their own.
 """
 
 import pytest
@@ -18,8 +19,6 @@ def fresh_explorer():
     ex.close()
 
 
-@pytest.mark.xfail(strict=True, reason="reset/undo back across set_weights rebuilds the dense reference but "
-                                       "does not score taylor/attribution again for the old weights version")
 def test_scores_survive_going_back_across_new_weights(fresh_explorer):
     ex = fresh_explorer
     every = set(ex.state.scores)
@@ -32,8 +31,6 @@ def test_scores_survive_going_back_across_new_weights(fresh_explorer):
     assert set(ex.state.scores) == every
 
 
-@pytest.mark.xfail(strict=True, reason="a criterion chosen on a dense model applies nothing, and the controls "
-                                       "then take the next change made from Python for their own")
 def test_controls_follow_python_after_a_choice_that_changed_nothing(fresh_explorer):
     ex = fresh_explorer
     ex.controls.criterion.value = "random"     # dense: nothing to re-apply
