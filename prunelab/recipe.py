@@ -87,12 +87,12 @@ def _prune_steps(before: Mapping, after: Mapping) -> list[dict]:
 
 def record_recipe(pruner) -> dict:
     """The recipe of ``pruner``'s current state (its history up to now, undone steps excluded)."""
-    history = pruner._history[: pruner._cursor + 1]
+    history = pruner.history
     steps = []
-    for before, after in zip(history, history[1:]):
-        if after is pruner._original:
+    for before, after in zip(history.steps, history.steps[1:]):
+        if after is history.original:
             steps.append({"kind": "reset"})
-        elif after.base is not before.base:
+        elif after.weights is not before.weights:
             steps.append({"kind": "set_weights", "replayable": False,
                           "note": "new unmasked weights (fine-tuning); replay needs the same training"})
             steps.extend(_prune_steps(before.plans, after.plans))
@@ -117,7 +117,7 @@ def record_recipe(pruner) -> dict:
         "steps": steps,
         "layers": layers,
         "overall_sparsity": pruner.overall_sparsity(),
-        "check": {"original_weights_sha256": _weights_digest(pruner._original.base),
+        "check": {"original_weights_sha256": _weights_digest(pruner.original_weights),
                   "masks_sha256": {n: _mask_digest(m) for n, m in sorted(pruner.masks().items())}},
     }
 
@@ -214,7 +214,7 @@ def _check_masks(pruner, recipe: dict) -> None:
     if got == expected:
         return
     differ = sorted(n for n in set(got) | set(expected) if got.get(n) != expected.get(n))
-    same_start = recipe["check"].get("original_weights_sha256") == _weights_digest(pruner._original.base)
+    same_start = recipe["check"].get("original_weights_sha256") == _weights_digest(pruner.original_weights)
     why = ("the model starts from the recorded weights, so the data or a non-deterministic criterion differs"
            if same_start else "the model's weights differ from the recorded ones, so its own masks were chosen")
     warnings.warn(f"replaying the recipe gave masks that differ from the recorded ones in {differ[:5]} ({why}).",

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx, nn
 
+from .layers import PRUNABLE_TYPES
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -85,6 +87,35 @@ def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: 
     return correct / len(targets), loss, tuple(per_class.tolist()), correct
 
 
+def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int, metric=None,
+                  loss=None) -> tuple[float, float | None, tuple[float, ...], tuple[float, float] | None]:
+    """Score a model's outputs against the targets, as :meth:`prunelab.Pruner.evaluate` does.
+
+    Args:
+        outputs: the model's outputs on the evaluation inputs.
+        targets: the targets.
+        classes: the number of classes when the targets are class indices, else 0.
+        metric: ``f(outputs, targets) -> float`` replacing top-1 accuracy (required when
+            ``classes`` is 0).
+        loss: ``f(outputs, targets) -> scalar tensor``, used with ``metric`` (without one, the loss
+            is the mean cross-entropy).
+
+    Returns:
+        ``(accuracy or metric, loss or None, per-class accuracy or (), Wilson interval or None)``:
+        the interval only for top-1 accuracy, the per-class accuracies for class-index targets.
+
+    Example:
+        >>> score_outputs(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), classes=2)[0]
+        0.5
+    """
+    if metric is None:
+        acc, mean_loss, per_class, correct = classification_scores(outputs, targets, classes)
+        return acc, mean_loss, per_class, wilson_interval(correct, len(targets))
+    per_class = classification_scores(outputs, targets, classes)[2] if classes else ()
+    return (float(metric(outputs, targets)), None if loss is None else float(loss(outputs, targets)), per_class,
+            None)
+
+
 def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer.
 
@@ -131,7 +162,6 @@ def _storage(t) -> int | None:
 # Ops that FlopCounterMode counts (matrix products, convolutions, attention), by name fragment.
 _MATMUL_NAMES = ("matmul", "mm", "einsum", "tensordot", "linear", "conv", "attention", "multi_dot", "bilinear",
                  "inner", "dot")
-_EXACT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
@@ -147,7 +177,7 @@ def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
     for node in gm.graph.nodes:
         if node.op == "call_module":
             m = modules.get(node.target)
-            if type(m) in _EXACT_LAYERS:
+            if type(m) in PRUNABLE_TYPES:
                 continue
             if any(k in type(m).__name__.lower() for k in ("linear", "conv", "attention", "transformer", "rnn",
                                                               "lstm", "gru", "bilinear")):
@@ -167,7 +197,7 @@ def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
             f = 2 * output.numel() * module.weight.shape[1] * module.weight[0, 0].numel()
         flops[n] = flops.get(n, 0) + int(f)
 
-    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in _EXACT_LAYERS]
+    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in PRUNABLE_TYPES]
     was_training = model.training
     model.eval()
     try:

@@ -33,7 +33,7 @@ def planned_removed(pruner, layer):
 
 
 def snapshot(pruner):
-    return (state_of(pruner.model), pruner.plans, pruner.sparsity(), len(pruner._history), pruner._cursor,
+    return (state_of(pruner.model), pruner.plans, pruner.sparsity(), len(pruner.history), pruner.history.cursor,
             pruner.masks(), pruner.model.training)
 
 
@@ -42,7 +42,7 @@ def assert_unchanged(pruner, snap):
     assert_same_state(pruner.model, state)
     assert pruner.plans.keys() == plans.keys() and all(pruner.plans[k] is plans[k] for k in plans)
     assert pruner.sparsity() == sparsity
-    assert (len(pruner._history), pruner._cursor) == (length, cursor)
+    assert (len(pruner.history), pruner.history.cursor) == (length, cursor)
     now = pruner.masks()
     assert now.keys() == masks.keys() and all(torch.equal(now[k], masks[k]) for k in masks)
     assert pruner.model.training == training
