@@ -86,7 +86,19 @@ def _prune_steps(before: Mapping, after: Mapping) -> list[dict]:
 
 
 def record_recipe(pruner) -> dict:
-    """The recipe of ``pruner``'s current state (its history up to now, undone steps excluded)."""
+    """The recipe of ``pruner``'s current state: its history up to now (undone steps excluded),
+    walked through the public ``pruner.history``.
+
+    Args:
+        pruner: the Pruner.
+
+    Returns:
+        A JSON-ready dict: ``steps``, the settings that decide the masks, and per-layer checks.
+
+    Example:
+        >>> pl.record_recipe(pruner.prune(0.5))["steps"]
+        [{'kind': 'prune', 'granularity': 'unstructured', 'criterion': 'magnitude', 'amount': {...}}]
+    """
     history = pruner.history
     steps = []
     for before, after in zip(history.steps, history.steps[1:]):
@@ -123,12 +135,34 @@ def record_recipe(pruner) -> dict:
 
 
 def save_recipe(pruner, path) -> Path:
-    """Write :func:`record_recipe` as JSON to ``path`` (all-or-nothing)."""
+    """Write :func:`record_recipe` as JSON to ``path`` (all-or-nothing).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_recipe(pruner, "recipe.json")
+    """
     return write_bytes(path, (json.dumps(record_recipe(pruner), indent=2) + "\n").encode())
 
 
 def load_recipe(path) -> dict:
-    """Read a recipe JSON file; a clear ValueError when it is not one."""
+    """Read a recipe JSON file written by ``pruner.export(path, format="recipe")``.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The recipe dict (``format``, ``version``, ``steps``, ``layers``, ``check``...), for
+        :func:`prunelab.apply_recipe`.
+
+    Raises:
+        ValueError: not JSON (damaged or cut short), not an object, or not a prunelab recipe.
+
+    Example:
+        >>> [s["kind"] for s in pl.load_recipe("recipe.json")["steps"]]
+        ['prune']
+    """
     path = Path(path)
     try:
         recipe = json.loads(read_file(path).decode("utf-8"))

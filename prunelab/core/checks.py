@@ -68,14 +68,15 @@ def check_choice(value, choices, what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}: choose one of {list(choices)}.")
 
 
-def did_you_mean(name, known: Iterable[str]) -> str:
-    """`` Did you mean 'a', 'b'?`` for the names in ``known`` closest to ``name`` ("" for none).
+def did_you_mean(name, known: Iterable[str], n: int = 3) -> str:
+    """`` Did you mean 'a', 'b'?`` for the (at most ``n``) names in ``known`` closest to ``name``
+    ("" for none).
 
     Example:
         >>> did_you_mean("fc1", ["fc.1", "fc.2"])
         " Did you mean 'fc.1', 'fc.2'?"
     """
-    close = difflib.get_close_matches(str(name), list(known), n=3)
+    close = difflib.get_close_matches(str(name), list(known), n=n)
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
