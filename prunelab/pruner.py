@@ -1,9 +1,10 @@
 """The public Pruner: the core's masks, history and measurement, with the workflows as methods.
 
 :class:`prunelab.core.base.BasePruner` holds the state (masks over the model's own weights,
-history, scores, evaluation), composed of small parts in :mod:`prunelab.core`. The workflows below it (retraining, sensitivity, export, recipes)
-each take a BasePruner through its public surface; this class only names them as methods, so
-``pruner.finetune(5)`` is ``prunelab.retrain.finetune(pruner, 5)``.
+history, scores, evaluation), composed of small parts in :mod:`prunelab.core`. The workflows
+below it (retraining, sensitivity, export, recipes) each take a BasePruner through its public
+surface; this class only names them as methods, so ``pruner.finetune(5)`` is
+``prunelab.retrain.finetune(pruner, 5)``.
 """
 
 from __future__ import annotations

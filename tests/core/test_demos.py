@@ -104,7 +104,8 @@ def test_python_m_prunelab_demos_reproduces_the_shipped_weights(tmp_path):
     assert done.returncode == 0, done.stderr
     made = tmp_path / "prunelab" / "demo_weights"
     assert sorted(p.name for p in made.iterdir()) == sorted(p.name for p in demos.WEIGHTS.iterdir())
-    split, shipped_split = load_file(made / "digits-split.safetensors"), load_file(demos.WEIGHTS / "digits-split.safetensors")
+    split = load_file(made / "digits-split.safetensors")
+    shipped_split = load_file(demos.WEIGHTS / "digits-split.safetensors")
     assert split.keys() == shipped_split.keys() and all(torch.equal(split[k], shipped_split[k]) for k in split)
     for name in demos.NAMES:
         shipped, d = demos.load(name), demos.load(name)
@@ -123,4 +124,5 @@ def test_python_m_prunelab_demos_reproduces_the_shipped_weights(tmp_path):
         # BatchNorm, which the normalisation cancels, so nothing holds them in place)
         assert float((a - b).norm() / b.norm()) < 0.1, name
     mlp = load_file(made / "digits-mlp.safetensors")  # the MLP's drift stays tiny everywhere seen
-    assert all(torch.allclose(mlp[k], v, atol=1e-3) for k, v in load_file(demos.WEIGHTS / "digits-mlp.safetensors").items())
+    shipped_mlp = load_file(demos.WEIGHTS / "digits-mlp.safetensors")
+    assert all(torch.allclose(mlp[k], v, atol=1e-3) for k, v in shipped_mlp.items())
