@@ -123,7 +123,7 @@ def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str])
     layer used functionally inside another module, like MultiheadAttention's ``out_proj``, counts.
     Models whose only matrix products are plain Linear/Conv modules are counted with hooks instead,
     to the same numbers, because FlopCounterMode imports torch._dynamo (seconds, on opening)."""
-    counted = _layer_flops(model, example, layer_names)
+    counted = hooked_flops(model, example, layer_names)
     if counted is not None:
         return counted
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -164,11 +164,24 @@ _MATMUL_NAMES = ("matmul", "mm", "einsum", "tensordot", "linear", "conv", "atten
                  "inner", "dot")
 
 
-def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
+def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
     """The same count as FlopCounterMode, without it, when every matrix product of the model is a
     plain Linear or Conv module: 2 * multiply-adds of those modules. FlopCounterMode imports
     torch._dynamo (seconds); this takes one forward pass. None when the model does anything else
-    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it."""
+    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it.
+
+    Args:
+        model: the model (its train/eval mode is restored after).
+        example: one sample's inputs.
+        layer_names: the layers to report.
+
+    Returns:
+        ``(total, {layer name: flops})``, or None when hooks cannot count this model.
+
+    Example:
+        >>> hooked_flops(nn.Sequential(nn.Linear(4, 2)), torch.zeros(1, 4), ["0"])
+        (16, {'0': 16})
+    """
     try:
         gm = fx.symbolic_trace(model)
     except Exception:
