@@ -19,7 +19,6 @@ from torch import nn
 from . import planning
 from .checks import GRANULARITIES, SCOPES, check_choice, check_data, check_layer_names, check_model, check_weights
 from .criteria import Criterion, ScoringContext, get_criterion
-from .data import batches
 from .evaluation import Metrics
 from .history import History, HistoryView, Step
 from .layers import Layer, UnitGroup, find_unit_groups
@@ -27,7 +26,7 @@ from .masks import Ranking
 from .maskstate import MaskState
 from .meter import Meter
 from .planning import Plan
-from .scores import ScoreCache, scoring_samples
+from .scores import ScoreCache, score_dense, scoring_context, scoring_samples
 
 __all__ = ["BasePruner", "Plan"]  # Plan lives in .planning; importable from here too
 
@@ -65,7 +64,7 @@ class BasePruner:
         self._history = History(Step(plans={}, weights=original, weights_version=0, token=0))
         self._before = self._history.current  # the step the masks were last written for
         self._masks = MaskState(model, self.layers, original, self.unit_groups)
-        self._scores = ScoreCache(self._compute_scores)
+        self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
                             batch_size=batch_size)
         self._score_data: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -158,17 +157,8 @@ class BasePruner:
         Example: ``scores = pl.Magnitude().weight_scores(pruner.scoring_context())``
         """
         if self._score_data is None:
-            source = self.train_data if self.train_data is not None else (self.val_inputs, self.val_targets)
-            self._score_data = scoring_samples(source, samples, "train_data" if self.train_data is not None
-                                               else "val_data", device=self.device, classification=self.classification)
-        x, y = self._score_data
-        return ScoringContext(self.model, self.layers, lambda: batches(x, y, min(self.batch_size, 256)),
-                              self.loss or _missing_loss, self.classification, self.seed)
-
-    def _compute_scores(self, crit: Criterion, units: bool) -> dict[str, torch.Tensor]:
-        with self.dense():
-            ctx = self.scoring_context()
-            return crit.unit_scores(ctx) if units else crit.weight_scores(ctx)
+            self._score_data = scoring_samples(self, samples)
+        return scoring_context(self, *self._score_data)
 
     def scores(self, criterion: str | Criterion = "magnitude", *, units: bool = False) -> dict[str, torch.Tensor]:
         """Importance of every weight (or, with ``units=True``, every output unit) per layer, on
@@ -336,8 +326,8 @@ class BasePruner:
 
     @property
     def weights_version(self) -> int:
-        """Names the unmasked weights in effect (0: the originals): changes when set_weights (or
-        reset, undo, redo across it) changes them, so views know when to rebuild dense references."""
+        """Names the unmasked weights in effect (0: the originals); changes with set_weights, or
+        reset, undo and redo across it (views then rebuild their dense references)."""
         return self._history.current.weights_version
 
     @property
@@ -359,8 +349,7 @@ class BasePruner:
 
     @property
     def incremental(self) -> bool:
-        """Whether evaluation resumes from the first changed module (the model traces with
-        torch.fx) rather than running the whole forward."""
+        """Whether evaluation resumes from the first changed module (the model traces with fx)."""
         return self._meter.evaluator.incremental
 
     def flops(self) -> tuple[int, dict[str, int]]:
@@ -388,6 +377,3 @@ class BasePruner:
         return (f"{type(self).__name__}({type(self.model).__name__}, {len(self.layers)} prunable layers, "
                 f"sparsity {self.overall_sparsity():.1%})")
 
-
-def _missing_loss(outputs, targets):
-    raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")

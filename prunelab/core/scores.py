@@ -16,8 +16,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from .criteria import Criterion, get_criterion
-from .data import first_samples
+from .criteria import Criterion, ScoringContext, get_criterion
+from .data import batches, first_samples
 from .layers import UnitGroup
 from .masks import Ranking
 
@@ -44,27 +44,52 @@ def criterion_key(criterion: str | Criterion, refs: dict[int, Criterion] | None 
     return id(crit)
 
 
-def scoring_samples(source, samples: int, what: str, *, device=None,
-                    classification: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``samples`` of ``source`` as the data criteria score on.
+def scoring_samples(pruner, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data criteria score on: the first ``samples`` of ``pruner.train_data``, else of its
+    validation data, on its device (class targets as int64, as cross-entropy wants them).
 
     Args:
-        source: data as the Pruner takes it (train_data, else the validation tensors).
+        pruner: the Pruner (read through its public attributes).
         samples: how many to take at most.
-        what: the data's name, for messages.
-        device: where the tensors go.
-        classification: class targets come back as int64 (cross-entropy wants them so).
 
     Returns:
         ``(inputs, targets)``.
 
     Example:
-        >>> x, y = scoring_samples((torch.zeros(5, 2), torch.zeros(5)), 3, "val_data")
-        >>> len(x)
-        3
+        >>> x, y = scoring_samples(pruner, 256)
     """
-    x, y = first_samples(source, samples, what, device=device)
-    return x, (y.long() if classification and not y.dtype.is_floating_point else y)
+    train = pruner.train_data
+    source = train if train is not None else (pruner.val_inputs, pruner.val_targets)
+    x, y = first_samples(source, samples, "train_data" if train is not None else "val_data", device=pruner.device)
+    return x, (y.long() if pruner.classification and not y.dtype.is_floating_point else y)
+
+
+def scoring_context(pruner, x: torch.Tensor, y: torch.Tensor) -> ScoringContext:
+    """A :class:`~prunelab.core.criteria.ScoringContext` over ``pruner``'s model and layers, in
+    batches of ``(x, y)`` of at most 256 (or the Pruner's batch size), with its loss and seed.
+
+    Example:
+        >>> ctx = scoring_context(pruner, *scoring_samples(pruner, 256))
+    """
+    batch = min(pruner.batch_size, 256)
+    return ScoringContext(pruner.model, pruner.layers, lambda: batches(x, y, batch), pruner.loss or _missing_loss,
+                          pruner.classification, pruner.seed)
+
+
+def score_dense(pruner, criterion: Criterion, units: bool) -> dict[str, torch.Tensor]:
+    """``criterion``'s weight (or unit) scores on ``pruner``'s dense model (its unmasked weights
+    loaded for the call, the masks written back after).
+
+    Example:
+        >>> score_dense(pruner, Magnitude(), units=True)["0"].shape
+    """
+    with pruner.dense():
+        ctx = pruner.scoring_context()
+        return criterion.unit_scores(ctx) if units else criterion.weight_scores(ctx)
+
+
+def _missing_loss(outputs, targets):
+    raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")
 
 
 class ScoreCache:
