@@ -101,7 +101,7 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
     known_set = set(known)
     out = []
     for n in names:
-        n = getattr(n, "name", n) if not isinstance(n, str) else n
+        n = n.name if isinstance(n, Layer) else n
         if n not in known_set:
             raise ValueError(f"unknown layer {n!r}.{did_you_mean(n, known)} Prunable layers: {known}.")
         out.append(n)
