@@ -1,9 +1,10 @@
 """The public Pruner: the core's masks, history and measurement, with the workflows as methods.
 
 :class:`prunelab.core.base.BasePruner` holds the state (masks over the model's own weights,
-history, scores, evaluation). The workflows below it (retraining, sensitivity, export, recipes)
-each take a BasePruner through its public surface; this class only names them as methods, so
-``pruner.finetune(5)`` is ``prunelab.retrain.finetune(pruner, 5)``.
+history, scores, evaluation), composed of small parts in :mod:`prunelab.core`. The workflows
+below it (retraining, sensitivity, export, recipes) each take a BasePruner through its public
+surface; this class only names them as methods, so ``pruner.finetune(5)`` is
+``prunelab.retrain.finetune(pruner, 5)``.
 """
 
 from __future__ import annotations
@@ -33,47 +34,104 @@ class Pruner(BasePruner):
     """
 
     def export(self, path, format: str = "state_dict"):
-        """Write the current state to ``path``: "state_dict", "sparse", "structured", "onnx" or
-        "recipe" (see :mod:`prunelab.export`). Returns an :class:`prunelab.Exported`."""
+        """Write the current state to ``path`` (see :mod:`prunelab.export`).
+
+        Args:
+            path: the file ("structured" writes ``<path>.safetensors`` and ``<path>.pt2``).
+            format: "state_dict", "sparse", "structured", "onnx" or "recipe".
+
+        Returns:
+            An :class:`prunelab.Exported`: the files, their total bytes, format-specific details.
+
+        Example:
+            >>> pruner.prune(0.5, granularity="structured").export("small", format="structured")
+        """
         return export.export(self, path, format)
 
     def finetune(self, epochs: int = _F.epochs, *, lr: float = _F.lr, optimizer=_F.optimizer,
                  batch_size: int = _F.batch_size, progress: bool = True):
         """Retrain on train_data with the masks held (pruned weights, and their optimizer state, stay
         exactly zero); the trained weights become one step of history (undo, reset work).
-        ``optimizer``: "adam", "adamw", "sgd", a torch.optim class or ``f(params, lr)``.
-        Returns a FinetuneResult (accuracy before and after, loss per epoch, seconds)."""
+
+        Args:
+            epochs: passes over train_data.
+            lr, batch_size: the optimizer's learning rate and the batch size.
+            optimizer: "adam", "adamw", "sgd", a torch.optim class or ``f(params, lr)``.
+            progress: show a progress bar.
+
+        Returns:
+            A FinetuneResult: accuracy before and after, loss per epoch, seconds.
+
+        Example:
+            >>> pruner.prune(0.9).finetune(2).accuracy_after
+        """
         return retrain.finetune(self, epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
 
     def iterate(self, target, *, steps: int = _I.steps, epochs_per_step: int = _I.epochs_per_step,
                 schedule: str = _I.schedule, criterion=_I.criterion, granularity: str | None = _I.granularity,
                 regrow: float = _I.regrow, final_epochs: int = _I.final_epochs, lr: float = _I.lr,
                 optimizer=_I.optimizer, batch_size: int = _I.batch_size, progress: bool = True):
-        """Gradual pruning toward ``target`` (a fraction, or ``{layer: fraction}``): prune to the
-        schedule's next sparsity ("agp": Zhu & Gupta's cubic; "linear"; "constant"), fine-tune
-        ``epochs_per_step``, repeat ``steps`` times, then ``final_epochs`` more. ``criterion`` and
-        ``granularity`` default to those in effect (else magnitude, unstructured). ``regrow``: the
-        fraction of kept weights swapped each step for the pruned ones with the largest gradients
-        (RigL), at the same sparsity. Each step is one step of history. Returns the history table."""
+        """Gradual pruning toward ``target``: prune to the schedule's next sparsity, fine-tune,
+        repeat, then fine-tune more. Each step is one step of history.
+
+        Args:
+            target: a fraction, or ``{layer: fraction}``.
+            steps, epochs_per_step, final_epochs: the schedule's length and its fine-tuning.
+            schedule: "agp" (Zhu & Gupta's cubic), "linear" or "constant".
+            criterion, granularity: default to those in effect (else magnitude, unstructured).
+            regrow: the fraction of kept weights swapped each step for the pruned ones with the
+                largest gradients (RigL), at the same sparsity.
+            lr, optimizer, batch_size, progress: as for :meth:`finetune`.
+
+        Returns:
+            The history table (a :class:`prunelab.Table`, one row per step).
+
+        Example:
+            >>> pruner.iterate(0.95, steps=5).column("accuracy_after")
+        """
         return retrain.iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
-                              criterion=criterion, granularity=granularity, regrow=regrow, final_epochs=final_epochs,
-                              lr=lr, optimizer=optimizer, batch_size=batch_size, progress=progress)
+                               criterion=criterion, granularity=granularity, regrow=regrow,
+                               final_epochs=final_epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                               progress=progress)
 
     def sensitivity(self, sparsities=None, layers=None, criterion="magnitude", granularity: str = "unstructured",
                     executor=None):
         """Prune one layer at a time (the others unpruned) to each of ``sparsities`` and measure.
-        Returns a SensitivityTable (layer, sparsity, accuracy, drop), cached per weights and
-        arguments. ``executor``: any concurrent.futures.Executor, e.g. a Dask
-        ``client.get_executor()`` (default: here, in turn); all give the same table."""
-        return sensitivity.sensitivity(self, sensitivity.DEFAULT_SPARSITIES if sparsities is None else sparsities, layers, criterion,
-                           granularity, executor)
+
+        Args:
+            sparsities: the fractions to try (default: ``prunelab.sensitivity.DEFAULT_SPARSITIES``).
+            layers: the layers to try (default: all).
+            criterion, granularity: as for :meth:`prune`.
+            executor: any concurrent.futures.Executor, e.g. a Dask ``client.get_executor()``
+                (default: here, in turn); all give the same table.
+
+        Returns:
+            A SensitivityTable (layer, sparsity, accuracy, drop), cached per weights and arguments.
+
+        Example:
+            >>> pruner.sensitivity([0.5, 0.9]).rows
+        """
+        return sensitivity.sensitivity(self, sensitivity.DEFAULT_SPARSITIES if sparsities is None else sparsities,
+                                       layers, criterion, granularity, executor)
 
     def allocate(self, target_sparsity: float | None = None, max_drop: float | None = None, *, table=None,
                  executor=None):
-        """Choose per-layer sparsities from sensitivity curves (least sensitive layers pruned most)
-        to reach ``target_sparsity`` or to stay within ``max_drop`` (summed single-layer drops, a
-        fraction), apply them, and measure. Returns an Allocation: the sparsities, the sum of the
-        single-layer drops, and the accuracy measured with all applied."""
+        """Choose per-layer sparsities from sensitivity curves (least sensitive layers pruned most),
+        apply them, and measure.
+
+        Args:
+            target_sparsity: reach this overall sparsity; or
+            max_drop: stay within this drop (summed single-layer drops, a fraction).
+            table: a SensitivityTable to use (default: :meth:`sensitivity`'s).
+            executor: as for :meth:`sensitivity`.
+
+        Returns:
+            An Allocation: the sparsities, the sum of the single-layer drops, and the accuracy
+            measured with all applied.
+
+        Example:
+            >>> pruner.allocate(target_sparsity=0.9).sparsities
+        """
         return sensitivity.allocate(self, target_sparsity, max_drop, table=table, executor=executor)
 
 

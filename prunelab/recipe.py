@@ -86,13 +86,25 @@ def _prune_steps(before: Mapping, after: Mapping) -> list[dict]:
 
 
 def record_recipe(pruner) -> dict:
-    """The recipe of ``pruner``'s current state (its history up to now, undone steps excluded)."""
-    history = pruner._history[: pruner._cursor + 1]
+    """The recipe of ``pruner``'s current state: its history up to now (undone steps excluded),
+    walked through the public ``pruner.history``.
+
+    Args:
+        pruner: the Pruner.
+
+    Returns:
+        A JSON-ready dict: ``steps``, the settings that decide the masks, and per-layer checks.
+
+    Example:
+        >>> pl.record_recipe(pruner.prune(0.5))["steps"]
+        [{'kind': 'prune', 'granularity': 'unstructured', 'criterion': 'magnitude', 'amount': {...}}]
+    """
+    history = pruner.history
     steps = []
-    for before, after in zip(history, history[1:]):
-        if after is pruner._original:
+    for before, after in zip(history.steps, history.steps[1:]):
+        if after is history.original:
             steps.append({"kind": "reset"})
-        elif after.base is not before.base:
+        elif after.weights is not before.weights:
             steps.append({"kind": "set_weights", "replayable": False,
                           "note": "new unmasked weights (fine-tuning); replay needs the same training"})
             steps.extend(_prune_steps(before.plans, after.plans))
@@ -117,18 +129,40 @@ def record_recipe(pruner) -> dict:
         "steps": steps,
         "layers": layers,
         "overall_sparsity": pruner.overall_sparsity(),
-        "check": {"original_weights_sha256": _weights_digest(pruner._original.base),
+        "check": {"original_weights_sha256": _weights_digest(pruner.original_weights),
                   "masks_sha256": {n: _mask_digest(m) for n, m in sorted(pruner.masks().items())}},
     }
 
 
 def save_recipe(pruner, path) -> Path:
-    """Write :func:`record_recipe` as JSON to ``path`` (all-or-nothing)."""
+    """Write :func:`record_recipe` as JSON to ``path`` (all-or-nothing).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_recipe(pruner, "recipe.json")
+    """
     return write_bytes(path, (json.dumps(record_recipe(pruner), indent=2) + "\n").encode())
 
 
 def load_recipe(path) -> dict:
-    """Read a recipe JSON file; a clear ValueError when it is not one."""
+    """Read a recipe JSON file written by ``pruner.export(path, format="recipe")``.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The recipe dict (``format``, ``version``, ``steps``, ``layers``, ``check``...), for
+        :func:`prunelab.apply_recipe`.
+
+    Raises:
+        ValueError: not JSON (damaged or cut short), not an object, or not a prunelab recipe.
+
+    Example:
+        >>> [s["kind"] for s in pl.load_recipe("recipe.json")["steps"]]
+        ['prune']
+    """
     path = Path(path)
     try:
         recipe = json.loads(read_file(path).decode("utf-8"))
@@ -214,7 +248,7 @@ def _check_masks(pruner, recipe: dict) -> None:
     if got == expected:
         return
     differ = sorted(n for n in set(got) | set(expected) if got.get(n) != expected.get(n))
-    same_start = recipe["check"].get("original_weights_sha256") == _weights_digest(pruner._original.base)
+    same_start = recipe["check"].get("original_weights_sha256") == _weights_digest(pruner.original_weights)
     why = ("the model starts from the recorded weights, so the data or a non-deterministic criterion differs"
            if same_start else "the model's weights differ from the recorded ones, so its own masks were chosen")
     warnings.warn(f"replaying the recipe gave masks that differ from the recorded ones in {differ[:5]} ({why}).",

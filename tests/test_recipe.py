@@ -140,3 +140,34 @@ def test_fine_tuned_weights_are_recorded_as_a_step_that_cannot_be_replayed_yet()
     assert [s["kind"] for s in recipe["steps"]] == ["prune", "set_weights"]
     with pytest.warns(UserWarning, match="fine-tuning that were not recorded"):
         pl.apply_recipe(fresh().model, recipe, d.val, check=False)
+
+
+def test_load_recipe_reads_back_exactly_what_was_recorded(tmp_path):
+    d = fresh()
+    pruner = pl.Pruner(d.model, d.val, train_data=d.train)
+    pruner.prune({"0": 0.9, "2": 0.5}).prune(threshold={"4": 0.05})
+    path = pruner.export(tmp_path / "recipe.json", "recipe").path
+    loaded = pl.load_recipe(path)
+    assert loaded == json.loads(json.dumps(pl.record_recipe(pruner)))  # all of it, through JSON
+    assert loaded["format"] == "prunelab.recipe" and loaded["version"] == 1
+    assert [s["kind"] for s in loaded["steps"]] == ["prune", "prune"]
+    assert loaded["steps"][0]["amount"] == {"0": 0.9, "2": 0.5} and loaded["steps"][1]["threshold"] == {"4": 0.05}
+    assert {n: v["sparsity"] for n, v in loaded["layers"].items()} == pytest.approx(pruner.sparsity())
+    again = fresh()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replayed = pl.apply_recipe(again.model, loaded, again.val, train_data=again.train)
+    assert same_masks(replayed, pruner)
+
+
+def test_recording_walks_the_public_history(tmp_path):
+    d = fresh()
+    pruner = pl.Pruner(d.model, d.val)
+    pruner.prune(0.5).prune(0.9)
+    pruner.undo()  # an undone step is not part of the recipe
+    history = pruner.history
+    assert (len(history), history.cursor, len(history.steps)) == (3, 1, 2) and history.steps[0] is history.original
+    assert [s["kind"] for s in pl.record_recipe(pruner)["steps"]] == ["prune"]
+    pruner.reset()
+    assert pruner.history.steps[-1] is pruner.history.original
+    assert [s["kind"] for s in pl.record_recipe(pruner)["steps"]] == ["prune", "reset"]

@@ -1,24 +1,277 @@
 """Checks of user input shared by every floor: each rule is written here once.
 
-A check raises ValueError (or TypeError) naming the bad value, what is allowed, and what to do.
+A check raises ValueError (or TypeError) naming the bad value, what is allowed, and what to do:
+fractions and thresholds, choices, names with a did-you-mean, finite weights, and whether the
+data fits the model.
 """
 
 from __future__ import annotations
 
+import difflib
 import numbers
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .data import first_samples, materialize
+from .layers import Layer, find_layers
 
 GRANULARITIES = ("unstructured", "structured", "2:4")
 SCOPES = ("global", "layer")
 
 
 def check_fraction(v, what: str = "sparsity") -> float:
-    """``v`` as a float in [0, 1], or a ValueError that says what the fraction means."""
+    """``v`` as a float in [0, 1], or a ValueError that says what the fraction means.
+
+    Args:
+        v: the value to check (a bool is not a number here).
+        what: what the value is, for the message.
+
+    Returns:
+        ``float(v)``.
+
+    Example:
+        >>> check_fraction(0.9)
+        0.9
+    """
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= v <= 1):
         raise ValueError(f"{what} must be a fraction in [0, 1] (0.9 prunes 90% of weights), got {v!r}.")
     return float(v)
 
 
+def check_threshold(v) -> float:
+    """``v`` as a float >= 0 (an absolute weight magnitude), or a ValueError.
+
+    Args:
+        v: the value to check (NaN, negative numbers and bools are refused).
+
+    Returns:
+        ``float(v)``.
+
+    Example:
+        >>> check_threshold(0.05)
+        0.05
+    """
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or v < 0:
+        raise ValueError(f"threshold must be a number >= 0 (an absolute weight magnitude), got {v!r}.")
+    return float(v)
+
+
 def check_choice(value, choices, what: str) -> None:
-    """A ValueError naming ``value`` and the allowed ``choices`` unless ``value`` is one of them."""
+    """A ValueError naming ``value`` and the allowed ``choices`` unless ``value`` is one of them.
+
+    Example:
+        >>> check_choice("2:4", GRANULARITIES, "granularity")
+    """
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}: choose one of {list(choices)}.")
+
+
+def did_you_mean(name, known: Iterable[str], n: int = 3) -> str:
+    """`` Did you mean 'a', 'b'?`` for the (at most ``n``) names in ``known`` closest to ``name``
+    ("" for none).
+
+    Example:
+        >>> did_you_mean("fc1", ["fc.1", "fc.2"])
+        " Did you mean 'fc.1', 'fc.2'?"
+    """
+    close = difflib.get_close_matches(str(name), list(known), n=n)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
+    """Layer names (or :class:`~prunelab.core.layers.Layer` objects) as names, each one checked.
+
+    Args:
+        names: names or Layer objects.
+        known: the prunable layer names, in order.
+
+    Returns:
+        The names, in the order given.
+
+    Raises:
+        ValueError: for an unknown name, with the closest known names and the full list.
+
+    Example:
+        >>> check_layer_names(["0"], ["0", "2"])
+        ['0']
+    """
+    known = list(known)
+    known_set = set(known)
+    out = []
+    for n in names:
+        n = n.name if isinstance(n, Layer) else n
+        if n not in known_set:
+            raise ValueError(f"unknown layer {n!r}.{did_you_mean(n, known)} Prunable layers: {known}.")
+        out.append(n)
+    return out
+
+
+def check_model(model) -> tuple[list[Layer], dict[str, str]]:
+    """Check that ``model`` is a module with prunable layers and finite weights.
+
+    Args:
+        model: what the user passed as the model.
+
+    Returns:
+        ``(layers, skipped)`` as :func:`~prunelab.core.layers.find_layers` finds them.
+
+    Example:
+        >>> layers, skipped = check_model(torch.nn.Linear(4, 2))
+        >>> [l.name for l in layers]
+        ['']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    layers, skipped = find_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no prunable layers: prunelab prunes the weights of "
+                         "Linear and Conv1d/2d/3d modules, and found none among its submodules.")
+    check_finite(model)
+    return layers, skipped
+
+
+def check_finite(model: nn.Module) -> None:
+    """A ValueError listing the parameters of ``model`` that hold NaN or inf, if any.
+
+    Example:
+        >>> check_finite(torch.nn.Linear(2, 2))
+    """
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"the model has non-finite weights (NaN or inf) in {bad[:5]}: pruning rankings "
+                         "would be meaningless. Fix or reload the weights first.")
+
+
+def forward_check(model: nn.Module, x: torch.Tensor, what: str, dtype: torch.dtype | None = None):
+    """The model's outputs on the first two of ``x`` in eval mode (its mode restored after), or a
+    ValueError saying why ``what`` does not fit the model.
+
+    Args:
+        model: the model.
+        x: a batch of inputs.
+        what: the data's name for the message ("val_data", "train_data").
+        dtype: the dtype the message says the model expects (default: its first parameter's).
+
+    Returns:
+        The model's outputs on ``x[:2]``.
+
+    Example:
+        >>> forward_check(torch.nn.Linear(4, 2), torch.zeros(3, 4), "val_data").shape
+        torch.Size([2, 2])
+    """
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(x[:2])
+    except Exception as e:
+        if dtype is None:
+            dtype = next((p.dtype for p in model.parameters()), None)
+        raise ValueError(
+            f"{what} does not fit the model: a batch of inputs shaped {tuple(x.shape[1:])} "
+            f"({x.dtype}, on {x.device}) failed in {type(model).__name__}.forward with: {e}. "
+            "Check the input shape the model expects, and that the inputs have the model's dtype "
+            f"({dtype})."
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, dtype: torch.dtype | None = None) -> int:
+    """Check that labelled data fits the model, and whether it is classification.
+
+    Args:
+        model: the model; it must return one tensor.
+        x, y: inputs and targets.
+        metric: the user's metric, or None for top-1 accuracy (then targets must be class indices).
+        dtype: as for :func:`forward_check`.
+
+    Returns:
+        The number of classes (the model's outputs) when the targets are class indices, else 0.
+
+    Example:
+        >>> check_fit(torch.nn.Linear(4, 3), torch.zeros(5, 4), torch.zeros(5, dtype=torch.long), None)
+        3
+    """
+    out = forward_check(model, x, "val_data", dtype)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model returned {type(out).__name__}; prunelab needs a model that returns "
+                         "one tensor of outputs. Wrap it in a module that picks the output tensor.")
+    is_class = (not y.dtype.is_floating_point and not y.is_complex() and y.dim() == 1
+                and out.dim() == 2 and y.dtype != torch.bool)
+    if is_class:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= out.shape[1]:
+            raise ValueError(f"targets range over [{lo}, {hi}] but the model has {out.shape[1]} outputs: "
+                             "class-index targets must lie in [0, outputs).")
+        return int(out.shape[1])
+    if metric is None:
+        raise ValueError(
+            f"targets of dtype {y.dtype} and shape {tuple(y.shape)} are not class indices (a 1-D integer "
+            "tensor), so accuracy is undefined. Pass metric=f(outputs, targets) -> float (and loss= for "
+            "taylor scoring and fine-tuning)."
+        )
+    return 0
+
+
+def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval_samples: int | None = None,
+               device=None, seed: int = 0, dtype: torch.dtype | None = None):
+    """Validation data as tensors on ``device``, checked against the model (and train_data's
+    first samples too, so a misfit fails now rather than at the first scoring).
+
+    Args:
+        model: the model.
+        val_data, train_data: as the Pruner takes them.
+        metric: the user's metric, or None (then the targets must be class indices).
+        eval_samples: keep a fixed class-stratified subset of this size (None: all).
+        device, seed: where the tensors go; the subset's seed.
+        dtype: the model's weight dtype, for messages.
+
+    Returns:
+        ``(inputs, targets, total samples before the subset, classes)``; classes is 0 when the
+        targets are not class indices, and class targets come back as int64.
+
+    Example:
+        >>> x, y, total, classes = check_data(model, (inputs, targets))  # doctest: +SKIP
+    """
+    x, y = materialize(val_data, "val_data")
+    total = len(x)
+    x, y = materialize((x, y), "val_data", max_samples=eval_samples, device=device, seed=seed)
+    classes = check_fit(model, x, y, metric, dtype)
+    if classes and y.dtype != torch.long:  # cross-entropy wants int64 class indices
+        y = y.long()
+    if train_data is not None:
+        forward_check(model, first_samples(train_data, 2, "train_data", device=device)[0], "train_data", dtype)
+    return x, y, total, classes
+
+
+def check_weights(weights, base) -> dict:
+    """``base`` (``{parameter name: tensor}``) updated with ``weights``, each checked and copied
+    to its parameter's device and dtype; ``base`` itself is left as it was.
+
+    Args:
+        weights: new tensors by parameter name (names as in ``model.named_parameters()``).
+        base: the current tensors by parameter name.
+
+    Returns:
+        A new dict: ``base``'s tensors, with those named in ``weights`` replaced by copies.
+
+    Raises:
+        ValueError: an unknown name (with a did-you-mean) or a shape that differs.
+
+    Example:
+        >>> check_weights({"w": torch.ones(2)}, {"w": torch.zeros(2)})
+        {'w': tensor([1., 1.])}
+    """
+    out = dict(base)
+    for n, w in weights.items():
+        if n not in out:
+            raise ValueError(f"unknown parameter {n!r}.{did_you_mean(n, out)} Names are those of "
+                             "model.named_parameters().")
+        if not isinstance(w, torch.Tensor) or w.shape != out[n].shape:
+            raise ValueError(f"parameter {n!r} has shape {tuple(out[n].shape)}, got "
+                             f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}.")
+        out[n] = w.detach().to(out[n].device, out[n].dtype).clone()
+    return out

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx, nn
 
+from .layers import PRUNABLE_TYPES
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -85,6 +87,35 @@ def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: 
     return correct / len(targets), loss, tuple(per_class.tolist()), correct
 
 
+def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int, metric=None,
+                  loss=None) -> tuple[float, float | None, tuple[float, ...], tuple[float, float] | None]:
+    """Score a model's outputs against the targets, as :meth:`prunelab.Pruner.evaluate` does.
+
+    Args:
+        outputs: the model's outputs on the evaluation inputs.
+        targets: the targets.
+        classes: the number of classes when the targets are class indices, else 0.
+        metric: ``f(outputs, targets) -> float`` replacing top-1 accuracy (required when
+            ``classes`` is 0).
+        loss: ``f(outputs, targets) -> scalar tensor``, used with ``metric`` (without one, the loss
+            is the mean cross-entropy).
+
+    Returns:
+        ``(accuracy or metric, loss or None, per-class accuracy or (), Wilson interval or None)``:
+        the interval only for top-1 accuracy, the per-class accuracies for class-index targets.
+
+    Example:
+        >>> score_outputs(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), classes=2)[0]
+        0.5
+    """
+    if metric is None:
+        acc, mean_loss, per_class, correct = classification_scores(outputs, targets, classes)
+        return acc, mean_loss, per_class, wilson_interval(correct, len(targets))
+    per_class = classification_scores(outputs, targets, classes)[2] if classes else ()
+    return (float(metric(outputs, targets)), None if loss is None else float(loss(outputs, targets)), per_class,
+            None)
+
+
 def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer.
 
@@ -92,7 +123,7 @@ def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str])
     layer used functionally inside another module, like MultiheadAttention's ``out_proj``, counts.
     Models whose only matrix products are plain Linear/Conv modules are counted with hooks instead,
     to the same numbers, because FlopCounterMode imports torch._dynamo (seconds, on opening)."""
-    counted = _layer_flops(model, example, layer_names)
+    counted = hooked_flops(model, example, layer_names)
     if counted is not None:
         return counted
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -131,14 +162,26 @@ def _storage(t) -> int | None:
 # Ops that FlopCounterMode counts (matrix products, convolutions, attention), by name fragment.
 _MATMUL_NAMES = ("matmul", "mm", "einsum", "tensordot", "linear", "conv", "attention", "multi_dot", "bilinear",
                  "inner", "dot")
-_EXACT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
+def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
     """The same count as FlopCounterMode, without it, when every matrix product of the model is a
     plain Linear or Conv module: 2 * multiply-adds of those modules. FlopCounterMode imports
     torch._dynamo (seconds); this takes one forward pass. None when the model does anything else
-    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it."""
+    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it.
+
+    Args:
+        model: the model (its train/eval mode is restored after).
+        example: one sample's inputs.
+        layer_names: the layers to report.
+
+    Returns:
+        ``(total, {layer name: flops})``, or None when hooks cannot count this model.
+
+    Example:
+        >>> hooked_flops(nn.Sequential(nn.Linear(4, 2)), torch.zeros(1, 4), ["0"])
+        (16, {'0': 16})
+    """
     try:
         gm = fx.symbolic_trace(model)
     except Exception:
@@ -147,7 +190,7 @@ def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
     for node in gm.graph.nodes:
         if node.op == "call_module":
             m = modules.get(node.target)
-            if type(m) in _EXACT_LAYERS:
+            if type(m) in PRUNABLE_TYPES:
                 continue
             if any(k in type(m).__name__.lower() for k in ("linear", "conv", "attention", "transformer", "rnn",
                                                               "lstm", "gru", "bilinear")):
@@ -167,7 +210,7 @@ def _layer_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
             f = 2 * output.numel() * module.weight.shape[1] * module.weight[0, 0].numel()
         flops[n] = flops.get(n, 0) + int(f)
 
-    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in _EXACT_LAYERS]
+    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in PRUNABLE_TYPES]
     was_training = model.training
     model.eval()
     try:

@@ -32,8 +32,14 @@ def marker(kind: str) -> str:
 
 # ---------------------------------------------------------------------------- writing
 
-def _write_all(f, data: bytes) -> None:
-    """Write ``data`` to the open file ``f`` (one place, so tests can simulate a full disk)."""
+def write_all(f, data: bytes) -> None:
+    """Write ``data`` to the open file ``f`` in chunks; every export writes through here (one
+    place, so tests can simulate a full disk).
+
+    Example:
+        >>> with open(tmp, "wb") as f:
+        ...     write_all(f, b"bytes")
+    """
     view = memoryview(data)
     step = 1 << 24
     for i in range(0, len(view), step):
@@ -91,7 +97,7 @@ def _umask() -> int:
 def write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (a temporary from :func:`atomic_paths`) and flush it to disk."""
     with open(path, "wb") as f:
-        _write_all(f, data)
+        write_all(f, data)
         f.flush()
         os.fsync(f.fileno())
 

@@ -10,7 +10,37 @@ import torch
 
 
 def pruned_count(amount: float, n: int) -> int:
+    """How many of ``n`` entries a fraction ``amount`` removes: ``round(amount * n)``.
+
+    Example:
+        >>> pruned_count(0.5, 7)
+        4
+    """
     return int(round(amount * n))
+
+
+def row_length(shape) -> int:
+    """Weights per output unit of a weight shaped ``shape`` (a convolution's kernel included).
+
+    Example:
+        >>> row_length((8, 3, 3, 3))
+        27
+    """
+    n = 1
+    for d in tuple(shape)[1:]:
+        n *= int(d)
+    return n
+
+
+def fits_n_of_m(shape, m: int = 4) -> bool:
+    """Whether a weight shaped ``shape`` can take an n:m pattern: its rows (see :func:`row_length`)
+    must be a multiple of ``m``. The one place this rule is written.
+
+    Example:
+        >>> fits_n_of_m((16, 8)), fits_n_of_m((16, 6))
+        (True, False)
+    """
+    return row_length(shape) % m == 0
 
 
 class Ranking:
@@ -48,9 +78,21 @@ class Ranking:
 def n_of_m_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Keep the ``n`` highest-scored weights in every ``m`` consecutive weights of a row (2:4 when
     n=2, m=4: the pattern that sparse tensor cores accelerate). Rows run over the input dimension
-    (flattened with the kernel for convolutions)."""
+    (flattened with the kernel for convolutions).
+
+    Args:
+        scores: one score per weight, shaped like the weight.
+        n, m: keep ``n`` of every ``m``.
+
+    Returns:
+        A bool keep-mask shaped like ``scores``.
+
+    Example:
+        >>> n_of_m_mask(torch.tensor([[4.0, 1.0, 3.0, 2.0]]))
+        tensor([[ True, False,  True, False]])
+    """
     rows = scores.reshape(scores.shape[0], -1)
-    if rows.shape[1] % m:
+    if not fits_n_of_m(scores.shape, m):
         raise ValueError(f"{n}:{m} sparsity needs each row's length ({rows.shape[1]}) to be a multiple of {m}")
     blocks = rows.reshape(-1, m)
     keep = torch.zeros_like(blocks, dtype=torch.bool)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.checks import did_you_mean
 from ..recipe import save_recipe
+from .onnx_export import save_onnx
+from .sparse import save_sparse
+from .state_dict import save_state_dict
+from .structured import save_structured
 
 FORMATS = ("state_dict", "sparse", "structured", "onnx", "recipe")
 SUFFIXES = {"state_dict": ".safetensors", "sparse": ".safetensors", "structured": "", "onnx": ".onnx",
@@ -37,39 +42,45 @@ class Exported:
 
 
 def check_format(format: str) -> None:
-    if format not in FORMATS:
-        import difflib
+    """A ValueError, with a did-you-mean, unless ``format`` is one of :data:`FORMATS`.
 
-        close = difflib.get_close_matches(str(format), FORMATS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown export format {format!r}.{hint} Formats: {list(FORMATS)}.")
+    Example:
+        >>> check_format("sparse")
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}.{did_you_mean(format, FORMATS, n=1)} "
+                         f"Formats: {list(FORMATS)}.")
 
 
 def export(pruner, path, format: str = "state_dict") -> Exported:
-    """Write ``pruner``'s current state to ``path`` in ``format`` (see the module docstring).
+    """Write ``pruner``'s current state to ``path`` in ``format`` (see :mod:`prunelab.export`).
 
-    ``path`` is used as given, except for "structured", which writes ``<path>.safetensors`` and
-    ``<path>.pt2`` (a ``.safetensors``/``.pt2`` suffix on ``path`` is dropped first). The model
-    is never modified. Raises OSError (nothing left behind) when the files cannot be written.
+    Args:
+        pruner: the Pruner; its model is never modified.
+        path: used as given, except for "structured", which writes ``<path>.safetensors`` and
+            ``<path>.pt2`` (a ``.safetensors``/``.pt2`` suffix on ``path`` is dropped first).
+        format: one of :data:`FORMATS`.
+
+    Returns:
+        An :class:`Exported`: the files written, their total bytes, format-specific details.
+
+    Raises:
+        OSError (nothing left behind) when the files cannot be written; ValueError for an unknown
+        format, or a structured/onnx export that would change the outputs.
+
+    Example:
+        >>> pl.export.export(pruner, "model.safetensors", "sparse").bytes
     """
     check_format(format)
     if format == "state_dict":
-        from .state_dict import save_state_dict
-
         files, details = (save_state_dict(pruner.model, path),), {}
     elif format == "sparse":
-        from .sparse import save_sparse
-
         files, details = (save_sparse(pruner.model, path),), {}
     elif format == "structured":
-        from .structured import save_structured
-
         files, shrunk = save_structured(pruner, path)
         details = {"units": shrunk.units, "units_removed": shrunk.removed, "max_abs_diff": shrunk.max_abs_diff,
                    "checked": shrunk.checked, "flops_ratio": shrunk.flops_ratio}
     elif format == "onnx":
-        from .onnx_export import save_onnx
-
         file, details = save_onnx(pruner, path)
         files = (file,)
     else:

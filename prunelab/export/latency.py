@@ -39,7 +39,17 @@ def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, th
         models: ``{label: module}``; each is run on the same ``inputs``.
         threads: torch intra-op threads during the measurement (restored afterwards).
         warmup: untimed runs of each model first (allocator, kernel selection).
-        repeats: timed runs of each; the median is reported.
+        repeats: timed runs of each (at least 1); the median is reported.
+
+    Returns:
+        ``{label: Latency}`` (median and quartiles in seconds). Torch's thread count and each
+        model's train/eval mode are restored afterwards, even on an error.
+
+    Raises:
+        ValueError: ``repeats`` below 1.
+
+    Example:
+        >>> print(pl.measure_latency({"dense": model}, x)["dense"])
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..core.files import atomic_paths
-from .structured import CHECK_SAMPLES, _example, _outputs, shrink
+from .structured import CHECK_SAMPLES, exact_outputs, example_inputs, shrink
 
 KIND = "onnx"
 INSTALL = "pip install prunelab[onnx]"
@@ -49,13 +49,13 @@ def save_onnx(pruner, path) -> tuple[Path, dict]:
         model = copy.deepcopy(pruner.model)
         network = "masked (removing units would change the outputs)"
     model = model.cpu().eval()
-    example = _example(pruner).cpu()
+    example = example_inputs(pruner).cpu()
     program = _to_onnx(model, example)
     path = Path(path)
     with atomic_paths(path) as (tmp,):
         program.save(tmp, external_data=False)
         x = pruner.val_inputs[:CHECK_SAMPLES]
-        diff = check_with_onnxruntime(tmp, x.cpu(), _outputs(pruner.model, x).cpu(), path)
+        diff = check_with_onnxruntime(tmp, x.cpu(), exact_outputs(pruner.model, x).cpu(), path)
     return path, {"network": network, "max_abs_diff": diff, "checked": len(x)}
 
 

@@ -51,6 +51,18 @@ def load_program(path) -> "torch.export.ExportedProgram":
     ``torch.export.load`` this checks the archive: CRCs intact, the prunelab marker present, no
     pickled payload, custom object, legacy ``.pt`` record or sample inputs. A file from someone
     else thus never reaches an unpickler.
+
+    Args:
+        path: the ``.pt2`` file.
+
+    Returns:
+        The ``torch.export.ExportedProgram``.
+
+    Raises:
+        ValueError: not a zip archive, a failing checksum, no prunelab marker, or pickled content.
+
+    Example:
+        >>> out = pl.load_program("model.pt2").module()(x)
     """
     path = Path(path)
     read_file(path)  # exists, not a folder

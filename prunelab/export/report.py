@@ -112,9 +112,23 @@ class FormatReport:
 
 def compare_formats(pruner, *, formats=None, batch: int = 256, threads: int = 1, repeats: int = 20,
                     directory=None) -> FormatReport:
-    """Export ``pruner``'s current state in every format (to a temporary folder unless
-    ``directory`` is given), measure each file, and time dense vs structured on ``batch``
-    validation samples."""
+    """Export ``pruner``'s current state in every format, measure each file, and time dense vs
+    structured on ``batch`` validation samples.
+
+    Args:
+        pruner: the Pruner.
+        formats: the formats to write (default: all of :data:`FORMATS`).
+        batch, threads, repeats: the latency measurement (see :func:`measure_latency`).
+        directory: keep the files there as ``model-<format><suffix>`` (default: a temporary folder,
+            removed after).
+
+    Returns:
+        A :class:`FormatReport`: one row per file (a failed format has its error instead of a
+        size), the dense and structured latencies, and the units removed.
+
+    Example:
+        >>> print(pl.compare_formats(pruner).sentence())
+    """
     formats = tuple(formats or FORMATS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="prunelab-export-") as tmp:

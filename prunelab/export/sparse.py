@@ -86,7 +86,22 @@ def save_sparse(model: nn.Module, path) -> Path:
 
 
 def load_sparse(path) -> dict[str, torch.Tensor]:
-    """Read a "sparse" export back as a dense state_dict: ``model.load_state_dict(pl.load_sparse(path))``."""
+    """Read a "sparse" export (bitmasks + nonzero values) back as a dense state_dict, without pickle.
+
+    Args:
+        path: the ``.safetensors`` file written by ``export(path, "sparse")``.
+
+    Returns:
+        The dense state_dict, ``{name: tensor}``, for ``model.load_state_dict``.
+
+    Raises:
+        ValueError: the file is truncated or damaged, not a safetensors file, not a prunelab
+            "sparse" export, or its masks and values do not match its layout.
+        OSError: the file cannot be read.
+
+    Example:
+        >>> model.load_state_dict(pl.load_sparse("model.sparse.safetensors"))
+    """
     path = Path(path)
     tensors, info = load_safetensors(path, KIND, "prunelab.load_sparse")
     return decode(tensors, info.get("tensors", {}), path)

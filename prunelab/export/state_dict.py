@@ -25,6 +25,21 @@ def save_state_dict(model: nn.Module, path) -> Path:
 
 
 def load_state_dict(path) -> dict[str, torch.Tensor]:
-    """Read a "state_dict" export: ``model.load_state_dict(pl.load_state_dict(path))``."""
+    """Read a "state_dict" export, without pickle.
+
+    Args:
+        path: the ``.safetensors`` file written by ``export(path, "state_dict")``.
+
+    Returns:
+        The state_dict, ``{name: tensor}`` (pruned weights are zeros), for ``model.load_state_dict``.
+
+    Raises:
+        ValueError: the file is truncated or damaged (its checksum fails), not a safetensors
+            file, or not a prunelab "state_dict" export (the error names the file and what to do).
+        OSError: the file cannot be read (missing, a folder).
+
+    Example:
+        >>> model.load_state_dict(pl.load_state_dict("model.safetensors"))
+    """
     tensors, _ = load_safetensors(path, KIND, "prunelab.load_state_dict")
     return tensors

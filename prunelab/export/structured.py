@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.evaluation import count_flops
 from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
 from .program import load_program, program_bytes
 
@@ -96,7 +97,16 @@ def removable_units(pruner, silent: bool = True) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------- surgery
 
-def _example(pruner) -> torch.Tensor:
+def example_inputs(pruner) -> torch.Tensor:
+    """Two validation inputs (repeated when there is one) to trace ``pruner.model`` with.
+
+    Returns:
+        A tensor of two inputs, a copy (a view would drag the whole validation set into a .pt2).
+
+    Example:
+        >>> example_inputs(pruner).shape[0]
+        2
+    """
     x = pruner.val_inputs[:2].clone()  # a copy: a view would drag the whole validation set into the .pt2
     return x if len(x) == 2 else x.expand(2, *x.shape[1:]).clone()
 
@@ -118,10 +128,17 @@ def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Outputs in full fp32: on GPUs TF32 convolutions and matrix products (cuDNN's default) round
-    differently for different shapes, which would hide a real mismatch or fake one (seen: 1.4e-3
-    on an H200 for a correct cut)."""
+def exact_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode (its mode restored after) in full fp32: on GPUs TF32 convolutions
+    and matrix products (cuDNN's default) round differently for different shapes, which would hide
+    a real mismatch or fake one (seen: 1.4e-3 on an H200 for a correct cut).
+
+    Returns:
+        The outputs.
+
+    Example:
+        >>> reference = exact_outputs(pruner.model, pruner.val_inputs[:256])
+    """
     was = model.training
     model.eval()
     cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -141,18 +158,16 @@ def _tolerance(reference: torch.Tensor) -> float:
 def shrink(pruner) -> Shrunk:
     """A deep copy of ``pruner.model`` with every removable unit physically removed, checked
     against the masked model. Raises ValueError (naming the layers) when outputs differ."""
-    from ..core.evaluation import count_flops
-
-    example = _example(pruner)
+    example = example_inputs(pruner)
     x = pruner.val_inputs[:CHECK_SAMPLES]
-    reference = _outputs(pruner.model, x)
+    reference = exact_outputs(pruner.model, x)
     for silent in (True, False):
         # Units pruned structurally always cut cleanly (their consumers' input columns are masked
         # too). A silent unit outputs f(0), which is not 0 after sigmoid, say: if removing the
         # silent ones changes the outputs, they stay.
         remove = removable_units(pruner, silent=silent)
         small = _cut(copy.deepcopy(pruner.model).eval(), example, remove)
-        got = _outputs(small, x)
+        got = exact_outputs(small, x)
         diff = float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
         if diff <= _tolerance(reference):
             break
@@ -172,7 +187,7 @@ def _diagnose(pruner, example, x, reference, remove, diff) -> str:
     culprits = []
     for root, mask in remove.items():
         one = _cut(copy.deepcopy(pruner.model).eval(), example, {root: mask})
-        got = _outputs(one, x)
+        got = exact_outputs(one, x)
         if got.shape != reference.shape or float((got - reference).abs().max()) > _tolerance(reference):
             culprits.append(root)
     where = f" Removing the units of layer(s) {culprits} alone already changes them." if culprits else ""
@@ -224,7 +239,7 @@ def save_structured(pruner, path) -> tuple[tuple[Path, Path], Shrunk]:
     info = {"model_class": type(pruner.model).__qualname__, "modules": shrunk.module_attrs,
             "units": {k: list(v) for k, v in shrunk.units.items()}, "program": program_path.name,
             "max_abs_diff": shrunk.max_abs_diff}
-    program = program_bytes(cpu, _example(pruner).cpu(), info)
+    program = program_bytes(cpu, example_inputs(pruner).cpu(), info)
     weights = safetensors_bytes(cpu.state_dict(), KIND, info)
     with atomic_paths(weights_path, program_path) as (tmp_weights, tmp_program):
         write_file(tmp_weights, weights)
@@ -243,6 +258,18 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
             Its layers are resized in place to the exported shapes, the weights loaded, and it is
             returned. Without it, the class-free ``torch.export`` program in the ``.pt2`` file is
             loaded and its module returned.
+
+    Returns:
+        The shrunk network in eval mode: ``model`` itself, resized, or the program's module.
+
+    Raises:
+        ValueError: a truncated, damaged or foreign file, or a ``model`` that does not fit (the
+            error names the file and says to pass a fresh instance of the exported class).
+        OSError: the file cannot be read.
+
+    Example:
+        >>> small = pl.load_structured("model", MyNet())      # the class, resized
+        >>> program = pl.load_structured("model.pt2")         # no class needed
     """
     weights_path, program_path = structured_paths(path)
     if model is None:

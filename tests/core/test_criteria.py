@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from captum.attr import LayerGradientXActivation
+from captum.attr import LayerConductance, LayerGradientXActivation
 from torch import nn
 
 from core_models import IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_mlp, random_data
@@ -138,10 +138,15 @@ def test_attribution_ranks_differently_from_magnitude(build, shape):
 
 
 def test_attribution_with_layer_conductance(mlp_data):
-    pruner = Pruner(make_mlp(), mlp_data)
+    x, y = mlp_data
+    model = make_mlp()
+    pruner = Pruner(model, (x, y))
     crit = Attribution("LayerConductance", n_steps=8)
     units = pruner.scores(crit, units=True)
-    assert all(u.shape == (pruner.layer(n).units,) and bool((u >= 0).all()) for n, u in units.items())
+    assert set(units) == set(pruner.layer_names)
+    for n in pruner.layer_names:  # captum's LayerConductance called directly, on the same data
+        reference = LayerConductance(model, model.get_submodule(n)).attribute(x, target=y, n_steps=8)
+        assert torch.allclose(units[n], reference.abs().mean(0), rtol=1e-5, atol=1e-9)
     pruner.prune({"0": 0.5}, criterion=crit)
     assert pruner.plans["0"].criterion == "attribution"
 

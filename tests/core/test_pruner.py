@@ -10,6 +10,7 @@ from torch import nn
 from core_models import (IMAGE, TOKENS, VECTOR, assert_same_state, make_attention_net, make_bn_cnn, make_concat_cnn,
                       make_depthwise_cnn, make_mlp, make_residual_cnn, random_data, state_of)
 from prunelab import Pruner
+from prunelab.core.planning import Plan
 
 
 def masked_count(pruner, names=None):
@@ -33,7 +34,7 @@ def planned_removed(pruner, layer):
 
 
 def snapshot(pruner):
-    return (state_of(pruner.model), pruner.plans, pruner.sparsity(), len(pruner._history), pruner._cursor,
+    return (state_of(pruner.model), pruner.plans, pruner.sparsity(), len(pruner.history), pruner.history.cursor,
             pruner.masks(), pruner.model.training)
 
 
@@ -42,7 +43,7 @@ def assert_unchanged(pruner, snap):
     assert_same_state(pruner.model, state)
     assert pruner.plans.keys() == plans.keys() and all(pruner.plans[k] is plans[k] for k in plans)
     assert pruner.sparsity() == sparsity
-    assert (len(pruner._history), pruner._cursor) == (length, cursor)
+    assert (len(pruner.history), pruner.history.cursor) == (length, cursor)
     now = pruner.masks()
     assert now.keys() == masks.keys() and all(torch.equal(now[k], masks[k]) for k in masks)
     assert pruner.model.training == training
@@ -236,12 +237,14 @@ def test_depthwise_channels_go_with_the_layer_feeding_them(image_data):
 @pytest.mark.parametrize("amount", [0.2, 0.5, 0.9])
 def test_global_structured_removes_that_share_of_all_units(cnn_pruner, amount):
     cnn_pruner.prune(amount, granularity="structured")
-    units = {"0": 4, "3": 6, "8": 10}
+    units = {n: cnn_pruner.layer(n).units for n in cnn_pruner.unit_groups()}  # every layer but the output
+    assert set(units) == set(cnn_pruner.layer_names[:-1])
     assert sum(planned_removed(cnn_pruner, n) for n in units) == round(amount * sum(units.values()))
-    for n in units:  # each planned unit is removed (more rows go dark when a whole input is gone)
-        plan = cnn_pruner.plans.get(n)
-        if plan is not None:
-            assert set((~plan.keep).nonzero().flatten().tolist()) <= removed_units(cnn_pruner, n)
+    planned = [n for n in units if n in cnn_pruner.plans]
+    assert planned  # the checks below run
+    for n in planned:  # each planned unit is removed (more rows go dark when a whole input is gone)
+        plan = cnn_pruner.plans[n]
+        assert set((~plan.keep).nonzero().flatten().tolist()) <= removed_units(cnn_pruner, n)
     assert cnn_pruner.sparsity()["10"] > 0  # the output layer loses the columns of removed units only
     assert removed_units(cnn_pruner, "10") == set()
 
@@ -250,8 +253,8 @@ def test_global_structured_removes_that_share_of_all_units(cnn_pruner, amount):
 def test_structured_layer_scope_is_exact_per_group(image_data, amount):
     pruner = Pruner(make_residual_cnn(), image_data)
     pruner.prune(amount, granularity="structured", scope="layer")
-    assert len(removed_units(pruner, "stem")) == round(amount * 6)
-    assert len(removed_units(pruner, "a")) == round(amount * 5)
+    assert len(removed_units(pruner, "stem")) == round(amount * pruner.layer("stem").units)
+    assert len(removed_units(pruner, "a")) == round(amount * pruner.layer("a").units)
 
 
 def test_output_layer_is_reported_and_refused_for_structured(pruner):
@@ -475,6 +478,57 @@ def test_bad_prune_arguments_raise_and_change_nothing(pruned, call, message):
     with pytest.raises(ValueError, match=message):
         call(pruned)
     assert_unchanged(pruned, snap)
+
+
+def _keep(shape, seed=0):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.5
+
+
+@pytest.mark.parametrize("plans, weights, error, message", [
+    (lambda p: {"9": None}, None, ValueError, r"unknown layer '9'"),
+    (lambda p: {"0": "half"}, None, TypeError, r"plans\['0'\] must be a prunelab Plan"),
+    (lambda p: {"0": Plan("channel", "magnitude", 0.5, None, _keep(p.layer("0").shape))}, None, TypeError,
+     r"must be a prunelab Plan"),
+    (lambda p: {"0": Plan("unstructured", "magnitude", 0.5, None, _keep(p.layer("0").shape).float())}, None,
+     ValueError, r"keep must be a bool tensor shaped \(16, 8\).*torch.float32"),
+    (lambda p: {"0": Plan("unstructured", "magnitude", 0.5, None, _keep((3, 3)))}, None, ValueError,
+     r"keep must be a bool tensor shaped \(16, 8\).*\(3, 3\)"),
+    (lambda p: {"0": Plan("unstructured", "magnitude", 0.5, None, [True] * 8)}, None, ValueError,
+     r"keep must be a bool tensor"),
+    (lambda p: {"0": Plan("structured", "magnitude", 0.5, None, _keep(p.layer("0").shape))}, None, ValueError,
+     r"shaped \(16,\)"),  # structured plans keep units, not weights
+    (lambda p: {"4": Plan("structured", "magnitude", 0.5, None, _keep((p.layer("4").units,)))}, None, ValueError,
+     r"layer '4' cannot be pruned structurally: its outputs are the model's outputs"),
+    (lambda p: {"0": None}, {"0.weight": torch.zeros(2, 2)}, ValueError, r"parameter '0.weight' has shape"),
+    (lambda p: {"0": Plan("unstructured", "magnitude", 0.5, None, _keep(p.layer("0").shape))},
+     {"0.weihgt": torch.zeros(16, 8)}, ValueError, r"unknown parameter '0.weihgt'. Did you mean '0.weight'"),
+])
+def test_bad_set_plans_raise_and_change_nothing(pruned, plans, weights, error, message):
+    assert pruned.layer("0").shape == (16, 8)  # the shapes the messages name
+    snap = snapshot(pruned)
+    with pytest.raises(error, match=message):
+        pruned.set_plans(plans(pruned), weights=weights)
+    assert_unchanged(pruned, snap)
+
+
+def test_set_plans_applies_explicit_masks_as_one_step(pruned):
+    keep = _keep(pruned.layer("2").shape)
+    before = (len(pruned.history), pruned.history.cursor)
+    pruned.set_plans({"2": Plan("unstructured", "custom", None, None, keep), "0": None})
+    assert torch.equal(pruned.mask("2"), keep) and "0" not in pruned.plans
+    assert pruned.sparsity()["2"] == pytest.approx(1 - int(keep.sum()) / keep.numel())
+    assert (len(pruned.history), pruned.history.cursor) == (before[0] + 1, before[1] + 1)
+    pruned.undo()
+    assert pruned.plans["0"].amount == 0.5 and pruned.plans["2"].amount == 0.3
+
+
+def test_set_plans_spreads_a_structured_plan_over_coupled_layers(image_data):
+    pruner = Pruner(make_residual_cnn(), image_data)
+    keep = torch.tensor([True, False, True, True, False, True])
+    assert pruner.layer("stem").units == len(keep)
+    pruner.set_plans({"stem": Plan("structured", "custom", 2 / 6, None, keep)})
+    assert set(pruner.plans) == {"stem", "b"} and pruner.plans["b"] is pruner.plans["stem"]  # tied by the addition
+    assert removed_units(pruner, "stem") == removed_units(pruner, "b") == {1, 4}
 
 
 def test_regression_without_loss_cannot_score_by_taylor(mlp, mlp_data):

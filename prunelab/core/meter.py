@@ -1,0 +1,83 @@
+"""Measuring a Pruner's states: outputs on the fixed evaluation data (recomputed from the first
+changed module on, see :class:`~prunelab.core.evaluation.Evaluator`), FLOPs counted once, and
+:class:`~prunelab.core.evaluation.Metrics` cached per state (by its history token).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .evaluation import Evaluator, Metrics, count_flops, score_outputs
+
+
+class Meter:
+    """Measures one model on fixed evaluation data.
+
+    Args:
+        model: the model (in its current, masked state when measured).
+        inputs, targets: the evaluation data.
+        total: samples of the data before any subset was taken (Metrics.data names it).
+        classes: the number of classes for class-index targets, else 0.
+        layer_names: the prunable layers (FLOPs are counted per layer).
+        batch_size: evaluation batch size.
+
+    Example:
+        >>> meter = Meter(model, x, y, total=len(x), classes=10, layer_names=["0"])  # doctest: +SKIP
+        >>> meter.evaluate(0, changed=set, sparsity=lambda: {"0": 0.0}, counts=lambda: (100, 0, 0))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, total: int, classes: int,
+                 layer_names: list[str], batch_size: int = 1024):
+        self.model, self.inputs, self.targets, self.total, self.classes = model, inputs, targets, total, classes
+        self.layer_names = layer_names
+        self.evaluator = Evaluator(model, inputs, batch_size=batch_size)
+        self._flops: tuple[int, dict[str, int]] | None = None
+        self._metrics: dict[int, Metrics] = {}
+
+    def outputs(self, changed: set[str] | None) -> torch.Tensor:
+        """Outputs on the inputs; ``changed``: modules changed since the last call (None: unknown)."""
+        return self.evaluator.outputs(changed)
+
+    def flops(self) -> tuple[int, dict[str, int]]:
+        """(FLOPs per sample of the dense model, FLOPs per prunable layer), counted on first use."""
+        if self._flops is None:
+            self._flops = count_flops(self.model, self.inputs[:1], self.layer_names)
+        return self._flops
+
+    def evaluate(self, token: int, *, changed: Callable[[], set[str]], sparsity: Callable[[], Mapping[str, float]],
+                 counts: Callable[[], tuple[int, int, int]], metric: Callable | None = None,
+                 loss: Callable | None = None) -> Metrics:
+        """The Metrics of the state named ``token``, measured on first request.
+
+        Args:
+            token: names the state (a history step's token).
+            changed: returns the modules changed since the last outputs.
+            sparsity: returns ``{layer name: fraction masked}``.
+            counts: returns (parameter entries, entries masked, entries under a mask).
+            metric, loss: as the Pruner holds them now (see
+                :func:`~prunelab.core.evaluation.score_outputs`).
+
+        Returns:
+            The state's :class:`~prunelab.core.evaluation.Metrics`.
+        """
+        if token in self._metrics:
+            return self._metrics[token]
+        y = self.targets
+        acc, loss, per_class, interval = score_outputs(self.outputs(changed()), y, classes=self.classes,
+                                                       metric=metric, loss=loss)
+        total_flops, layer_flops = self.flops()
+        nonzero_flops = total_flops - sum(layer_flops[n] * s for n, s in sparsity().items())
+        params, masked, mask_bits = counts()
+        metrics = Metrics(
+            accuracy=acc, loss=loss, per_class=per_class, samples=len(y),
+            data="validation" if len(y) == self.total else f"validation (subset of {self.total})",
+            params=params, nonzero_params=params - masked, dense_bytes=4 * params,
+            sparse_bytes=4 * (params - masked) + (mask_bits + 7) // 8,
+            flops=total_flops, nonzero_flops=int(round(nonzero_flops)),
+            metric_name="accuracy" if metric is None else getattr(metric, "__name__", "metric"),
+            accuracy_interval=interval)
+        self._metrics[token] = metrics
+        return metrics

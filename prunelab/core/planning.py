@@ -1,0 +1,266 @@
+"""Planning: turning a request (an amount, a threshold, 2:4, or explicit plans) into a
+:class:`Plan` per layer, and merging plans into those in effect.
+
+The functions read a Pruner through its public surface only (``layer``, ``layer_names``,
+``unit_groups``, ``structured_blocked``, ``ranking``, ``scores``, ``history``) and return
+``{layer name: Plan, or None for dense}``; the Pruner commits the result as one step of history.
+Nothing is committed when a request is invalid: every check runs before any plan is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
+
+import torch
+
+from .checks import GRANULARITIES, check_fraction, check_layer_names, check_threshold
+from .criteria import get_criterion
+from .layers import UnitGroup
+from .masks import fits_n_of_m, n_of_m_mask, row_length
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one layer is pruned now. ``keep`` is the weight keep-mask (unstructured, 2:4) or the
+    unit keep-vector (structured, shared by coupled layers).
+
+    Example:
+        >>> Plan("unstructured", "magnitude", 0.5, None, torch.tensor([True, False]))  # doctest: +SKIP
+    """
+
+    granularity: str
+    criterion: str
+    amount: float | None
+    threshold: float | None
+    keep: torch.Tensor
+
+
+def eligible(pruner, granularity: str, names: list[str] | None) -> list[str]:
+    """The layers a request may prune: ``names`` (all layers when None), checked for structured.
+
+    Args:
+        pruner: the Pruner.
+        granularity: one of GRANULARITIES.
+        names: checked layer names, or None for every layer that can take ``granularity``.
+
+    Returns:
+        Layer names in order.
+
+    Example:
+        >>> eligible(pruner, "structured", None)  # doctest: +SKIP
+        ['0', '2']
+    """
+    if granularity != "structured":
+        return names if names is not None else pruner.layer_names
+    groups, blocked = pruner.unit_groups(), pruner.structured_blocked
+    if names is None:
+        if not groups:
+            reasons = "; ".join(f"{n}: {r}" for n, r in blocked.items())
+            raise ValueError(f"no layer of this model can be pruned structurally ({reasons}). "
+                             "Use granularity='unstructured' or '2:4'.")
+        return [n for n in pruner.layer_names if n in groups]
+    for n in names:
+        if n not in groups:
+            raise ValueError(f"layer {n!r} cannot be pruned structurally: {blocked[n]}. "
+                             "Use granularity='unstructured' for it.")
+    return names
+
+
+def _set_group(plans: dict, group: UnitGroup, plan: Plan | None):
+    for n in group.layers:
+        plans[n] = plan
+
+
+def _pruned(keep: torch.Tensor) -> float:
+    return 1 - int(keep.sum()) / keep.numel()
+
+
+def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
+    """Plans pruning ``amount`` (a fraction, or ``{layer: fraction}``), as ``pruner.prune`` does.
+
+    Returns:
+        ``{layer name: Plan or None}`` for the layers the request sets.
+
+    Example:
+        >>> amount_plans(pruner, 0.5, "magnitude", "unstructured", "global")  # doctest: +SKIP
+    """
+    crit = get_criterion(criterion)
+    per_layer = isinstance(amount, Mapping)
+    amounts = None
+    if per_layer:
+        amounts = dict(zip(check_layer_names(list(amount), pruner.layer_names), amount.values()))
+        for v in amounts.values():
+            check_fraction(v)
+    else:
+        check_fraction(amount)
+    if granularity == "2:4":
+        return nm_plans(pruner, amounts if per_layer else dict.fromkeys(pruner.layer_names, amount), criterion,
+                        strict=per_layer)
+    names = eligible(pruner, granularity, list(amounts) if per_layer else None)
+    name = crit.name
+    plans: dict[str, Plan | None] = {}
+    if granularity == "unstructured":
+        if per_layer or scope == "layer":
+            for n in names:
+                a = amounts[n] if per_layer else amount
+                keep = pruner.ranking(criterion, granularity, (n,)).masks(a)[0]
+                plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
+        else:
+            for n, keep in zip(names, pruner.ranking(criterion, granularity, tuple(names)).masks(amount)):
+                a = _pruned(keep)
+                plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
+        return plans
+    # structured: one decision per unit group (coupled layers share it)
+    groups = pruner.unit_groups()
+    roots = list(dict.fromkeys(groups[n].layers[0] for n in names))
+    if per_layer:  # coupled layers lose the same units, so one amount must serve them all
+        for root in roots:
+            given = {n: amounts[n] for n in groups[root].layers if n in amounts}
+            if len(set(given.values())) > 1:
+                raise ValueError(f"layers {list(given)} are coupled (they lose the same units, e.g. through a "
+                                 f"residual addition) but got different amounts {given}; give them one amount.")
+    if per_layer or scope == "layer":
+        for root in roots:
+            g = groups[root]
+            a = next(amounts[n] for n in g.layers if n in amounts) if per_layer else amount
+            keep = pruner.ranking(criterion, granularity, (root,)).masks(a)[0]
+            _set_group(plans, g, Plan(granularity, name, a, None, keep) if a > 0 else None)
+    else:
+        for root, keep in zip(roots, pruner.ranking(criterion, granularity, tuple(roots)).masks(amount)):
+            a = _pruned(keep)
+            _set_group(plans, groups[root], Plan(granularity, name, a, None, keep) if a > 0 else None)
+    return plans
+
+
+def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict[str, Plan | None]:
+    """2:4 plans: ``amounts`` is 0.5 (apply) or 0 (clear) per layer. Layers whose rows are not a
+    multiple of 4 are an error when ``strict`` (named by the user), else left out.
+
+    Returns:
+        ``{layer name: Plan or None}``.
+
+    Example:
+        >>> nm_plans(pruner, {"0": 0.5}, "magnitude", strict=True)  # doctest: +SKIP
+    """
+    bad = [a for a in amounts.values() if a not in (0, 0.5)]
+    if bad:
+        raise ValueError(f"2:4 sparsity removes exactly half of the weights, so its amount is 0.5 (or 0 to "
+                         f"undo it); got {bad[0]}. Use granularity='unstructured' for other amounts.")
+    name = get_criterion(criterion).name
+    plans: dict[str, Plan | None] = {}
+    scores = pruner.scores(criterion) if any(amounts.values()) else {}
+    for n, a in amounts.items():
+        shape = pruner.layer(n).shape
+        if not fits_n_of_m(shape):
+            if strict:
+                raise ValueError(f"layer {n!r} has rows of {row_length(shape)} weights; 2:4 needs a multiple of 4.")
+            continue
+        plans[n] = Plan("2:4", name, 0.5, None, n_of_m_mask(scores[n])) if a else None
+    return plans
+
+
+def threshold_plans(pruner, threshold, criterion, granularity: str) -> dict[str, Plan | None]:
+    """Plans pruning weights (or, structured, units by their mean ``|w|``) below ``threshold``
+    (a number or ``{layer: number}``), by magnitude only.
+
+    Returns:
+        ``{layer name: Plan or None}``.
+
+    Example:
+        >>> threshold_plans(pruner, 0.05, "magnitude", "unstructured")  # doctest: +SKIP
+    """
+    crit = get_criterion(criterion)
+    if crit.name != "magnitude":
+        raise ValueError("threshold= prunes by absolute |w|, so it works with criterion='magnitude' only; "
+                         "use amount= with other criteria.")
+    if granularity == "2:4":
+        raise ValueError("threshold= cannot give a 2:4 pattern; use amount=0.5 with granularity='2:4'.")
+    if isinstance(threshold, Mapping):
+        names = check_layer_names(list(threshold), pruner.layer_names)
+        values = dict(zip(names, threshold.values()))
+    else:
+        names, values = None, None
+    for v in (values.values() if values else [threshold]):
+        check_threshold(v)
+    plans: dict[str, Plan | None] = {}
+    weights = pruner.history.current.weights
+    for n in eligible(pruner, granularity, names):
+        t = float(values[n] if values else threshold)
+        if granularity == "unstructured":
+            keep = pruner.ranking("magnitude", granularity, (n,)).masks_below(t)[0]
+            plans[n] = Plan(granularity, crit.name, _pruned(keep), t, keep) if _pruned(keep) > 0 else None
+        else:
+            g = pruner.unit_groups()[n]
+            mean_abs = sum(weights[pruner.layer(l).weight_name].abs().reshape(g.units, -1).mean(1)
+                           for l in g.layers) / len(g.layers)
+            keep = mean_abs >= t
+            _set_group(plans, g, Plan(granularity, crit.name, _pruned(keep), t, keep) if _pruned(keep) > 0 else None)
+    return plans
+
+
+def checked_plans(pruner, plans: Mapping[str, Plan | None]) -> dict[str, Plan | None]:
+    """Explicit plans (as ``set_plans`` takes them) checked, with their masks copied to the
+    Pruner's device; a structured plan is spread over the layers coupled with the one named.
+
+    Returns:
+        ``{layer name: Plan or None}``.
+
+    Raises:
+        ValueError / TypeError: an unknown layer, something not a Plan, a keep tensor of the
+        wrong dtype or shape, a structured plan for a layer that cannot take one.
+
+    Example:
+        >>> checked_plans(pruner, {"0": None})  # doctest: +SKIP
+        {'0': None}
+    """
+    changes: dict[str, Plan | None] = {}
+    for name, plan in zip(check_layer_names(list(plans), pruner.layer_names), plans.values()):
+        if plan is None:
+            changes[name] = None
+            continue
+        if not isinstance(plan, Plan) or plan.granularity not in GRANULARITIES:
+            raise TypeError(f"plans[{name!r}] must be a prunelab Plan (or None for dense), got {plan!r}.")
+        layer = pruner.layer(name)
+        shape = (layer.units,) if plan.granularity == "structured" else layer.shape
+        keep = plan.keep
+        if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(shape):
+            raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)} "
+                             f"(True = kept), got {getattr(keep, 'dtype', type(keep))} "
+                             f"{tuple(getattr(keep, 'shape', ()))}.")
+        plan = replace(plan, keep=keep.detach().to(pruner.device).clone())
+        if plan.granularity == "structured":
+            eligible(pruner, "structured", [name])
+            _set_group(changes, pruner.unit_groups()[name], plan)
+        else:
+            changes[name] = plan
+    return changes
+
+
+def merge_plans(plans: Mapping[str, Plan], changes: Mapping[str, Plan | None],
+                groups: Callable[[], Mapping[str, UnitGroup]]) -> dict[str, Plan]:
+    """``plans`` with ``changes`` applied (None = dense). A layer leaving structured pruning takes
+    the layers coupled with it along (they shared its unit mask).
+
+    Args:
+        plans: the plans in effect.
+        changes: new plans by layer.
+        groups: returns the unit groups by layer name (called only when a structured plan is
+            replaced, so the dependency graph is never built for nothing).
+
+    Returns:
+        The new plans.
+
+    Example:
+        >>> merge_plans({}, {"0": None}, dict)
+        {}
+    """
+    merged = dict(plans)
+    for n, plan in changes.items():
+        old = merged.pop(n, None)
+        if old is not None and old.granularity == "structured" and (plan is None or plan.granularity != "structured"):
+            for m in groups()[n].layers:  # coupled layers lose the shared unit mask too
+                merged.pop(m, None)
+        if plan is not None:
+            merged[n] = plan
+    return merged

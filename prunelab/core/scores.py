@@ -1,0 +1,167 @@
+"""The score cache: importance scores per criterion and weights, and their sorted rankings.
+
+Scores are taken on the dense model, once per (criterion, weights version, weights or units);
+a :class:`~prunelab.core.masks.Ranking` sorts them once per (criterion, granularity, layers,
+weights version), so any later sparsity is an index lookup. A new weights version (fine-tuning,
+``set_weights``) makes new keys; old entries stay valid for undo.
+
+Criteria are keyed by name when given by name, and by the instance otherwise (kept alive while
+its id is a key, so no later instance can reuse the id and be served its scores; keying by the
+instance itself would fail for unhashable dataclasses).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from .criteria import Criterion, ScoringContext, get_criterion
+from .data import batches, first_samples
+from .layers import UnitGroup
+from .masks import Ranking
+
+
+def criterion_key(criterion: str | Criterion, refs: dict[int, Criterion] | None = None) -> object:
+    """The cache key of a criterion: its name when given as a string, else its instance's id.
+
+    Args:
+        criterion: a criterion name or a Criterion instance.
+        refs: where to keep the instance alive while its id is used as a key.
+
+    Returns:
+        A hashable key.
+
+    Example:
+        >>> criterion_key("magnitude")
+        'magnitude'
+    """
+    if isinstance(criterion, str):
+        return criterion
+    crit = get_criterion(criterion)
+    if refs is not None:
+        refs[id(crit)] = crit
+    return id(crit)
+
+
+def scoring_samples(pruner, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data criteria score on: the first ``samples`` of ``pruner.train_data``, else of its
+    validation data, on its device (class targets as int64, as cross-entropy wants them).
+
+    Args:
+        pruner: the Pruner (read through its public attributes).
+        samples: how many to take at most.
+
+    Returns:
+        ``(inputs, targets)``.
+
+    Example:
+        >>> x, y = scoring_samples(pruner, 256)
+    """
+    train = pruner.train_data
+    source = train if train is not None else (pruner.val_inputs, pruner.val_targets)
+    x, y = first_samples(source, samples, "train_data" if train is not None else "val_data", device=pruner.device)
+    return x, (y.long() if pruner.classification and not y.dtype.is_floating_point else y)
+
+
+def scoring_context(pruner, x: torch.Tensor, y: torch.Tensor) -> ScoringContext:
+    """A :class:`~prunelab.core.criteria.ScoringContext` over ``pruner``'s model and layers, in
+    batches of ``(x, y)`` of at most 256 (or the Pruner's batch size), with its loss and seed.
+
+    Example:
+        >>> ctx = scoring_context(pruner, *scoring_samples(pruner, 256))
+    """
+    batch = min(pruner.batch_size, 256)
+    return ScoringContext(pruner.model, pruner.layers, lambda: batches(x, y, batch), pruner.loss or _missing_loss,
+                          pruner.classification, pruner.seed)
+
+
+def score_dense(pruner, criterion: Criterion, units: bool) -> dict[str, torch.Tensor]:
+    """``criterion``'s weight (or unit) scores on ``pruner``'s dense model (its unmasked weights
+    loaded for the call, the masks written back after).
+
+    Example:
+        >>> score_dense(pruner, Magnitude(), units=True)["0"].shape
+    """
+    with pruner.dense():
+        ctx = pruner.scoring_context()
+        return criterion.unit_scores(ctx) if units else criterion.weight_scores(ctx)
+
+
+def _missing_loss(outputs, targets):
+    raise ValueError("this needs a loss: pass loss=f(outputs, targets) -> scalar tensor to the Pruner.")
+
+
+class ScoreCache:
+    """Scores and rankings, cached per criterion, units or weights, and weights version.
+
+    Args:
+        compute: ``compute(criterion, units) -> {layer: scores}`` on the dense model (the Pruner
+            loads its unmasked weights around the call).
+
+    Example:
+        >>> cache = ScoreCache(lambda crit, units: {"0": torch.tensor([0.3, 0.1, 0.2])})
+        >>> cache.ranking("magnitude", "unstructured", ("0",), version=0).masks(1 / 3)[0]
+        tensor([ True, False,  True])
+    """
+
+    def __init__(self, compute: Callable[[Criterion, bool], dict[str, torch.Tensor]]):
+        self._compute = compute
+        self._scores: dict = {}
+        self._refs: dict[int, Criterion] = {}
+        self._rankings: dict = {}
+
+    def scores(self, criterion: str | Criterion, *, units: bool, version: int) -> dict[str, torch.Tensor]:
+        """Scores of every weight (or output unit, with ``units=True``) per layer, for the weights
+        named ``version``: computed on first use, then served from the cache.
+
+        Returns:
+            ``{layer name: scores}`` (the cache's own dict: do not modify it).
+        """
+        crit = get_criterion(criterion)
+        key = (criterion_key(criterion, self._refs), units, version)
+        if key not in self._scores:
+            self._scores[key] = self._compute(crit, units)
+        return self._scores[key]
+
+    def ranking(self, criterion: str | Criterion, granularity: str, names: tuple[str, ...], *, version: int,
+                groups: Mapping[str, UnitGroup] | None = None) -> Ranking:
+        """The entries of layers ``names`` sorted by score, ranked together.
+
+        Args:
+            criterion: a criterion name or instance.
+            granularity: "structured" ranks units (one score per unit group, ``groups`` by layer
+                name, rooted at the names given), anything else ranks weights.
+            names: the layers (for structured, the root layer of each group).
+            version: the weights version the scores belong to.
+            groups: the unit groups, for structured.
+
+        Returns:
+            A :class:`~prunelab.core.masks.Ranking` with one score tensor per name.
+        """
+        key = (criterion_key(criterion, self._refs), granularity, names, version)
+        if key not in self._rankings:
+            if granularity == "structured":
+                unit = self.scores(criterion, units=True, version=version)
+                per_group = [sum(unit[l] for l in groups[n].layers) for n in names]
+                if len(per_group) > 1:  # comparable across layers: each layer's scores over their mean
+                    per_group = [s / s.mean().clamp_min(1e-12) for s in per_group]
+                    # Each layer's best unit ranks last, so a global amount below 1 never cuts a
+                    # layer off entirely (which would disconnect the network).
+                    per_group = [s.float().index_fill(0, s.argmax().reshape(1), float("inf")) for s in per_group]
+                self._rankings[key] = Ranking(per_group)
+            else:
+                w = self.scores(criterion, units=False, version=version)
+                self._rankings[key] = Ranking([w[n] for n in names])
+        return self._rankings[key]
+
+    def add(self, criterion: str, scores: Mapping[str, torch.Tensor], *, units: bool, version: int) -> bool:
+        """Adopt scores of the built-in criterion named ``criterion`` computed elsewhere.
+
+        Returns:
+            True when adopted; False (ignored) when ``criterion`` is not a built-in's name.
+        """
+        if get_criterion(criterion).name != criterion:
+            return False
+        self._scores[(criterion, units, version)] = dict(scores)
+        return True
