@@ -9,6 +9,7 @@ import json
 import sys
 
 from ._version import __version__
+from .core.checks import check_fraction
 
 
 def _fractions(text: str) -> list[float]:
@@ -16,9 +17,12 @@ def _fractions(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0,0.5,0.9; got {text!r}")
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"sparsities must be fractions in [0, 1], e.g. 0,0.5,0.9; got {text!r}")
-    return values
+    try:
+        if not values:
+            raise ValueError("no sparsity given")
+        return [check_fraction(v) for v in values]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsities must be fractions in [0, 1], e.g. 0,0.5,0.9; got {text!r}") from None
 
 
 def sweep_rows(demo: str, sparsities: list[float], criterion: str, granularity: str) -> list[dict]:
@@ -121,8 +125,10 @@ def export_command(args) -> int:
     from .pruner import Pruner, apply_recipe
     from .export import compare_formats, export
 
-    if not 0 <= args.sparsity <= 1:
-        raise SystemExit(f"prunelab export: --sparsity must be a fraction in [0, 1], got {args.sparsity}.")
+    try:
+        check_fraction(args.sparsity, "--sparsity")
+    except ValueError as e:
+        raise SystemExit(f"prunelab export: {e}") from None
     d = demos.load(args.demo)
     try:
         if args.recipe:

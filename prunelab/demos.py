@@ -105,6 +105,22 @@ def _check(name: str):
         raise ValueError(f"unknown demo {name!r}.{hint} Demos: {list(NAMES)}.")
 
 
+def architecture(name: str = "digits-mlp") -> nn.Module:
+    """A fresh, untrained model of a demo's architecture (for loading exported weights into).
+
+    Args:
+        name: one of :data:`NAMES`.
+
+    Returns:
+        The nn.Module, with random initial weights.
+
+    Example:
+        >>> pl.load_structured("small", pl.demos.architecture("digits-cnn"))  # doctest: +SKIP
+    """
+    _check(name)
+    return _BUILDERS[name][0]()
+
+
 def load(name: str = "digits-mlp") -> Demo:
     """A fresh trained demo model with its train and validation data."""
     from safetensors.torch import load_file

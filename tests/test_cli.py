@@ -262,7 +262,7 @@ def test_export_bad_sparsity_from_the_shell_has_no_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stdout == "" and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "prunelab export: --sparsity must be a fraction in [0, 1], got 1.5."]
+        "prunelab export: --sparsity must be a fraction in [0, 1] (0.9 prunes 90% of weights), got 1.5."]
 
 
 def test_export_to_an_unwritable_place_says_so_in_one_line(capsys, tmp_path):

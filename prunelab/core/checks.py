@@ -21,12 +21,13 @@ GRANULARITIES = ("unstructured", "structured", "2:4")
 SCOPES = ("global", "layer")
 
 
-def check_fraction(v, what: str = "sparsity") -> float:
+def check_fraction(v, what: str = "sparsity", meaning: str = "0.9 prunes 90% of weights") -> float:
     """``v`` as a float in [0, 1], or a ValueError that says what the fraction means.
 
     Args:
         v: the value to check (a bool is not a number here).
         what: what the value is, for the message.
+        meaning: an example of what a value means, for the message.
 
     Returns:
         ``float(v)``.
@@ -36,7 +37,7 @@ def check_fraction(v, what: str = "sparsity") -> float:
         0.9
     """
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= v <= 1):
-        raise ValueError(f"{what} must be a fraction in [0, 1] (0.9 prunes 90% of weights), got {v!r}.")
+        raise ValueError(f"{what} must be a fraction in [0, 1] ({meaning}), got {v!r}.")
     return float(v)
 
 

@@ -16,7 +16,7 @@ import html
 import ipywidgets as w
 import torch
 
-from ..core.evaluation import Metrics, classification_scores
+from ..core.evaluation import Metrics, score_outputs
 from ..pruner import Pruner
 from .actions import Action
 from .analysis import Explainer, Shadow, snapshot, unit_and_weight_scores
@@ -158,12 +158,7 @@ class Explorer(w.VBox):
         model = self.shadow().load({**snapshot(p.model), **p.original_weights})
         with torch.no_grad():
             out = torch.cat([model(x) for x in p.val_inputs.split(p.batch_size)])
-        if p.metric is not None:
-            acc = float(p.metric(out, p.val_targets))
-            per_class = classification_scores(out, p.val_targets, p.classes)[2] if p.classification else ()
-            loss = float(p.loss(out, p.val_targets)) if p.loss is not None else None
-        else:
-            acc, loss, per_class, _ = classification_scores(out, p.val_targets, p.classes)
+        acc, loss, per_class, _ = score_outputs(out, p.val_targets, classes=p.classes, metric=p.metric, loss=p.loss)
         m = self.state.metrics
         return dataclasses.replace(m, accuracy=acc, loss=loss, per_class=per_class, nonzero_params=m.params,
                                    sparse_bytes=m.dense_bytes, nonzero_flops=m.flops, accuracy_interval=None)

@@ -20,6 +20,7 @@ import ipywidgets as w
 import numpy as np
 
 from ..core.checks import GRANULARITIES
+from ..core.masks import fits_n_of_m, row_length
 from .actions import Action
 from .state import CRITERION_ORDER, MODES
 from .views.metrics import si
@@ -217,8 +218,8 @@ class Controls:
         if granularity == "structured":
             return self.pruner.structured_blocked
         if granularity == "2:4":
-            return {l.name: f"its rows of {l.params // l.units} weights are not a multiple of 4"
-                    for l in self.pruner.layers if (l.params // l.units) % 4}
+            return {l.name: f"its rows of {row_length(l.shape)} weights are not a multiple of 4"
+                    for l in self.pruner.layers if not fits_n_of_m(l.shape)}
         return {}
 
     def _clear_uncovered(self, granularity: str):

@@ -98,9 +98,10 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
         raise ValueError("give either target_sparsity (a fraction of weights to prune) or max_drop (the accuracy "
                          "you accept to lose, e.g. 0.01 for one point), not "
                          f"{'both' if target_sparsity is not None else 'neither'}.")
-    for name, v in (("target_sparsity", target_sparsity), ("max_drop", max_drop)):
-        if v is not None:
-            check_fraction(v, name)
+    if target_sparsity is not None:
+        check_fraction(target_sparsity, "target_sparsity")
+    else:
+        check_fraction(max_drop, "max_drop", "0.01 accepts losing one point of accuracy")
     segments = []
     for order, layer in enumerate(table.layers):
         s, d = table.curve(layer)

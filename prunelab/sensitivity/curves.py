@@ -26,7 +26,7 @@ from ..core.base import BasePruner
 from ..core.checks import check_fraction
 from ..core.copies import ModelCopy, PrunerCopy, model_state
 from ..core.criteria import get_criterion
-from ..core.evaluation import classification_scores
+from ..core.evaluation import score_outputs
 from ..core.tables import Table, percent, signed_points
 from ..retrain import VARIABLE_GRANULARITIES, Hooks
 
@@ -65,10 +65,7 @@ def evaluate_masked(model: nn.Module, masks_list: Sequence[Mapping[str, torch.Te
         for masks in masks_list:
             masked = copy.load_masked(weights, masks)
             out = torch.cat([masked(x) for x in inputs.split(batch_size)])
-            if metric is None:
-                results.append(classification_scores(out, targets, classes)[0])
-            else:
-                results.append(float(metric(out, targets)))
+            results.append(score_outputs(out, targets, classes=classes, metric=metric)[0])
     return results
 
 

@@ -50,129 +50,131 @@ def assert_unchanged(pruner, snap):
 
 
 @pytest.fixture
-def pruner(mlp, mlp_data):
+def small_pruner(mlp, mlp_data):
+    """A Pruner over the small core MLP on random data (not the demo: see tests/conftest.py)."""
     return Pruner(mlp, mlp_data)
 
 
 @pytest.fixture
-def cnn_pruner(image_data):
+def small_cnn_pruner(image_data):
+    """A Pruner over a small BatchNorm CNN on random images."""
     return Pruner(make_bn_cnn(), image_data)
 
 
 # ---------------------------------------------------------------- exact unstructured sparsity
 
 @pytest.mark.parametrize("amount", [0.0, 0.013, 0.3, 0.5, 0.777, 0.9, 1.0])
-def test_global_amount_masks_exactly_that_share_of_all_weights(pruner, amount):
-    pruner.prune(amount)
-    assert masked_count(pruner) == round(amount * total_weights(pruner))
-    assert pruner.overall_sparsity() == pytest.approx(masked_count(pruner) / total_weights(pruner))
+def test_global_amount_masks_exactly_that_share_of_all_weights(small_pruner, amount):
+    small_pruner.prune(amount)
+    assert masked_count(small_pruner) == round(amount * total_weights(small_pruner))
+    assert small_pruner.overall_sparsity() == pytest.approx(masked_count(small_pruner) / total_weights(small_pruner))
 
 
-def test_global_ranking_is_by_magnitude_across_layers(pruner):
-    pruner.prune(0.6)
-    with pruner.dense():
-        w = {n: pruner.layer(n).module.weight.detach().abs() for n in pruner.layer_names}
-    dropped = torch.cat([w[n][~pruner.mask(n)] for n in w])
-    kept = torch.cat([w[n][pruner.mask(n)] for n in w])
+def test_global_ranking_is_by_magnitude_across_layers(small_pruner):
+    small_pruner.prune(0.6)
+    with small_pruner.dense():
+        w = {n: small_pruner.layer(n).module.weight.detach().abs() for n in small_pruner.layer_names}
+    dropped = torch.cat([w[n][~small_pruner.mask(n)] for n in w])
+    kept = torch.cat([w[n][small_pruner.mask(n)] for n in w])
     assert dropped.max() <= kept.min()
 
 
 @pytest.mark.parametrize("amount", [0.25, 0.61])
-def test_layer_scope_prunes_each_layer_to_the_amount(pruner, amount):
-    pruner.prune(amount, scope="layer")
-    for l in pruner.layers:
-        assert int((~pruner.mask(l.name)).sum()) == round(amount * l.params)
+def test_layer_scope_prunes_each_layer_to_the_amount(small_pruner, amount):
+    small_pruner.prune(amount, scope="layer")
+    for l in small_pruner.layers:
+        assert int((~small_pruner.mask(l.name)).sum()) == round(amount * l.params)
 
 
-def test_per_layer_dict_is_exact_and_leaves_other_layers_alone(pruner):
-    pruner.prune({"0": 0.5, "4": 0.2})
-    assert int((~pruner.mask("0")).sum()) == round(0.5 * 128)
-    assert int((~pruner.mask("4")).sum()) == round(0.2 * 36)
-    assert pruner.sparsity()["2"] == 0.0
-    pruner.prune({"2": 0.75})
-    assert int((~pruner.mask("2")).sum()) == round(0.75 * 192)
-    assert int((~pruner.mask("0")).sum()) == 64  # untouched by a call that does not name it
+def test_per_layer_dict_is_exact_and_leaves_other_layers_alone(small_pruner):
+    small_pruner.prune({"0": 0.5, "4": 0.2})
+    assert int((~small_pruner.mask("0")).sum()) == round(0.5 * 128)
+    assert int((~small_pruner.mask("4")).sum()) == round(0.2 * 36)
+    assert small_pruner.sparsity()["2"] == 0.0
+    small_pruner.prune({"2": 0.75})
+    assert int((~small_pruner.mask("2")).sum()) == round(0.75 * 192)
+    assert int((~small_pruner.mask("0")).sum()) == 64  # untouched by a call that does not name it
 
 
-def test_amount_is_a_slider_not_a_ratchet(pruner, mlp):
+def test_amount_is_a_slider_not_a_ratchet(small_pruner, mlp):
     original = mlp[0].weight.detach().clone()
-    pruner.prune({"0": 0.8})
-    pruner.prune({"0": 0.3})
-    assert int((~pruner.mask("0")).sum()) == round(0.3 * 128)
-    kept = pruner.mask("0")
+    small_pruner.prune({"0": 0.8})
+    small_pruner.prune({"0": 0.3})
+    assert int((~small_pruner.mask("0")).sum()) == round(0.3 * 128)
+    kept = small_pruner.mask("0")
     assert torch.equal(mlp[0].weight[kept], original[kept])  # weights come back with their values
-    pruner.prune({"0": 0})
-    assert "0" not in pruner.plans and torch.equal(mlp[0].weight, original)
+    small_pruner.prune({"0": 0})
+    assert "0" not in small_pruner.plans and torch.equal(mlp[0].weight, original)
 
 
-def test_plans_record_how_each_layer_is_pruned(pruner):
-    pruner.prune({"0": 0.5}, criterion="random")
-    plan = pruner.plans["0"]
+def test_plans_record_how_each_layer_is_pruned(small_pruner):
+    small_pruner.prune({"0": 0.5}, criterion="random")
+    plan = small_pruner.plans["0"]
     assert (plan.granularity, plan.criterion, plan.amount, plan.threshold) == ("unstructured", "random", 0.5, None)
-    assert torch.equal(plan.keep, pruner.mask("0"))
+    assert torch.equal(plan.keep, small_pruner.mask("0"))
 
 
-def test_threshold_prunes_exactly_the_weights_below_it(pruner, mlp):
+def test_threshold_prunes_exactly_the_weights_below_it(small_pruner, mlp):
     with torch.no_grad():
-        dense = {n: pruner.layer(n).module.weight.abs().clone() for n in pruner.layer_names}
-    pruner.prune(threshold=0.1)
+        dense = {n: small_pruner.layer(n).module.weight.abs().clone() for n in small_pruner.layer_names}
+    small_pruner.prune(threshold=0.1)
     for n, w in dense.items():
-        assert torch.equal(pruner.mask(n), w >= 0.1)
-        assert pruner.plans[n].threshold == 0.1
-    pruner.prune(threshold={"2": 0.2})
-    assert torch.equal(pruner.mask("2"), dense["2"] >= 0.2)
-    assert torch.equal(pruner.mask("0"), dense["0"] >= 0.1)
+        assert torch.equal(small_pruner.mask(n), w >= 0.1)
+        assert small_pruner.plans[n].threshold == 0.1
+    small_pruner.prune(threshold={"2": 0.2})
+    assert torch.equal(small_pruner.mask("2"), dense["2"] >= 0.2)
+    assert torch.equal(small_pruner.mask("0"), dense["0"] >= 0.1)
 
 
-def test_structured_threshold_removes_units_by_mean_magnitude(pruner, mlp):
+def test_structured_threshold_removes_units_by_mean_magnitude(small_pruner, mlp):
     mean_abs = mlp[0].weight.detach().abs().mean(1)
     t = float(mean_abs.median())
-    pruner.prune(threshold={"0": t}, granularity="structured")
-    assert removed_units(pruner, "0") == set((mean_abs < t).nonzero().flatten().tolist())
+    small_pruner.prune(threshold={"0": t}, granularity="structured")
+    assert removed_units(small_pruner, "0") == set((mean_abs < t).nonzero().flatten().tolist())
 
 
-def test_masked_weights_are_zero_in_the_model_and_kept_ones_untouched(pruner, mlp):
+def test_masked_weights_are_zero_in_the_model_and_kept_ones_untouched(small_pruner, mlp):
     before = state_of(mlp)
-    pruner.prune(0.7)
-    for n in pruner.layer_names:
-        w, keep = mlp.get_submodule(n).weight.detach(), pruner.mask(n)
+    small_pruner.prune(0.7)
+    for n in small_pruner.layer_names:
+        w, keep = mlp.get_submodule(n).weight.detach(), small_pruner.mask(n)
         assert bool((w[~keep] == 0).all())
         assert torch.equal(w[keep], before[f"{n}.weight"][keep])
         assert torch.equal(mlp.get_submodule(n).bias, before[f"{n}.bias"])  # unstructured leaves biases
 
 
-def test_masks_lists_only_masked_parameters(pruner):
-    assert pruner.masks() == {}
-    pruner.prune({"2": 0.5})
-    assert set(pruner.masks()) == {"2.weight"}
-    m = pruner.masks()["2.weight"]
+def test_masks_lists_only_masked_parameters(small_pruner):
+    assert small_pruner.masks() == {}
+    small_pruner.prune({"2": 0.5})
+    assert set(small_pruner.masks()) == {"2.weight"}
+    m = small_pruner.masks()["2.weight"]
     m[:] = False  # a copy: changing it changes nothing
-    assert pruner.sparsity()["2"] == 0.5
+    assert small_pruner.sparsity()["2"] == 0.5
 
 
 # ---------------------------------------------------------------- structured
 
-def test_structured_zeroes_rows_biases_and_the_next_layers_columns(pruner, mlp):
-    pruner.prune({"0": 0.25}, granularity="structured")
-    gone = sorted(removed_units(pruner, "0"))
+def test_structured_zeroes_rows_biases_and_the_next_layers_columns(small_pruner, mlp):
+    small_pruner.prune({"0": 0.25}, granularity="structured")
+    gone = sorted(removed_units(small_pruner, "0"))
     assert len(gone) == round(0.25 * 16)
     assert bool((mlp[0].weight[gone] == 0).all()) and bool((mlp[0].bias[gone] == 0).all())
     assert bool((mlp[2].weight[:, gone] == 0).all())
     kept = [i for i in range(16) if i not in gone]
     assert bool((mlp[0].weight[kept] != 0).all())
-    assert set(pruner.masks()) == {"0.weight", "0.bias", "2.weight"}
+    assert set(small_pruner.masks()) == {"0.weight", "0.bias", "2.weight"}
 
 
-def test_structured_removes_the_weakest_units_by_l1(pruner, mlp):
+def test_structured_removes_the_weakest_units_by_l1(small_pruner, mlp):
     l1 = mlp[2].weight.detach().abs().sum(1)
-    pruner.prune({"2": 0.5}, granularity="structured")
-    assert removed_units(pruner, "2") == set(l1.argsort()[:6].tolist())
+    small_pruner.prune({"2": 0.5}, granularity="structured")
+    assert removed_units(small_pruner, "2") == set(l1.argsort()[:6].tolist())
 
 
-def test_structured_conv_zeroes_batchnorm_and_removed_channels_output_zero(cnn_pruner, image_data):
-    model = cnn_pruner.model
-    cnn_pruner.prune({"3": 0.5}, granularity="structured")
-    gone = sorted(removed_units(cnn_pruner, "3"))
+def test_structured_conv_zeroes_batchnorm_and_removed_channels_output_zero(small_cnn_pruner, image_data):
+    model = small_cnn_pruner.model
+    small_cnn_pruner.prune({"3": 0.5}, granularity="structured")
+    gone = sorted(removed_units(small_cnn_pruner, "3"))
     assert len(gone) == 3
     bn = model[4]
     assert bool((bn.weight[gone] == 0).all()) and bool((bn.bias[gone] == 0).all())
@@ -235,18 +237,18 @@ def test_depthwise_channels_go_with_the_layer_feeding_them(image_data):
 
 
 @pytest.mark.parametrize("amount", [0.2, 0.5, 0.9])
-def test_global_structured_removes_that_share_of_all_units(cnn_pruner, amount):
-    cnn_pruner.prune(amount, granularity="structured")
-    units = {n: cnn_pruner.layer(n).units for n in cnn_pruner.unit_groups()}  # every layer but the output
-    assert set(units) == set(cnn_pruner.layer_names[:-1])
-    assert sum(planned_removed(cnn_pruner, n) for n in units) == round(amount * sum(units.values()))
-    planned = [n for n in units if n in cnn_pruner.plans]
+def test_global_structured_removes_that_share_of_all_units(small_cnn_pruner, amount):
+    small_cnn_pruner.prune(amount, granularity="structured")
+    units = {n: small_cnn_pruner.layer(n).units for n in small_cnn_pruner.unit_groups()}  # every layer but the output
+    assert set(units) == set(small_cnn_pruner.layer_names[:-1])
+    assert sum(planned_removed(small_cnn_pruner, n) for n in units) == round(amount * sum(units.values()))
+    planned = [n for n in units if n in small_cnn_pruner.plans]
     assert planned  # the checks below run
     for n in planned:  # each planned unit is removed (more rows go dark when a whole input is gone)
-        plan = cnn_pruner.plans[n]
-        assert set((~plan.keep).nonzero().flatten().tolist()) <= removed_units(cnn_pruner, n)
-    assert cnn_pruner.sparsity()["10"] > 0  # the output layer loses the columns of removed units only
-    assert removed_units(cnn_pruner, "10") == set()
+        plan = small_cnn_pruner.plans[n]
+        assert set((~plan.keep).nonzero().flatten().tolist()) <= removed_units(small_cnn_pruner, n)
+    assert small_cnn_pruner.sparsity()["10"] > 0  # the output layer loses the columns of removed units only
+    assert removed_units(small_cnn_pruner, "10") == set()
 
 
 @pytest.mark.parametrize("amount", [0.3, 0.5])
@@ -257,55 +259,55 @@ def test_structured_layer_scope_is_exact_per_group(image_data, amount):
     assert len(removed_units(pruner, "a")) == round(amount * pruner.layer("a").units)
 
 
-def test_output_layer_is_reported_and_refused_for_structured(pruner):
-    assert "output" in pruner.structured_blocked["4"]
-    snap = snapshot(pruner)
+def test_output_layer_is_reported_and_refused_for_structured(small_pruner):
+    assert "output" in small_pruner.structured_blocked["4"]
+    snap = snapshot(small_pruner)
     with pytest.raises(ValueError, match="cannot be pruned structurally"):
-        pruner.prune({"4": 0.5}, granularity="structured")
-    assert_unchanged(pruner, snap)
+        small_pruner.prune({"4": 0.5}, granularity="structured")
+    assert_unchanged(small_pruner, snap)
 
 
-def test_unstructured_after_structured_replaces_the_group_plan(pruner):
-    pruner.prune({"0": 0.5}, granularity="structured")
-    pruner.prune({"0": 0.1})
-    assert pruner.sparsity()["2"] == 0.0 and "0.bias" not in pruner.masks()
-    assert int((~pruner.mask("0")).sum()) == round(0.1 * 128)
+def test_unstructured_after_structured_replaces_the_group_plan(small_pruner):
+    small_pruner.prune({"0": 0.5}, granularity="structured")
+    small_pruner.prune({"0": 0.1})
+    assert small_pruner.sparsity()["2"] == 0.0 and "0.bias" not in small_pruner.masks()
+    assert int((~small_pruner.mask("0")).sum()) == round(0.1 * 128)
 
 
 # ---------------------------------------------------------------- 2:4
 
-def test_two_of_four_zeroes_exactly_two_in_every_four(pruner, mlp):
-    pruner.prune(0.5, granularity="2:4")
-    for n in pruner.layer_names:
-        keep = pruner.mask(n)
+def test_two_of_four_zeroes_exactly_two_in_every_four(small_pruner, mlp):
+    small_pruner.prune(0.5, granularity="2:4")
+    for n in small_pruner.layer_names:
+        keep = small_pruner.mask(n)
         assert (keep.reshape(-1, 4).sum(1) == 2).all()
         w = mlp.get_submodule(n).weight.detach()
         assert ((w == 0).reshape(-1, 4).sum(1) >= 2).all()
-    pruner.prune(0, granularity="2:4")
-    assert pruner.masks() == {}
+    small_pruner.prune(0, granularity="2:4")
+    assert small_pruner.masks() == {}
 
 
-def test_two_of_four_skips_rows_that_do_not_divide_by_four_in_a_global_call(cnn_pruner):
-    cnn_pruner.prune(0.5, granularity="2:4")  # conv "0" has rows of 9 weights
-    assert cnn_pruner.sparsity()["0"] == 0.0
-    assert cnn_pruner.sparsity()["3"] == 0.5
+def test_two_of_four_skips_rows_that_do_not_divide_by_four_in_a_global_call(small_cnn_pruner):
+    small_cnn_pruner.prune(0.5, granularity="2:4")  # conv "0" has rows of 9 weights
+    assert small_cnn_pruner.sparsity()["0"] == 0.0
+    assert small_cnn_pruner.sparsity()["3"] == 0.5
     with pytest.raises(ValueError, match="multiple of 4"):
-        cnn_pruner.prune({"0": 0.5}, granularity="2:4")
+        small_cnn_pruner.prune({"0": 0.5}, granularity="2:4")
 
 
-def test_two_of_four_amount_must_be_half(pruner):
-    snap = snapshot(pruner)
+def test_two_of_four_amount_must_be_half(small_pruner):
+    snap = snapshot(small_pruner)
     with pytest.raises(ValueError, match="0.5"):
-        pruner.prune(0.7, granularity="2:4")
-    assert_unchanged(pruner, snap)
+        small_pruner.prune(0.7, granularity="2:4")
+    assert_unchanged(small_pruner, snap)
 
 
 # ---------------------------------------------------------------- the model stays an ordinary module
 
-def test_model_stays_a_plain_module_while_pruned(pruner, mlp):
+def test_model_stays_a_plain_module_while_pruned(small_pruner, mlp):
     keys = list(mlp.state_dict())
     names = [n for n, _ in mlp.named_parameters()]
-    pruner.prune(0.5, granularity="structured")
+    small_pruner.prune(0.5, granularity="structured")
     assert list(mlp.state_dict()) == keys  # no weight_orig / weight_mask
     assert [n for n, _ in mlp.named_parameters()] == names
     assert type(mlp) is nn.Sequential and type(mlp[0]) is nn.Linear
@@ -313,41 +315,41 @@ def test_model_stays_a_plain_module_while_pruned(pruner, mlp):
                for m in mlp.modules())
 
 
-def test_deepcopy_holds_the_pruned_weights_and_is_independent(pruner, mlp, mlp_data):
-    pruner.prune(0.8)
+def test_deepcopy_holds_the_pruned_weights_and_is_independent(small_pruner, mlp, mlp_data):
+    small_pruner.prune(0.8)
     clone = copy.deepcopy(mlp)
     assert torch.equal(clone[0].weight, mlp[0].weight)
     with torch.no_grad():
         assert torch.equal(clone(mlp_data[0]), mlp(mlp_data[0]))
     zeros = int((clone[0].weight == 0).sum())
-    assert zeros == int((~pruner.mask("0")).sum()) > 0
-    pruner.reset()
+    assert zeros == int((~small_pruner.mask("0")).sum()) > 0
+    small_pruner.reset()
     assert int((clone[0].weight == 0).sum()) == zeros  # the copy keeps its zeros
     assert int((mlp[0].weight == 0).sum()) == 0
 
 
-def test_torch_save_and_weights_only_load_round_trip(cnn_pruner):
-    cnn_pruner.prune(0.6)
+def test_torch_save_and_weights_only_load_round_trip(small_cnn_pruner):
+    small_cnn_pruner.prune(0.6)
     buffer = io.BytesIO()
-    torch.save(cnn_pruner.model.state_dict(), buffer)
+    torch.save(small_cnn_pruner.model.state_dict(), buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     fresh = make_bn_cnn()
     fresh.load_state_dict(loaded)  # strict: same keys as an unpruned model
-    for k, v in cnn_pruner.model.state_dict().items():
+    for k, v in small_cnn_pruner.model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
     buffer = io.BytesIO()
-    torch.save(cnn_pruner.model, buffer)  # the whole module pickles too (no wrappers)
+    torch.save(small_cnn_pruner.model, buffer)  # the whole module pickles too (no wrappers)
     buffer.seek(0)
     whole = torch.load(buffer, weights_only=False)
-    assert torch.equal(whole[3].weight, cnn_pruner.model[3].weight)
+    assert torch.equal(whole[3].weight, small_cnn_pruner.model[3].weight)
 
 
-def test_dense_loads_the_original_weights_temporarily(pruner, mlp):
+def test_dense_loads_the_original_weights_temporarily(small_pruner, mlp):
     original = mlp[0].weight.detach().clone()
-    pruner.prune(0.9)
+    small_pruner.prune(0.9)
     pruned = mlp[0].weight.detach().clone()
-    with pruner.dense() as model:
+    with small_pruner.dense() as model:
         assert model is mlp and torch.equal(mlp[0].weight, original)
     assert torch.equal(mlp[0].weight, pruned)
 
@@ -363,91 +365,91 @@ def test_train_mode_survives_pruning_and_measuring(image_data):
 
 # ---------------------------------------------------------------- history
 
-def test_reset_restores_the_original_weights_bit_for_bit(cnn_pruner):
-    before = state_of(cnn_pruner.model)
-    cnn_pruner.prune(0.9).prune(0.5, granularity="structured").prune({"3": 0.2}, criterion="random")
-    cnn_pruner.set_weights({"3.weight": torch.randn(6, 4, 3, 3)})
-    cnn_pruner.reset()
-    assert_same_state(cnn_pruner.model, before)
-    assert cnn_pruner.plans == {} and cnn_pruner.masks() == {}
+def test_reset_restores_the_original_weights_bit_for_bit(small_cnn_pruner):
+    before = state_of(small_cnn_pruner.model)
+    small_cnn_pruner.prune(0.9).prune(0.5, granularity="structured").prune({"3": 0.2}, criterion="random")
+    small_cnn_pruner.set_weights({"3.weight": torch.randn(6, 4, 3, 3)})
+    small_cnn_pruner.reset()
+    assert_same_state(small_cnn_pruner.model, before)
+    assert small_cnn_pruner.plans == {} and small_cnn_pruner.masks() == {}
 
 
-def test_undo_and_redo_walk_the_history(pruner, mlp):
+def test_undo_and_redo_walk_the_history(small_pruner, mlp):
     states = [state_of(mlp)]
     for a in (0.3, 0.6, 0.9):
-        pruner.prune(a)
+        small_pruner.prune(a)
         states.append(state_of(mlp))
-    assert not pruner.can_redo
+    assert not small_pruner.can_redo
     for i in (2, 1, 0):
-        assert pruner.undo()
+        assert small_pruner.undo()
         assert_same_state(mlp, states[i])
-    assert not pruner.can_undo and pruner.undo() is False
+    assert not small_pruner.can_undo and small_pruner.undo() is False
     for i in (1, 2, 3):
-        assert pruner.redo()
+        assert small_pruner.redo()
         assert_same_state(mlp, states[i])
-    assert pruner.redo() is False
-    assert masked_count(pruner) == round(0.9 * total_weights(pruner))
+    assert small_pruner.redo() is False
+    assert masked_count(small_pruner) == round(0.9 * total_weights(small_pruner))
 
 
-def test_a_new_change_drops_the_redo_branch(pruner):
-    pruner.prune(0.3).prune(0.6)
-    pruner.undo()
-    assert pruner.can_redo
-    pruner.prune(0.1)
-    assert not pruner.can_redo and pruner.redo() is False
-    pruner.undo()
-    assert masked_count(pruner) == round(0.3 * total_weights(pruner))
+def test_a_new_change_drops_the_redo_branch(small_pruner):
+    small_pruner.prune(0.3).prune(0.6)
+    small_pruner.undo()
+    assert small_pruner.can_redo
+    small_pruner.prune(0.1)
+    assert not small_pruner.can_redo and small_pruner.redo() is False
+    small_pruner.undo()
+    assert masked_count(small_pruner) == round(0.3 * total_weights(small_pruner))
 
 
-def test_reset_is_a_step_of_history_and_can_be_undone(pruner, mlp):
+def test_reset_is_a_step_of_history_and_can_be_undone(small_pruner, mlp):
     original = state_of(mlp)
-    pruner.prune(0.7)
+    small_pruner.prune(0.7)
     pruned = state_of(mlp)
-    pruner.reset()
+    small_pruner.reset()
     assert_same_state(mlp, original)
-    assert pruner.can_undo
-    pruner.undo()
+    assert small_pruner.can_undo
+    small_pruner.undo()
     assert_same_state(mlp, pruned)
-    assert pruner.sparsity() == pytest.approx(
-        {n: int((~pruner.mask(n)).sum()) / pruner.layer(n).params for n in pruner.layer_names})
-    pruner.redo()
+    assert small_pruner.sparsity() == pytest.approx(
+        {n: int((~small_pruner.mask(n)).sum()) / small_pruner.layer(n).params for n in small_pruner.layer_names})
+    small_pruner.redo()
     assert_same_state(mlp, original)
 
 
-def test_reset_of_an_unpruned_model_adds_no_history(pruner):
-    pruner.reset()
-    assert not pruner.can_undo
+def test_reset_of_an_unpruned_model_adds_no_history(small_pruner):
+    small_pruner.reset()
+    assert not small_pruner.can_undo
 
 
-def test_set_weights_is_undoable_and_masks_stay(pruner, mlp):
-    pruner.prune({"0": 0.5})
-    keep = pruner.mask("0")
+def test_set_weights_is_undoable_and_masks_stay(small_pruner, mlp):
+    small_pruner.prune({"0": 0.5})
+    keep = small_pruner.mask("0")
     new = torch.full((16, 8), 0.5)
-    pruner.set_weights({"0.weight": new})
+    small_pruner.set_weights({"0.weight": new})
     assert torch.equal(mlp[0].weight, new * keep)
-    pruner.undo()
-    assert not torch.equal(mlp[0].weight, new * keep) and torch.equal(pruner.mask("0"), keep)
+    small_pruner.undo()
+    assert not torch.equal(mlp[0].weight, new * keep) and torch.equal(small_pruner.mask("0"), keep)
 
 
-def test_listeners_hear_every_change(pruner):
+def test_listeners_hear_every_change(small_pruner):
     calls = []
-    unsubscribe = pruner.on_change(lambda: calls.append(pruner.overall_sparsity()))
-    pruner.prune(0.5)
-    pruner.undo()
-    pruner.redo()
-    pruner.reset()
+    unsubscribe = small_pruner.on_change(lambda: calls.append(small_pruner.overall_sparsity()))
+    small_pruner.prune(0.5)
+    small_pruner.undo()
+    small_pruner.redo()
+    small_pruner.reset()
     assert calls == pytest.approx([0.5, 0.0, 0.5, 0.0], abs=0.01)
     unsubscribe()
-    pruner.prune(0.2)
+    small_pruner.prune(0.2)
     assert len(calls) == 4
 
 
 # ---------------------------------------------------------------- bad input: a clear error, nothing changed
 
 @pytest.fixture
-def pruned(pruner):
-    pruner.prune({"0": 0.5, "2": 0.3})
-    return pruner
+def pruned(small_pruner):
+    small_pruner.prune({"0": 0.5, "2": 0.3})
+    return small_pruner
 
 
 @pytest.mark.parametrize("call, message", [
@@ -600,14 +602,14 @@ def test_narrow_integer_targets_are_class_indices(mlp, mlp_data):
     assert pruner.overall_sparsity() == pytest.approx(0.5, abs=0.01)
 
 
-def test_numpy_numbers_are_amounts_and_thresholds(pruner):
+def test_numpy_numbers_are_amounts_and_thresholds(small_pruner):
     np = pytest.importorskip("numpy")
-    pruner.prune(np.float32(0.5))
-    assert masked_count(pruner) == round(0.5 * total_weights(pruner))
-    pruner.prune({"0": np.float64(0.25)}, scope="layer")
-    assert int((~pruner.mask("0")).sum()) == 32
-    pruner.prune(threshold=np.float32(0.1))
-    assert pruner.plans["0"].threshold == pytest.approx(0.1)
+    small_pruner.prune(np.float32(0.5))
+    assert masked_count(small_pruner) == round(0.5 * total_weights(small_pruner))
+    small_pruner.prune({"0": np.float64(0.25)}, scope="layer")
+    assert int((~small_pruner.mask("0")).sum()) == 32
+    small_pruner.prune(threshold=np.float32(0.1))
+    assert small_pruner.plans["0"].threshold == pytest.approx(0.1)
 
 
 class LayerNormMLP(nn.Module):
@@ -680,9 +682,9 @@ def test_unusual_models_prune_or_explain_why_not(name):
         pruner.reset()
 
 
-def test_repr_names_the_model_and_sparsity(pruner):
-    pruner.prune(0.25)
-    assert repr(pruner) == "Pruner(Sequential, 3 prunable layers, sparsity 25.0%)"
+def test_repr_names_the_model_and_sparsity(small_pruner):
+    small_pruner.prune(0.25)
+    assert repr(small_pruner) == "Pruner(Sequential, 3 prunable layers, sparsity 25.0%)"
 
 
 def test_global_structured_never_removes_a_whole_layer():

@@ -109,26 +109,14 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
 
 
-@pytest.fixture
-def cnn():
-    d = pl.demos.load("digits-cnn")
-    return d, pl.Pruner(d.model, d.val, train_data=d.train)
-
-
-@pytest.fixture
-def mlp():
-    d = pl.demos.load("digits-mlp")
-    return d, pl.Pruner(d.model, d.val, train_data=d.train)
-
-
 def no_temporaries(folder) -> bool:
     return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 # ---------------------------------------------------------------------------- state_dict
 
-def test_state_dict_has_masks_baked_in_and_loads_into_a_fresh_model(mlp, tmp_path):
-    d, pruner = mlp
+def test_state_dict_has_masks_baked_in_and_loads_into_a_fresh_model(mlp_demo, mlp_demo_pruner, tmp_path):
+    d, pruner = mlp_demo, mlp_demo_pruner
     pruner.prune(0.8)
     done = pruner.export(tmp_path / "m.safetensors", "state_dict")
     state = pl.load_state_dict(done.path)
@@ -139,8 +127,8 @@ def test_state_dict_has_masks_baked_in_and_loads_into_a_fresh_model(mlp, tmp_pat
     assert float((state["0.weight"] == 0).float().mean()) > 0.5
 
 
-def test_export_leaves_the_model_and_the_pruner_as_they_were(cnn, tmp_path):
-    d, pruner = cnn
+def test_export_leaves_the_model_and_the_pruner_as_they_were(cnn_demo, cnn_demo_pruner, tmp_path):
+    d, pruner = cnn_demo, cnn_demo_pruner
     pruner.prune(0.5, granularity="structured")
     before = {k: v.clone() for k, v in d.model.state_dict().items()}
     masks = pruner.masks()
@@ -152,8 +140,8 @@ def test_export_leaves_the_model_and_the_pruner_as_they_were(cnn, tmp_path):
     assert not pruner.can_redo and pruner.can_undo
 
 
-def test_unknown_format_is_refused_with_the_list(mlp, tmp_path):
-    _, pruner = mlp
+def test_unknown_format_is_refused_with_the_list(mlp_demo_pruner, tmp_path):
+    pruner = mlp_demo_pruner
     with pytest.raises(ValueError, match="Did you mean 'sparse'"):
         pruner.export(tmp_path / "m", "sparce")
     assert list(tmp_path.iterdir()) == []
@@ -161,8 +149,8 @@ def test_unknown_format_is_refused_with_the_list(mlp, tmp_path):
 
 # ---------------------------------------------------------------------------- sparse
 
-def test_sparse_round_trip_gives_the_same_state_dict(cnn, tmp_path):
-    _, pruner = cnn
+def test_sparse_round_trip_gives_the_same_state_dict(cnn_demo_pruner, tmp_path):
+    pruner = cnn_demo_pruner
     pruner.prune(0.5, granularity="structured")
     pruner.prune({"8": 0.95})
     pruner.export(tmp_path / "dense", "state_dict")
@@ -185,8 +173,8 @@ def test_sparse_file_at_90_percent_is_at_most_15_percent_of_dense(demo, tmp_path
 
 # ---------------------------------------------------------------------------- structured
 
-def test_structured_shrinks_the_cnn_and_keeps_its_outputs(cnn):
-    d, pruner = cnn
+def test_structured_shrinks_the_cnn_and_keeps_its_outputs(cnn_demo, cnn_demo_pruner):
+    d, pruner = cnn_demo, cnn_demo_pruner
     pruner.prune(0.5, granularity="structured", scope="layer")
     shapes = {k: v.shape for k, v in d.model.state_dict().items()}
     shrunk = shrink(pruner)
@@ -216,8 +204,8 @@ def test_structured_handles_residual_and_concatenating_models(cls):
         assert shrunk.model.c.in_channels == shrunk.model.a.out_channels + shrunk.model.b.out_channels < 10
 
 
-def test_units_that_output_zero_are_removed_and_biased_ones_stay(mlp):
-    _, pruner = mlp
+def test_units_that_output_zero_are_removed_and_biased_ones_stay(mlp_demo_pruner):
+    pruner = mlp_demo_pruner
     w = pruner.model[0].weight.detach().clone()
     b = pruner.model[0].bias.detach().clone()
     w[:10] = 0
@@ -277,7 +265,7 @@ def test_structured_files_load_back_with_the_class_and_without_it(structured_cnn
     with zipfile.ZipFile(program) as z:  # no pickled record at all in the program archive
         assert all(i.file_size == 0 for i in z.infolist() if i.filename.endswith(".pt"))
 
-    rebuilt = pl.load_structured(weights, pl.demos._cnn())
+    rebuilt = pl.load_structured(weights, pl.demos.architecture("digits-cnn"))
     assert rebuilt[0].out_channels == 8 and rebuilt[8].weight.shape == (32, 256)
     assert close(outputs(rebuilt, pruner.val_inputs), reference)
 
@@ -298,22 +286,22 @@ def test_structured_residual_round_trip_through_files(tmp_path):
     assert close(pl.load_structured(done.files[1])(x), outputs(model, x))
 
 
-def test_load_structured_says_what_model_it_needs(cnn, tmp_path, monkeypatch):
-    _, pruner = cnn
+def test_load_structured_says_what_model_it_needs(cnn_demo_pruner, tmp_path, monkeypatch):
+    pruner = cnn_demo_pruner
     pruner.prune(0.5, granularity="structured", scope="layer")
     monkeypatch.setattr("prunelab.export.structured.program_bytes", lambda *a: b"not needed here")
     done = pruner.export(tmp_path / "small", "structured")
     with pytest.raises(ValueError, match="fresh instance of Sequential"):
-        pl.load_structured(done.path, pl.demos._mlp())
+        pl.load_structured(done.path, pl.demos.architecture("digits-mlp"))
 
 
 # ---------------------------------------------------------------------------- onnx
 
 @pytest.mark.slow
-def test_onnx_export_is_checked_with_onnxruntime_and_runs_any_batch(cnn, tmp_path):
+def test_onnx_export_is_checked_with_onnxruntime_and_runs_any_batch(cnn_demo_pruner, tmp_path):
     import onnxruntime as ort
 
-    _, pruner = cnn
+    pruner = cnn_demo_pruner
     pruner.prune(0.5, granularity="structured", scope="layer")
     done = pruner.export(tmp_path / "m.onnx", "onnx")
     assert done.details["network"].startswith("structured") and done.details["max_abs_diff"] < 1e-4
@@ -323,8 +311,8 @@ def test_onnx_export_is_checked_with_onnxruntime_and_runs_any_batch(cnn, tmp_pat
     assert close(got, outputs(pruner.model, x), 1e-4)
 
 
-def test_onnx_without_the_extra_says_how_to_install_it(mlp, tmp_path, monkeypatch):
-    _, pruner = mlp
+def test_onnx_without_the_extra_says_how_to_install_it(mlp_demo_pruner, tmp_path, monkeypatch):
+    pruner = mlp_demo_pruner
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import now raises ImportError
     with pytest.raises(ImportError, match=r"pip install prunelab\[onnx\]"):
         pruner.export(tmp_path / "m.onnx", "onnx")
@@ -349,8 +337,8 @@ def _full_disk_after(calls: int, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["state_dict", "sparse", "recipe"])
-def test_full_disk_leaves_no_file_and_keeps_an_older_export(mlp, tmp_path, monkeypatch, fmt):
-    _, pruner = mlp
+def test_full_disk_leaves_no_file_and_keeps_an_older_export(mlp_demo_pruner, tmp_path, monkeypatch, fmt):
+    pruner = mlp_demo_pruner
     pruner.prune(0.5)
     old = pruner.export(tmp_path / "m", fmt).path.read_bytes()
     pruner.prune(0.9)
@@ -362,8 +350,8 @@ def test_full_disk_leaves_no_file_and_keeps_an_older_export(mlp, tmp_path, monke
     assert no_temporaries(tmp_path)
 
 
-def test_full_disk_on_the_second_structured_file_leaves_neither(cnn, tmp_path, monkeypatch):
-    _, pruner = cnn
+def test_full_disk_on_the_second_structured_file_leaves_neither(cnn_demo_pruner, tmp_path, monkeypatch):
+    pruner = cnn_demo_pruner
     pruner.prune(0.5, granularity="structured")
     monkeypatch.setattr("prunelab.export.structured.program_bytes", lambda *a: b"program bytes")
     _full_disk_after(1, monkeypatch)
@@ -372,8 +360,8 @@ def test_full_disk_on_the_second_structured_file_leaves_neither(cnn, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unwritable_destinations_give_a_clear_error(mlp, tmp_path):
-    _, pruner = mlp
+def test_unwritable_destinations_give_a_clear_error(mlp_demo_pruner, tmp_path):
+    pruner = mlp_demo_pruner
     (tmp_path / "a-file").write_text("x")
     for bad in (tmp_path / "a-file" / "m.safetensors", tmp_path / "missing" / "m.safetensors"):
         with pytest.raises(OSError, match="could not write .*folder exists and is writable"):
@@ -397,8 +385,8 @@ def _refuse(monkeypatch, name: str, folder):
 
 
 @pytest.mark.parametrize("refused", ["open", "replace"])  # creating the temporary, or moving it into place
-def test_read_only_folder_gives_a_clear_error(mlp, tmp_path, monkeypatch, refused):
-    _, pruner = mlp
+def test_read_only_folder_gives_a_clear_error(mlp_demo_pruner, tmp_path, monkeypatch, refused):
+    pruner = mlp_demo_pruner
     folder = tmp_path / "ro"
     folder.mkdir()
     _refuse(monkeypatch, refused, folder)
@@ -411,8 +399,8 @@ def test_read_only_folder_gives_a_clear_error(mlp, tmp_path, monkeypatch, refuse
 
 # ---------------------------------------------------------------------------- reading refuses what is not ours
 
-def test_loading_foreign_damaged_or_mismatched_files_is_refused_clearly(mlp, tmp_path):
-    _, pruner = mlp
+def test_loading_foreign_damaged_or_mismatched_files_is_refused_clearly(mlp_demo_pruner, tmp_path):
+    pruner = mlp_demo_pruner
     pruner.prune(0.9)
     sparse = pruner.export(tmp_path / "sparse", "sparse").path
     data = sparse.read_bytes()
@@ -450,7 +438,7 @@ def test_program_loader_refuses_damaged_foreign_and_pickled_archives(structured_
     with pytest.raises(ValueError, match="cut.pt2 is not a readable .pt2 program"):
         pl.load_program(tmp_path / "cut.pt2")
 
-    plain = torch.export.export(pl.demos._mlp(), (torch.randn(2, 64),))
+    plain = torch.export.export(pl.demos.architecture("digits-mlp"), (torch.randn(2, 64),))
     torch.export.save(plain, tmp_path / "foreign.pt2")
     with pytest.raises(ValueError, match="not a prunelab 'program' export"):
         pl.load_program(tmp_path / "foreign.pt2")
@@ -470,8 +458,8 @@ def test_program_loader_refuses_damaged_foreign_and_pickled_archives(structured_
 
 # ---------------------------------------------------------------------------- report and CLI
 
-def test_format_report_measures_real_files_and_says_which_formats_give_speed(cnn):
-    _, pruner = cnn
+def test_format_report_measures_real_files_and_says_which_formats_give_speed(cnn_demo_pruner):
+    pruner = cnn_demo_pruner
     pruner.prune(0.5, granularity="structured", scope="layer")
     report = pl.compare_formats(pruner, formats=("state_dict", "sparse", "recipe"), repeats=5, batch=64)
     sizes = {r.format: r.bytes for r in report.rows}
