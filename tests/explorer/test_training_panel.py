@@ -212,3 +212,27 @@ def test_bad_sparsities_text_is_explained(pruner):
     panel.sensitivity.sparsities.value = "0.5, lots"
     panel.sensitivity.button.click()
     assert not panel.busy and "fractions separated by commas" in panel.status.value
+
+
+def test_in_an_explorer_the_panel_shares_its_hub_and_the_views_follow_a_finetune(one_thread):
+    ex = pl.explore("digits-mlp")
+    try:
+        panel = ex.panels["Fine-tune"]
+        assert panel.state is ex.state  # one hub: the panel makes none of its own
+        ex.pruner.prune(0.9)
+        ex.wait()
+        revision, before = ex.state.revision, ex.state.metrics.accuracy
+        panel.sensitivity.sparsities.value = "0.5"
+        panel.sensitivity.button.click()
+        assert panel.wait(60) and panel.sensitivity_table is not None
+        assert "analyse again" not in panel.sensitivity.marks.value
+        panel.epochs.value = 1
+        panel.finetune_button.click()
+        assert panel.wait(60) and "fine-tuned 1 epochs" in panel.status.value
+        ex.wait()
+        assert ex.state.revision > revision  # the hub measured the fine-tune once it was applied
+        assert ex.state.metrics.accuracy == ex.pruner.evaluate().accuracy != before
+        assert ex.state.reference.version == ex.pruner.weights_version
+        assert "analyse again" in panel.sensitivity.marks.value  # curves of the old weights: stale
+    finally:
+        ex.close()
