@@ -19,9 +19,9 @@ SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
 
 
-def test_table_measures_each_layer_alone(pruner):
-    dense = pruner.evaluate().accuracy
-    table = pruner.sensitivity(SPARSITIES)
+def test_table_measures_each_layer_alone(mlp_demo_pruner):
+    dense = mlp_demo_pruner.evaluate().accuracy
+    table = mlp_demo_pruner.sensitivity(SPARSITIES)
     assert isinstance(table, SensitivityTable)
     assert table.columns == ["layer", "sparsity", "accuracy", "drop"]
     assert [(r["layer"], r["sparsity"]) for r in table] == [(l, s) for l in ("0", "2", "4") for s in SPARSITIES]
@@ -29,43 +29,43 @@ def test_table_measures_each_layer_alone(pruner):
     for row in table:
         assert row["drop"] == pytest.approx(dense - row["accuracy"])
         # the same number as pruning that layer alone in the Pruner and measuring
-        pruner.prune({row["layer"]: row["sparsity"]})
-        assert pruner.evaluate().accuracy == row["accuracy"]
-        pruner.reset()
+        mlp_demo_pruner.prune({row["layer"]: row["sparsity"]})
+        assert mlp_demo_pruner.evaluate().accuracy == row["accuracy"]
+        mlp_demo_pruner.reset()
     s, d = table.curve("0")
     assert s == SPARSITIES and d[-1] > d[0]  # 95% of the first layer hurts more than 50%
 
 
-def test_sensitivity_leaves_the_pruner_as_it_was(pruner):
-    pruner.prune(0.6)
-    masks, weights = pruner.masks(), {n: p.clone() for n, p in pruner.model.named_parameters()}
+def test_sensitivity_leaves_the_pruner_as_it_was(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.6)
+    masks, weights = mlp_demo_pruner.masks(), {n: p.clone() for n, p in mlp_demo_pruner.model.named_parameters()}
     calls = []
-    pruner.on_change(lambda: calls.append(1))
-    pruner.sensitivity(SPARSITIES)
-    assert calls == [] and not pruner.can_redo
-    assert all(torch.equal(pruner.masks()[n], m) for n, m in masks.items())
-    assert all(torch.equal(p, weights[n]) for n, p in pruner.model.named_parameters())
+    mlp_demo_pruner.on_change(lambda: calls.append(1))
+    mlp_demo_pruner.sensitivity(SPARSITIES)
+    assert calls == [] and not mlp_demo_pruner.can_redo
+    assert all(torch.equal(mlp_demo_pruner.masks()[n], m) for n, m in masks.items())
+    assert all(torch.equal(p, weights[n]) for n, p in mlp_demo_pruner.model.named_parameters())
 
 
-def test_reference_is_the_unpruned_current_weights(pruner):
-    pruner.prune(0.9)
-    table = pruner.sensitivity([0.5], layers=["4"])
-    pruner.reset()
-    assert table.baseline == pruner.evaluate().accuracy
+def test_reference_is_the_unpruned_current_weights(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.9)
+    table = mlp_demo_pruner.sensitivity([0.5], layers=["4"])
+    mlp_demo_pruner.reset()
+    assert table.baseline == mlp_demo_pruner.evaluate().accuracy
 
 
-def test_results_are_cached_per_weights_and_arguments(pruner):
-    first = pruner.sensitivity(SPARSITIES)
-    assert pruner.sensitivity(SPARSITIES) is first
-    assert pruner.sensitivity([0.5, 0.9]) is not first
-    assert pruner.sensitivity(SPARSITIES, criterion="random") is not first
-    pruner.prune(0.5)
-    assert pruner.sensitivity(SPARSITIES) is first  # masks do not change the reference
-    pruner.finetune(1, progress=False)
-    retrained = pruner.sensitivity(SPARSITIES)
+def test_results_are_cached_per_weights_and_arguments(mlp_demo_pruner):
+    first = mlp_demo_pruner.sensitivity(SPARSITIES)
+    assert mlp_demo_pruner.sensitivity(SPARSITIES) is first
+    assert mlp_demo_pruner.sensitivity([0.5, 0.9]) is not first
+    assert mlp_demo_pruner.sensitivity(SPARSITIES, criterion="random") is not first
+    mlp_demo_pruner.prune(0.5)
+    assert mlp_demo_pruner.sensitivity(SPARSITIES) is first  # masks do not change the reference
+    mlp_demo_pruner.finetune(1, progress=False)
+    retrained = mlp_demo_pruner.sensitivity(SPARSITIES)
     assert retrained is not first and retrained.baseline != first.baseline or retrained.rows != first.rows
-    pruner.undo()
-    assert pruner.sensitivity(SPARSITIES) is first
+    mlp_demo_pruner.undo()
+    assert mlp_demo_pruner.sensitivity(SPARSITIES) is first
 
 
 class RecordingPool(ThreadPoolExecutor):
@@ -85,22 +85,23 @@ class RecordingPool(ThreadPoolExecutor):
         return super().submit(task)
 
 
-def test_thread_pool_gives_the_same_table(pruner):
-    here = pruner.sensitivity(SPARSITIES)
+def test_thread_pool_gives_the_same_table(mlp_demo_pruner):
+    here = mlp_demo_pruner.sensitivity(SPARSITIES)
     with RecordingPool(2) as pool:
-        fresh = pl.Pruner(pruner.model, (pruner.val_inputs, pruner.val_targets)).sensitivity(SPARSITIES, executor=pool)
+        val = (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets)
+        fresh = pl.Pruner(mlp_demo_pruner.model, val).sensitivity(SPARSITIES, executor=pool)
     assert fresh.rows == here.rows and fresh.baseline == here.baseline
     # the work went to the pool: the baseline and one task per layer, each on a pool thread
-    assert pool.submitted == ["evaluate_masked"] * (1 + len(pruner.layer_names))
+    assert pool.submitted == ["evaluate_masked"] * (1 + len(mlp_demo_pruner.layer_names))
     assert len(pool.ran_on) == len(pool.submitted) and all(t.startswith("recording-pool") for t in pool.ran_on)
 
 
-def test_structured_sensitivity_skips_layers_that_cannot_lose_units(pruner):
-    table = pruner.sensitivity([0.25, 0.5], granularity="structured")
+def test_structured_sensitivity_skips_layers_that_cannot_lose_units(mlp_demo_pruner):
+    table = mlp_demo_pruner.sensitivity([0.25, 0.5], granularity="structured")
     assert table.layers == ["0", "2"]
     assert table.weights == {"0": 300, "2": 100}
     with pytest.raises(ValueError, match="cannot be pruned structurally"):
-        pruner.sensitivity([0.5], layers=["4"], granularity="structured")
+        mlp_demo_pruner.sensitivity([0.5], layers=["4"], granularity="structured")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -111,9 +112,9 @@ def test_structured_sensitivity_skips_layers_that_cannot_lose_units(pruner):
     (dict(granularity="2:4"), ValueError, "2:4"),
     (dict(executor=object()), TypeError, "Executor"),
 ])
-def test_bad_arguments_say_what_to_do(pruner, kwargs, error, match):
+def test_bad_arguments_say_what_to_do(mlp_demo_pruner, kwargs, error, match):
     with pytest.raises(error, match=match):
-        pruner.sensitivity(**({"sparsities": [0.5]} | kwargs))
+        mlp_demo_pruner.sensitivity(**({"sparsities": [0.5]} | kwargs))
 
 
 # ---------------------------------------------------------------------- allocation
@@ -143,13 +144,13 @@ def test_choose_weighs_layers_by_size_and_rejects_unreachable_targets():
         choose_sparsities(table)
 
 
-def test_allocate_reaches_the_target_and_reports_joint_accuracy(pruner):
-    table = pruner.sensitivity()
-    one_shot = pruner.prune(0.8).evaluate().accuracy
-    pruner.reset()
-    result = pruner.allocate(target_sparsity=0.8, table=table)
-    assert pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3) == result.sparsity
-    assert result.accuracy == pruner.evaluate().accuracy
+def test_allocate_reaches_the_target_and_reports_joint_accuracy(mlp_demo_pruner):
+    table = mlp_demo_pruner.sensitivity()
+    one_shot = mlp_demo_pruner.prune(0.8).evaluate().accuracy
+    mlp_demo_pruner.reset()
+    result = mlp_demo_pruner.allocate(target_sparsity=0.8, table=table)
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3) == result.sparsity
+    assert result.accuracy == mlp_demo_pruner.evaluate().accuracy
     assert result.predicted_drop == pytest.approx(sum(result.single_drops.values()))
     assert result.drop == pytest.approx(table.baseline - result.accuracy)
     assert result.accuracy >= one_shot  # sensitivity-aware allocation beats one global threshold here
@@ -168,16 +169,16 @@ def plain_accuracy(model, masks, x, y) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def test_allocate_within_a_drop_budget_reports_the_drop_measured_jointly(pruner):
-    with pruner.dense():
-        dense_model = copy.deepcopy(pruner.model)
-    x, y = pruner.val_inputs, pruner.val_targets
-    result = pruner.allocate(max_drop=0.01)
+def test_allocate_within_a_drop_budget_reports_the_drop_measured_jointly(mlp_demo_pruner):
+    with mlp_demo_pruner.dense():
+        dense_model = copy.deepcopy(mlp_demo_pruner.model)
+    x, y = mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets
+    result = mlp_demo_pruner.allocate(max_drop=0.01)
     assert result.predicted_drop <= 0.01 + 1e-9  # the curves' sum stays within the budget
-    assert pruner.overall_sparsity() > 0.5
+    assert mlp_demo_pruner.overall_sparsity() > 0.5
     # what is promised: the accuracy and drop measured with every layer pruned together, here
     # measured again independently of the Pruner (a copy of the model, the masks multiplied in)
-    joint = plain_accuracy(dense_model, pruner.masks(), x, y)
+    joint = plain_accuracy(dense_model, mlp_demo_pruner.masks(), x, y)
     baseline = plain_accuracy(dense_model, {}, x, y)
     assert result.accuracy == pytest.approx(joint, abs=0.5 / len(y))
     assert result.baseline == pytest.approx(baseline, abs=0.5 / len(y))
@@ -185,10 +186,10 @@ def test_allocate_within_a_drop_budget_reports_the_drop_measured_jointly(pruner)
     assert f"{result.accuracy:.2%}" in str(result) and "measured jointly" in str(result)
 
 
-def test_allocate_structured(pruner):
-    table = pruner.sensitivity([0.25, 0.5, 0.75], granularity="structured")
-    result = pruner.allocate(target_sparsity=0.5, table=table)
-    removed = sum(int((~pruner.plans[n].keep).sum()) for n in ("0", "2"))
+def test_allocate_structured(mlp_demo_pruner):
+    table = mlp_demo_pruner.sensitivity([0.25, 0.5, 0.75], granularity="structured")
+    result = mlp_demo_pruner.allocate(target_sparsity=0.5, table=table)
+    removed = sum(int((~mlp_demo_pruner.plans[n].keep).sum()) for n in ("0", "2"))
     assert removed == pytest.approx(200, abs=1)
     assert result.granularity == "structured"
 
@@ -196,12 +197,12 @@ def test_allocate_structured(pruner):
 # ---------------------------------------------------------------------- a real Dask cluster
 
 @pytest.mark.slow
-def test_dask_cluster_gives_the_same_table(pruner, monkeypatch):
+def test_dask_cluster_gives_the_same_table(mlp_demo_pruner, monkeypatch):
     distributed = pytest.importorskip("dask.distributed")
     # workers are new processes: they must import this prunelab
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    here = pruner.sensitivity(SPARSITIES)
-    other = pl.Pruner(pruner.model, (pruner.val_inputs, pruner.val_targets))
+    here = mlp_demo_pruner.sensitivity(SPARSITIES)
+    other = pl.Pruner(mlp_demo_pruner.model, (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
     cluster_options = dict(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     with distributed.LocalCluster(**cluster_options) as cluster, distributed.Client(cluster) as client:
         with distributed.get_task_stream(client) as stream:

@@ -109,7 +109,8 @@ class Explorer(w.VBox):
         self.state.observe(lambda _: self._schedule_explain(), "revision")
         self.state.observe(lambda c: c["new"] and self._schedule_explain(), "auto_explain")
         self._unsubscribe = follow(pruner, self._scheduler.soon, self.refresh)  # the one bridge
-        self.panels = {"Fine-tune": TrainingPanel(pruner), "Export": ExportPanel(pruner, self.state, post)}
+        self.panels = {"Fine-tune": TrainingPanel(pruner, self.state, post),
+                       "Export": ExportPanel(pruner, self.state, post)}
         for title, panel in self.panels.items():
             self.add_panel(title, panel)
         self._score_in_background()

@@ -16,8 +16,6 @@ the panels and the Explorer share the Explorer's):
 Without a running loop (plain scripts, tests) work asked for on the main thread runs at once; what
 other threads post waits for ``drain()`` or ``wait()``, which also run the pending timers and
 deliver finished jobs on the caller's thread.
-
-:class:`MainThread` is the panels' older face of the same helper (``post(fn)``, ``drain()``).
 """
 
 from __future__ import annotations
@@ -349,40 +347,3 @@ class Scheduler:
 
 
 _SKIPPED = object()
-
-
-
-
-class MainThread:
-    """The panels' face of :class:`Scheduler`: runs callbacks on the thread that made it.
-
-    ``post(fn)`` runs ``fn`` at once when posted from that thread, else through its asyncio loop
-    when one runs there (a Jupyter kernel), else queued until :meth:`drain` (scripts, tests): the
-    behaviour of :meth:`Scheduler.call`, which does the work.
-
-    Args:
-        scheduler: the Scheduler to post through (default: a new one, made on this thread).
-
-    Example:
-        >>> main = MainThread()
-        >>> t = threading.Thread(target=lambda: main.post(lambda: print("back on the main thread")))
-        >>> t.start(); t.join()
-        >>> main.drain()
-        back on the main thread
-    """
-
-    def __init__(self, scheduler: Scheduler | None = None):
-        self.scheduler = scheduler or Scheduler()
-
-    @property
-    def thread(self) -> threading.Thread:
-        """The thread callbacks run on."""
-        return self.scheduler.main_thread
-
-    def post(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the main thread (see the class docstring); returns None."""
-        self.scheduler.call(fn)
-
-    def drain(self) -> None:
-        """Run what other threads posted while no loop ran; returns None."""
-        self.scheduler.drain()

@@ -9,36 +9,36 @@ import prunelab as pl
 from prunelab.core.evaluation import hooked_flops, count_flops
 
 
-def test_weights_version_follows_set_weights_and_history(pruner):
-    pruner.reset()
-    v0 = pruner.weights_version
-    pruner.prune(0.5)
-    assert pruner.weights_version == v0
-    pruner.set_weights({"0.weight": torch.zeros(pruner.layer("0").shape)})
-    assert pruner.weights_version != v0
-    pruner.undo()
-    assert pruner.weights_version == v0
-    pruner.reset()
+def test_weights_version_follows_set_weights_and_history(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    v0 = mlp_demo_pruner.weights_version
+    mlp_demo_pruner.prune(0.5)
+    assert mlp_demo_pruner.weights_version == v0
+    mlp_demo_pruner.set_weights({"0.weight": torch.zeros(mlp_demo_pruner.layer("0").shape)})
+    assert mlp_demo_pruner.weights_version != v0
+    mlp_demo_pruner.undo()
+    assert mlp_demo_pruner.weights_version == v0
+    mlp_demo_pruner.reset()
 
 
-def test_original_weights_stay_original(pruner):
-    pruner.reset()
-    first = pruner.model[0].weight.detach().clone()
-    pruner.prune(0.9)
-    pruner.set_weights({"0.weight": torch.ones(pruner.layer("0").shape)})
-    assert torch.equal(pruner.original_weights["0.weight"], first)
-    pruner.reset()
+def test_original_weights_stay_original(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    first = mlp_demo_pruner.model[0].weight.detach().clone()
+    mlp_demo_pruner.prune(0.9)
+    mlp_demo_pruner.set_weights({"0.weight": torch.ones(mlp_demo_pruner.layer("0").shape)})
+    assert torch.equal(mlp_demo_pruner.original_weights["0.weight"], first)
+    mlp_demo_pruner.reset()
 
 
-def test_add_scores_is_used_for_the_current_weights_only(pruner):
-    pruner.reset()
-    fake = {l.name: torch.arange(l.params, dtype=torch.float).reshape(l.shape) for l in pruner.layers}
-    assert not pruner.add_scores("taylor", fake, units=False, weights_version=pruner.weights_version + 1)
-    assert pruner.add_scores("taylor", fake, units=False, weights_version=pruner.weights_version)
-    pruner.prune({"4": 0.5}, criterion="taylor")
-    keep, half = pruner.mask("4").reshape(-1), pruner.layer("4").params // 2
+def test_add_scores_is_used_for_the_current_weights_only(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    fake = {l.name: torch.arange(l.params, dtype=torch.float).reshape(l.shape) for l in mlp_demo_pruner.layers}
+    assert not mlp_demo_pruner.add_scores("taylor", fake, units=False, weights_version=mlp_demo_pruner.weights_version + 1)
+    assert mlp_demo_pruner.add_scores("taylor", fake, units=False, weights_version=mlp_demo_pruner.weights_version)
+    mlp_demo_pruner.prune({"4": 0.5}, criterion="taylor")
+    keep, half = mlp_demo_pruner.mask("4").reshape(-1), mlp_demo_pruner.layer("4").params // 2
     assert not keep[:half].any() and keep[half:].all()  # the adopted scores decided
-    pruner.reset()
+    mlp_demo_pruner.reset()
 
 
 def _reference(model, x):
@@ -48,8 +48,8 @@ def _reference(model, x):
     return int(sum(counter.get_flop_counts()["Global"].values()))
 
 
-def test_fast_flop_count_equals_flop_counter_mode():
-    cnn = pl.demos.load("digits-cnn").model
+def test_fast_flop_count_equals_flop_counter_mode(cnn_demo):
+    cnn = cnn_demo.model
     x = torch.randn(1, 1, 8, 8)
     names = [n for n, m in cnn.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     total, per_layer = hooked_flops(cnn, x, names)

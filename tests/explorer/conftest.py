@@ -1,9 +1,8 @@
 """Fixtures for the explorer tests (helpers live in explorer_support.py).
 
 Every test starts from a clean state:
-- ``mlp_pruner`` / ``cnn_pruner`` are fresh per test (the shared ``mlp_demo_pruner`` and
-  ``cnn_demo_pruner`` of tests/conftest.py: building one takes a fraction of a second). Prefer
-  those names in new tests; these two stay while the explorer tests use them.
+- a bare Pruner is tests/conftest.py's ``mlp_demo_pruner`` / ``cnn_demo_pruner``, fresh per test
+  (building one takes a fraction of a second).
 - ``explorer`` is built once per module (its background scoring takes seconds) and put back to
   where it started before each test that uses it: the dense weights, the controls' criterion,
   granularity and mode, the layer in detail, and its tabs.
@@ -30,18 +29,6 @@ def no_running_event_loop():
         return
     pytest.fail("an asyncio loop is running on the main thread: the explorer tests must run before the "
                 "browser tests (see pytest_collection_modifyitems in tests/conftest.py)", pytrace=False)
-
-
-@pytest.fixture
-def mlp_pruner(mlp_demo_pruner):
-    """A fresh Pruner on the digits-mlp demo (with its training data); the same as ``mlp_demo_pruner``."""
-    return mlp_demo_pruner
-
-
-@pytest.fixture
-def cnn_pruner(cnn_demo_pruner):
-    """A fresh Pruner on the digits-cnn demo (with its training data); the same as ``cnn_demo_pruner``."""
-    return cnn_demo_pruner
 
 
 class _ModuleExplorer:

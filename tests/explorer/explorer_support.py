@@ -18,12 +18,6 @@ def make_state(pruner, layer: str | None = None) -> ExplorerState:
     return state
 
 
-def measured(pruner, state: ExplorerState) -> None:
-    """What the Explorer does after each change of the Pruner: measure, then move the revision."""
-    state.metrics = pruner.evaluate()
-    state.revision += 1
-
-
 class Sent:
     """Records what a jupyter_bokeh widget sends to the browser (STACK.md: BokehModel.send)."""
 

@@ -7,34 +7,35 @@ import torch
 from prunelab.explorer.analysis import Explainer, Shadow, drift, pick_samples, snapshot, unit_and_weight_scores
 
 
-def test_scores_on_the_copy_equal_the_pruners_own(mlp_pruner):
-    mlp_pruner.reset()
-    mlp_pruner.prune(0.7)  # masked live model: scoring must still see the unmasked weights
-    live = {n: p.detach().clone() for n, p in mlp_pruner.model.named_parameters()}
-    with mlp_pruner.dense():
-        dense = snapshot(mlp_pruner.model)
-    out = unit_and_weight_scores(Shadow(mlp_pruner.model), dense, mlp_pruner.scoring_context(), "taylor", True)
-    for n, p in mlp_pruner.model.named_parameters():
+def test_scores_on_the_copy_equal_the_pruners_own(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    mlp_demo_pruner.prune(0.7)  # masked live model: scoring must still see the unmasked weights
+    live = {n: p.detach().clone() for n, p in mlp_demo_pruner.model.named_parameters()}
+    with mlp_demo_pruner.dense():
+        dense = snapshot(mlp_demo_pruner.model)
+    out = unit_and_weight_scores(Shadow(mlp_demo_pruner.model), dense, mlp_demo_pruner.scoring_context(), "taylor",
+                                 True)
+    for n, p in mlp_demo_pruner.model.named_parameters():
         assert torch.equal(p, live[n])  # the live model was not touched
-    own = mlp_pruner.scores("taylor", units=True)
+    own = mlp_demo_pruner.scores("taylor", units=True)
     for name, s in own.items():
         assert torch.allclose(out["units"][name], s, rtol=1e-4, atol=1e-7)
     assert out["weights"]["2"].shape == (100, 300)
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
 
 
-def test_explanations_of_an_unpruned_model_do_not_drift(mlp_pruner):
-    mlp_pruner.reset()
-    explainer = Explainer(Shadow(mlp_pruner.model), mlp_pruner.val_inputs, mlp_pruner.val_targets, True)
-    state = snapshot(mlp_pruner.model)
+def test_explanations_of_an_unpruned_model_do_not_drift(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    explainer = Explainer(Shadow(mlp_demo_pruner.model), mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets, True)
+    state = snapshot(mlp_demo_pruner.model)
     ex = explainer(state, state, revision=0, sparsity=0.0)
     assert ex.original.shape == (6, 64) and np.allclose(ex.original, ex.pruned)
     assert ex.mean_drift < 1e-6
     assert list(ex.targets) == [0, 1, 2, 3, 4, 5]  # the first sample of each class
     # completeness of IntegratedGradients: attributions sum to f(x) - f(0) for the target class
     with torch.no_grad():
-        x = mlp_pruner.val_inputs[ex.samples]
-        out = mlp_pruner.model(x) - mlp_pruner.model(torch.zeros_like(x))
+        x = mlp_demo_pruner.val_inputs[ex.samples]
+        out = mlp_demo_pruner.model(x) - mlp_demo_pruner.model(torch.zeros_like(x))
     gap = out[torch.arange(6), torch.as_tensor(ex.targets)].numpy()
     assert np.allclose(ex.original.sum(1), gap, atol=0.05 * np.abs(gap).max())
 

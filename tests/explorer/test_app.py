@@ -86,9 +86,8 @@ def test_training_and_export_panels_are_tabs_on_the_same_pruner():
     ex.close()
 
 
-def test_a_pruner_can_be_explored_and_its_baseline_is_the_original(explorer):
-    demo = pl.demos.load("digits-mlp")
-    pruner = pl.Pruner(demo.model, demo.val)
+def test_a_pruner_can_be_explored_and_its_baseline_is_the_original(explorer, mlp_demo_pruner):
+    pruner = mlp_demo_pruner
     dense = pruner.evaluate().accuracy
     pruner.prune(0.97)
     ex = pl.explore(pruner)

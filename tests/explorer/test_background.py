@@ -126,38 +126,36 @@ def test_wait_inside_a_running_loop_runs_what_the_loop_would_run_next():
     assert asyncio.run(main()) == ["action", "refresh", "result"]
 
 
-def test_main_thread_runs_posts_from_other_threads_on_its_own_thread():
-    # Button clicks arrive on a kernel subshell thread; panels post them to the main thread.
-    import asyncio
-
-    from prunelab.explorer.background import MainThread
-
+def test_call_from_another_thread_runs_on_the_main_thread_through_the_loop_it_adopted():
+    # A panel on its own may be made before its loop runs; its clicks and a run's results reach
+    # the main thread through Scheduler.call, which adopts the loop on its first call inside it.
+    s = Scheduler()  # no loop yet
     ran_on = []
 
     async def scenario():
-        main = MainThread()
-        worker = threading.Thread(target=lambda: main.post(lambda: ran_on.append(threading.current_thread())))
+        s.call(lambda: ran_on.append("adopted"))  # on the main thread, inside the loop: at once
+        worker = threading.Thread(target=lambda: s.call(lambda: ran_on.append(threading.current_thread())))
         worker.start()
         worker.join()
-        while not ran_on:
+        while len(ran_on) < 2:
             await asyncio.sleep(0.01)
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
-    assert ran_on == [threading.main_thread()]
+    assert ran_on == ["adopted", threading.main_thread()]
+    s.close()
 
 
-def test_main_thread_without_a_loop_queues_posts_from_other_threads_until_drained():
-    from prunelab.explorer.background import MainThread
-
-    main = MainThread()
+def test_call_without_a_loop_queues_calls_from_other_threads_until_drained():
+    s = Scheduler()
     ran = []
-    main.post(lambda: ran.append("here"))  # on its own thread: at once
-    worker = threading.Thread(target=lambda: main.post(lambda: ran.append(threading.current_thread())))
+    s.call(lambda: ran.append("here"))  # on its own thread: at once
+    worker = threading.Thread(target=lambda: s.call(lambda: ran.append(threading.current_thread())))
     worker.start()
     worker.join()
-    assert ran == ["here"] and main.scheduler.busy
-    main.drain()
-    assert ran == ["here", threading.main_thread()] and not main.scheduler.busy
+    assert ran == ["here"] and s.busy
+    s.drain()
+    assert ran == ["here", threading.main_thread()] and not s.busy
+    s.close()
 
 
 def test_call_runs_at_once_on_the_main_thread_even_inside_a_loop():

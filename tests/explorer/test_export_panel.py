@@ -11,16 +11,14 @@ import prunelab as pl
 from prunelab.explorer.panels.export import ExportPanel
 
 
-@pytest.fixture
-def pruner():
-    d = pl.demos.load("digits-cnn")
-    p = pl.Pruner(d.model, d.val)
-    p.prune(0.5, granularity="structured", scope="layer")
-    return p
+def half_the_units(pruner):
+    """Remove half of each layer's units (structured): the state these tests export."""
+    pruner.prune(0.5, granularity="structured", scope="layer")
 
 
-def test_panel_is_a_widget_and_exports_the_chosen_format_on_click(pruner, tmp_path):
-    panel = ExportPanel(pruner, directory=tmp_path)
+def test_panel_is_a_widget_and_exports_the_chosen_format_on_click(cnn_demo_pruner, tmp_path):
+    half_the_units(cnn_demo_pruner)
+    panel = ExportPanel(cnn_demo_pruner, directory=tmp_path)
     assert isinstance(panel, widgets.Widget)
     assert panel.path.value == str(tmp_path / "pruned-model.sparse.safetensors")
     panel.export_button.click()
@@ -36,67 +34,70 @@ def test_panel_is_a_widget_and_exports_the_chosen_format_on_click(pruner, tmp_pa
     assert panel.path.value == str(tmp_path / "mine.json")
 
 
-def test_panel_shows_a_clear_error_and_writes_nothing(pruner, tmp_path):
-    panel = ExportPanel(pruner, directory=tmp_path / "missing")
+def test_panel_shows_a_clear_error_and_writes_nothing(cnn_demo_pruner, tmp_path):
+    half_the_units(cnn_demo_pruner)
+    panel = ExportPanel(cnn_demo_pruner, directory=tmp_path / "missing")
     panel.export_button.click()
     assert "could not write" in panel.status.value and "#b00" in panel.status.value
     assert panel.last_export is None and not panel.export_button.disabled
     assert list(tmp_path.iterdir()) == []
 
 
-def test_measure_fills_the_table_and_goes_stale_when_the_pruning_moves(pruner, tmp_path):
-    panel = ExportPanel(pruner, directory=tmp_path, formats=("state_dict", "sparse", "recipe"))
+def test_measure_fills_the_table_and_goes_stale_when_the_pruning_moves(cnn_demo_pruner, tmp_path):
+    half_the_units(cnn_demo_pruner)
+    panel = ExportPanel(cnn_demo_pruner, directory=tmp_path, formats=("state_dict", "sparse", "recipe"))
     panel.measure_button.click()
     report = panel.report
-    removed = sum(int((~pruner.mask(l.name).reshape(l.units, -1).any(1)).sum()) for l in pruner.layers)
+    removed = sum(int((~cnn_demo_pruner.mask(l.name).reshape(l.units, -1).any(1)).sum())
+                  for l in cnn_demo_pruner.layers)
     assert report is not None and removed > 0 and report.units_removed == removed
     for fmt in ("state_dict", "sparse", "recipe"):
         assert f"<td>{fmt}</td>" in panel.table.value
     assert "ms</td>" in panel.table.value  # dense and structured latency
     assert "only &#x27;structured&#x27;" in panel.summary.value and "Size only" in panel.summary.value
     assert panel.stale.value == ""
-    pruner.prune(0.9)
+    cnn_demo_pruner.prune(0.9)
     assert "changed since" in panel.stale.value
     panel.close()
     panel.stale.value = ""
     revision = panel.state.revision
-    pruner.prune(0.5)  # a closed panel no longer listens
+    cnn_demo_pruner.prune(0.5)  # a closed panel no longer listens
     assert panel.stale.value == "" and panel.state.revision == revision
 
 
-def test_export_panel_has_stable_css_classes():
-    d = pl.demos.load("digits-mlp")
-    panel = ExportPanel(pl.Pruner(d.model, d.val))
+def test_export_panel_has_stable_css_classes(mlp_demo_pruner):
+    panel = ExportPanel(mlp_demo_pruner)
     assert "prunelab-export" in panel._dom_classes
     assert "prunelab-export-button" in panel.export_button._dom_classes
     assert "prunelab-export-path" in panel.path._dom_classes
 
 
-def test_the_formats_offered_are_prunelabs_export_formats():
-    d = pl.demos.load("digits-mlp")
-    panel = ExportPanel(pl.Pruner(d.model, d.val))
+def test_the_formats_offered_are_prunelabs_export_formats(mlp_demo_pruner):
+    panel = ExportPanel(mlp_demo_pruner)
     assert [value for _label, value in panel.format.options] == list(pl.EXPORT_FORMATS)
     panel.close()
 
 
-def test_structured_export_writes_a_smaller_model_with_the_same_outputs(pruner, tmp_path):
-    panel = ExportPanel(pruner, directory=tmp_path)
+def test_structured_export_writes_a_smaller_model_with_the_same_outputs(cnn_demo_pruner, tmp_path):
+    half_the_units(cnn_demo_pruner)
+    panel = ExportPanel(cnn_demo_pruner, directory=tmp_path)
     panel.format.value = "structured"
     panel.export_button.click()
     assert "Wrote" in panel.status.value and panel.last_export.format == "structured"
     assert all(f.exists() for f in panel.last_export.files)
     small = pl.load_structured(panel.last_export.path)
-    x = pruner.val_inputs[:32]
+    x = cnn_demo_pruner.val_inputs[:32]
     with torch.no_grad():
-        assert torch.allclose(small(x), pruner.model(x), atol=1e-4)
-    dense = sum(p.numel() for p in pruner.model.parameters())
+        assert torch.allclose(small(x), cnn_demo_pruner.model(x), atol=1e-4)
+    dense = sum(p.numel() for p in cnn_demo_pruner.model.parameters())
     assert sum(p.numel() for p in small.parameters()) < dense
     panel.close()
 
 
-def test_onnx_export_is_checked_against_the_masked_model(pruner, tmp_path):
+def test_onnx_export_is_checked_against_the_masked_model(cnn_demo_pruner, tmp_path):
+    half_the_units(cnn_demo_pruner)
     onnxruntime = pytest.importorskip("onnxruntime")
-    panel = ExportPanel(pruner, directory=tmp_path)
+    panel = ExportPanel(cnn_demo_pruner, directory=tmp_path)
     panel.format.value = "onnx"
     assert panel.path.value == str(tmp_path / "pruned-model.onnx")
     panel.export_button.click()
@@ -104,10 +105,10 @@ def test_onnx_export_is_checked_against_the_masked_model(pruner, tmp_path):
     assert done is not None and done.path.exists(), panel.status.value
     assert "Outputs checked on" in panel.status.value
     session = onnxruntime.InferenceSession(str(done.path))
-    x = pruner.val_inputs[:8]
+    x = cnn_demo_pruner.val_inputs[:8]
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        assert np.allclose(out, pruner.model(x).numpy(), atol=1e-4)
+        assert np.allclose(out, cnn_demo_pruner.model(x).numpy(), atol=1e-4)
     panel.close()
 
 

@@ -3,19 +3,20 @@ accuracy against sparsity of every state visited, streamed point by point."""
 
 import re
 
+from prunelab.explorer.state import measure
 from prunelab.explorer.views.metrics import MetricsView, readout_html, si
 
-from explorer_support import Sent, make_state, measured
+from explorer_support import Sent, make_state
 
 
-def test_readout_shows_every_number_of_the_state(mlp_pruner):
-    mlp_pruner.reset()
-    state = make_state(mlp_pruner)
-    view = MetricsView(mlp_pruner, state)
+def test_readout_shows_every_number_of_the_state(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    state = make_state(mlp_demo_pruner)
+    view = MetricsView(mlp_demo_pruner, state)
     assert "prunelab-metrics" in view.readout._dom_classes
-    mlp_pruner.prune(0.9)
-    measured(mlp_pruner, state)
-    m = mlp_pruner.evaluate()
+    mlp_demo_pruner.prune(0.9)
+    measure(mlp_demo_pruner, state)
+    m = mlp_demo_pruner.evaluate()
     text = view.readout.value
     assert re.search(r"\d\d\.\d%", text)
     assert f"{m.accuracy:.1%}" in text and f"on {m.samples:,} validation samples" in text
@@ -23,22 +24,22 @@ def test_readout_shows_every_number_of_the_state(mlp_pruner):
     assert si(m.dense_bytes, "B") in text and si(m.sparse_bytes, "B") in text
     assert f"{m.theoretical_speedup:.2f}×" in text and "90.0%" in text  # sparsity of prunable weights
     assert f"{(m.accuracy - state.baseline.accuracy) * 100:+.1f} pts" in text
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
 
 
-def test_trace_streams_one_point_per_new_state(mlp_pruner):
-    mlp_pruner.reset()
-    state = make_state(mlp_pruner)
-    view = MetricsView(mlp_pruner, state)
+def test_trace_streams_one_point_per_new_state(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    state = make_state(mlp_demo_pruner)
+    view = MetricsView(mlp_demo_pruner, state)
     sent = Sent(view.bokeh)
     assert view.visited == 1  # the dense state
     for amount in (0.5, 0.8):
-        mlp_pruner.prune(amount)
-        measured(mlp_pruner, state)
-    mlp_pruner.prune(0.8, criterion="random")
-    measured(mlp_pruner, state)
-    mlp_pruner.undo()  # back to a state already on the trace: no new point
-    measured(mlp_pruner, state)
+        mlp_demo_pruner.prune(amount)
+        measure(mlp_demo_pruner, state)
+    mlp_demo_pruner.prune(0.8, criterion="random")
+    measure(mlp_demo_pruner, state)
+    mlp_demo_pruner.undo()  # back to a state already on the trace: no new point
+    measure(mlp_demo_pruner, state)
     assert view.visited == 4
     magnitude, _ = view.points["magnitude"]
     random, renderer = view.points["random"]
@@ -48,11 +49,11 @@ def test_trace_streams_one_point_per_new_state(mlp_pruner):
     assert len(streamed) == 3  # points are streamed, never resent
     assert not sent.full_data_sends(magnitude) and not sent.rerendered()
     assert view.base_line.location == state.baseline.accuracy
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
 
 
-def test_custom_metric_is_named_and_not_a_percentage(mlp_pruner):
-    state = make_state(mlp_pruner)
+def test_custom_metric_is_named_and_not_a_percentage(mlp_demo_pruner):
+    state = make_state(mlp_demo_pruner)
     import dataclasses
     m = dataclasses.replace(state.metrics, metric_name="f1", accuracy=0.8734)
     assert "0.8734" in readout_html(m, None, 0.0) and "f1" in readout_html(m, None, 0.0)

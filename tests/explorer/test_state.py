@@ -11,18 +11,18 @@ from prunelab.explorer.state import (CRITERION_ORDER, ExplorerState, dense_refer
                                      measure)
 
 
-def test_reference_holds_unmasked_weights_while_pruned(mlp_pruner):
-    mlp_pruner.reset()
-    original = mlp_pruner.layer("2").module.weight.detach().clone()
-    mlp_pruner.prune(0.9)
-    ref = dense_reference(mlp_pruner)
+def test_reference_holds_unmasked_weights_while_pruned(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    original = mlp_demo_pruner.layer("2").module.weight.detach().clone()
+    mlp_demo_pruner.prune(0.9)
+    ref = dense_reference(mlp_demo_pruner)
     assert torch.equal(ref.weights["2"], original)
-    assert (mlp_pruner.layer("2").module.weight == 0).float().mean() > 0.5  # the model stays masked
-    assert ref.version == mlp_pruner.weights_version
+    assert (mlp_demo_pruner.layer("2").module.weight == 0).float().mean() > 0.5  # the model stays masked
+    assert ref.version == mlp_demo_pruner.weights_version
     assert ref.abs_flat("2").shape == (30000,)
-    scores = magnitude_scores(mlp_pruner)
+    scores = magnitude_scores(mlp_demo_pruner)
     assert abs(scores["2"][7] - original[7].abs().sum().item()) < 1e-4  # L1 norm of unit 7's weights
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
 
 
 def test_the_choices_are_the_cores_and_bad_ones_are_refused_at_the_door():
@@ -62,18 +62,18 @@ def test_dependent_state_is_derived():
     assert state.driver == "threshold"
 
 
-def test_follow_measures_after_each_change_until_stopped(mlp_pruner):
-    mlp_pruner.reset()
-    state = ExplorerState(reference=dense_reference(mlp_pruner))
+def test_follow_measures_after_each_change_until_stopped(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    state = ExplorerState(reference=dense_reference(mlp_demo_pruner))
     s = Scheduler()
-    stop = follow(mlp_pruner, s.soon, lambda: measure(mlp_pruner, state))
-    mlp_pruner.prune(0.5)
-    assert state.revision == 1 and state.metrics == mlp_pruner.evaluate()
-    halved = {n: p.detach() * 0.5 for n, p in mlp_pruner.model.named_parameters()}
-    mlp_pruner.set_weights(halved)  # new unmasked weights: a new reference
-    assert state.reference.version == mlp_pruner.weights_version
+    stop = follow(mlp_demo_pruner, s.soon, lambda: measure(mlp_demo_pruner, state))
+    mlp_demo_pruner.prune(0.5)
+    assert state.revision == 1 and state.metrics == mlp_demo_pruner.evaluate()
+    halved = {n: p.detach() * 0.5 for n, p in mlp_demo_pruner.model.named_parameters()}
+    mlp_demo_pruner.set_weights(halved)  # new unmasked weights: a new reference
+    assert state.reference.version == mlp_demo_pruner.weights_version
     assert torch.equal(state.reference.weights["0"], halved["0.weight"])
     stop()
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
     assert state.revision == 2
     s.close()

@@ -11,13 +11,13 @@ from prunelab.explorer.topology import INPUT, UnitGraph, layer_sources
 from explorer_support import make_state
 
 
-def test_convolutions_draw_channels_with_kernel_norms(cnn_pruner):
-    g = UnitGraph(cnn_pruner.model, cnn_pruner.layers, make_state(cnn_pruner).reference.weights)
+def test_convolutions_draw_channels_with_kernel_norms(cnn_demo_pruner):
+    g = UnitGraph(cnn_demo_pruner.model, cnn_demo_pruner.layers, make_state(cnn_demo_pruner).reference.weights)
     assert [c.units for c in g.columns] == [1, 16, 32, 64, 10]
     # the Linear after Flatten sees 32 channels x 16 positions: one edge per channel pair
     assert g.edges["8"].groups == 32 and g.edges["8"].total == 64 * 32
-    w = cnn_pruner.layer("3").module.weight.detach()
-    values, _ = g.measure({l.name: l.module.weight for l in cnn_pruner.layers})
+    w = cnn_demo_pruner.layer("3").module.weight.detach()
+    values, _ = g.measure({l.name: l.module.weight for l in cnn_demo_pruner.layers})
     e = g.edges["3"]
     offset = sum(len(g.edges[n].dst_unit) for n in ("0",))
     i = 5
@@ -52,15 +52,15 @@ def test_skip_connections_and_concatenations_are_followed():
     assert np.array_equal(head.group[from_stem], head.src_unit[from_stem] + 4)
 
 
-def test_measure_finds_dead_units_and_removed_edges(mlp_pruner):
-    mlp_pruner.reset()
-    g = UnitGraph(mlp_pruner.model, mlp_pruner.layers, make_state(mlp_pruner).reference.weights)
-    dense, alive = g.measure({l.name: l.module.weight for l in mlp_pruner.layers})
+def test_measure_finds_dead_units_and_removed_edges(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    g = UnitGraph(mlp_demo_pruner.model, mlp_demo_pruner.layers, make_state(mlp_demo_pruner).reference.weights)
+    dense, alive = g.measure({l.name: l.module.weight for l in mlp_demo_pruner.layers})
     assert alive.all() and (dense > 0).all()
-    mlp_pruner.prune({"2": 0.3}, granularity="structured")  # 30 of layer 2's units go
-    now, alive = g.measure({l.name: l.module.weight for l in mlp_pruner.layers})
+    mlp_demo_pruner.prune({"2": 0.3}, granularity="structured")  # 30 of layer 2's units go
+    now, alive = g.measure({l.name: l.module.weight for l in mlp_demo_pruner.layers})
     layer2 = g.node_column == g.column_index["2"]
     assert (~alive[layer2]).sum() == 30
     e4 = slice(len(now) - len(g.edges["4"].dst_unit), len(now))  # the output layer's inputs went too
     assert (now[e4] == 0).sum() == 30 * 10
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()

@@ -41,8 +41,8 @@ def widgets_in(widget):
         yield from widgets_in(child)
 
 
-def test_panel_starts_idle_with_the_settings_defaults(pruner):
-    panel = TrainingPanel(pruner)
+def test_panel_starts_idle_with_the_settings_defaults(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     assert (panel.epochs.value, panel.lr.value, panel.optimizer.value) == (
         FinetuneSettings.epochs, FinetuneSettings.lr, FinetuneSettings.optimizer)
     assert list(panel.optimizer.options) == list(OPTIMIZERS)
@@ -55,8 +55,8 @@ def test_panel_starts_idle_with_the_settings_defaults(pruner):
     assert panel.sensitivity_table is None and panel.sensitivity_marks == {}
 
 
-def test_stable_css_classes_name_each_control_once(pruner):
-    panel = TrainingPanel(pruner)
+def test_stable_css_classes_name_each_control_once(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     expected = {"prunelab-training-finetune": panel.finetune_button, "prunelab-training-iterate": panel.iterate_button,
                 "prunelab-training-cancel": panel.cancel_button, "prunelab-training-progress": panel.progress,
                 "prunelab-training-status": panel.status,
@@ -68,13 +68,13 @@ def test_stable_css_classes_name_each_control_once(pruner):
         assert carriers == [widget], css  # in the panel, on that control only
 
 
-def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
-    pruner.prune(0.9)
-    before = pruner.evaluate().accuracy
-    params = {n: id(p) for n, p in pruner.model.named_parameters()}
+def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.9)
+    before = mlp_demo_pruner.evaluate().accuracy
+    params = {n: id(p) for n, p in mlp_demo_pruner.model.named_parameters()}
     applied_on = []
-    pruner.on_change(lambda: applied_on.append(threading.current_thread()))
-    panel = TrainingPanel(pruner)
+    mlp_demo_pruner.on_change(lambda: applied_on.append(threading.current_thread()))
+    panel = TrainingPanel(mlp_demo_pruner)
     panel.epochs.value = 2
 
     async def scenario():
@@ -82,14 +82,14 @@ def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
         assert panel.busy and panel.cancel_button.disabled is False and panel.finetune_button.disabled
         # the kernel stays responsive: evaluating the pruner's own model meanwhile is safe
         while panel.busy:
-            assert pruner.evaluate().accuracy == before
+            assert mlp_demo_pruner.evaluate().accuracy == before
             await asyncio.sleep(0.02)
 
     run_in_loop(scenario)
     assert applied_on == [threading.main_thread()]
-    assert pruner.evaluate().accuracy > before
-    assert {n: id(p) for n, p in pruner.model.named_parameters()} == params
-    batches = len(Batches(pruner.train_data, FinetuneSettings.batch_size, pruner.device))
+    assert mlp_demo_pruner.evaluate().accuracy > before
+    assert {n: id(p) for n, p in mlp_demo_pruner.model.named_parameters()} == params
+    batches = len(Batches(mlp_demo_pruner.train_data, FinetuneSettings.batch_size, mlp_demo_pruner.device))
     assert panel.progress.value == panel.progress.max == 2 * batches  # 2 epochs
     assert "fine-tuned 2 epochs" in panel.status.value
     assert panel.cancel_button.disabled and not panel.finetune_button.disabled
@@ -99,15 +99,15 @@ def test_finetune_runs_in_a_thread_and_applies_on_the_main_thread(pruner):
     twin.prune(0.9)
     retrain.finetune(twin, 2, progress=False)
     assert all(torch.equal(p.view(torch.int32), q.view(torch.int32))
-               for p, q in zip(pruner.model.parameters(), twin.model.parameters()))
-    assert pruner.undo() and pruner.evaluate().accuracy == before
+               for p, q in zip(mlp_demo_pruner.model.parameters(), twin.model.parameters()))
+    assert mlp_demo_pruner.undo() and mlp_demo_pruner.evaluate().accuracy == before
 
 
-def test_iterate_streams_steps_into_the_pruner_table_and_curve(pruner):
-    panel = TrainingPanel(pruner)
+def test_iterate_streams_steps_into_the_pruner_table_and_curve(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     small_iteration(panel, 0.9, steps=3)
     seen = []
-    pruner.on_change(lambda: seen.append(round(pruner.overall_sparsity(), 4)))
+    mlp_demo_pruner.on_change(lambda: seen.append(round(mlp_demo_pruner.overall_sparsity(), 4)))
 
     async def scenario():
         panel.iterate_button.click()
@@ -116,18 +116,18 @@ def test_iterate_streams_steps_into_the_pruner_table_and_curve(pruner):
     run_in_loop(scenario)
     assert seen == pytest.approx(pl.sparsity_schedule(0, 0.9, 3), abs=1e-4)  # one change per step
     assert [r["step"] for r in panel.history] == [0, 1, 2, 3]
-    assert panel.history[-1]["accuracy_after"] == pruner.evaluate().accuracy
+    assert panel.history[-1]["accuracy_after"] == mlp_demo_pruner.evaluate().accuracy
     assert panel.history_html.value.count("<tr>") == 1 + 4
     assert panel.history_source.data["after"] == panel.history.column("accuracy_after")
     assert "reached 90.0% sparsity" in panel.status.value
 
 
-def test_cancel_stops_at_the_last_completed_step(pruner):
-    panel = TrainingPanel(pruner)
+def test_cancel_stops_at_the_last_completed_step(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     small_iteration(panel, 0.9, steps=3)
     panel.epochs_per_step.value = 3
     steps_applied = []
-    pruner.on_change(lambda: steps_applied.append(pruner.overall_sparsity()))
+    mlp_demo_pruner.on_change(lambda: steps_applied.append(mlp_demo_pruner.overall_sparsity()))
 
     async def scenario():
         panel.iterate_button.click()
@@ -139,38 +139,37 @@ def test_cancel_stops_at_the_last_completed_step(pruner):
     run_in_loop(scenario)
     assert "cancelled" in panel.status.value
     assert len(steps_applied) < 3
-    assert pruner.overall_sparsity() == pytest.approx(steps_applied[-1])
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(steps_applied[-1])
     assert panel.cancel_button.disabled
     assert not panel.iterate_button.disabled
 
 
-def test_a_failing_run_reports_its_error_and_frees_the_panel(pruner):
-    panel = TrainingPanel(pruner)
-    pruner.loss = lambda out, y: (out * float("nan")).sum()  # a loss that becomes NaN
+def test_a_failing_run_reports_its_error_and_frees_the_panel(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
+    mlp_demo_pruner.loss = lambda out, y: (out * float("nan")).sum()  # a loss that becomes NaN
     panel.epochs.value = 1
     panel.finetune_button.click()
     assert panel.wait(30)
     assert isinstance(panel.last_error, FloatingPointError)
     assert "failed" in panel.status.value and not panel.busy
-    assert not pruner.can_undo
+    assert not mlp_demo_pruner.can_undo
 
 
-def test_without_train_data_training_is_disabled_with_the_reason():
-    d = pl.demos.load("digits-mlp")
-    panel = TrainingPanel(pl.Pruner(d.model, d.val))
+def test_without_train_data_training_is_disabled_with_the_reason(mlp_demo):
+    panel = TrainingPanel(pl.Pruner(mlp_demo.model, mlp_demo.val))
     assert panel.finetune_button.disabled and panel.iterate_button.disabled
     assert "train_data" in panel.finetune_button.tooltip
     assert not panel.sensitivity.button.disabled  # sensitivity needs validation data only
 
 
-def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
-    panel = TrainingPanel(pruner)
+def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     panel.sensitivity.sparsities.value = "0.5, 0.8, 0.9, 0.95"
     panel.sensitivity.button.click()
     assert panel.wait(60)
     table = panel.sensitivity_table
-    assert table is pruner.sensitivity([0.5, 0.8, 0.9, 0.95])  # stored in the pruner's cache
-    colours = layer_colours(pruner.layer_names)
+    assert table is mlp_demo_pruner.sensitivity([0.5, 0.8, 0.9, 0.95])  # stored in the pruner's cache
+    colours = layer_colours(mlp_demo_pruner.layer_names)
     fig = panel.sensitivity.plot._model  # the bokeh figure inside the widget
     lines = [r for r in fig.renderers if type(r.glyph).__name__ == "Line"]
     by_layer = {name: src for name, src in panel.sensitivity.sources.items()}
@@ -187,12 +186,12 @@ def test_sensitivity_curves_keep_each_layer_colour_and_allocate_applies(pruner):
     panel.sensitivity.allocate_mode.value = "target"
     panel.sensitivity.allocate_value.value = 0.8
     panel.sensitivity.allocate_button.click()
-    assert pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3)
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(0.8, abs=1e-3)
     assert "measured jointly" in panel.status.value and "<table>" in panel.sensitivity.allocation_html.value
 
 
-def test_structured_sensitivity_draws_only_layers_with_units(pruner):
-    panel = TrainingPanel(pruner)
+def test_structured_sensitivity_draws_only_layers_with_units(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     panel.granularity.value = "structured"
     panel.sensitivity.sparsities.value = "0.25, 0.5"
     panel.sensitivity.button.click()
@@ -207,8 +206,32 @@ def test_layer_colours_are_fixed_by_position():
     assert len(set(many.values())) == 30
 
 
-def test_bad_sparsities_text_is_explained(pruner):
-    panel = TrainingPanel(pruner)
+def test_bad_sparsities_text_is_explained(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
     panel.sensitivity.sparsities.value = "0.5, lots"
     panel.sensitivity.button.click()
     assert not panel.busy and "fractions separated by commas" in panel.status.value
+
+
+def test_in_an_explorer_the_panel_shares_its_hub_and_the_views_follow_a_finetune(one_thread):
+    ex = pl.explore("digits-mlp")
+    try:
+        panel = ex.panels["Fine-tune"]
+        assert panel.state is ex.state  # one hub: the panel makes none of its own
+        ex.pruner.prune(0.9)
+        ex.wait()
+        revision, before = ex.state.revision, ex.state.metrics.accuracy
+        panel.sensitivity.sparsities.value = "0.5"
+        panel.sensitivity.button.click()
+        assert panel.wait(60) and panel.sensitivity_table is not None
+        assert "analyse again" not in panel.sensitivity.marks.value
+        panel.epochs.value = 1
+        panel.finetune_button.click()
+        assert panel.wait(60) and "fine-tuned 1 epochs" in panel.status.value
+        ex.wait()
+        assert ex.state.revision > revision  # the hub measured the fine-tune once it was applied
+        assert ex.state.metrics.accuracy == ex.pruner.evaluate().accuracy != before
+        assert ex.state.reference.version == ex.pruner.weights_version
+        assert "analyse again" in panel.sensitivity.marks.value  # curves of the old weights: stale
+    finally:
+        ex.close()

@@ -3,21 +3,22 @@ masked; both follow the selected layer and send only changed columns."""
 
 import numpy as np
 
+from prunelab.explorer.state import measure
 from prunelab.explorer.views.weights import WeightsView, block_factors, block_reduce
 
-from explorer_support import Sent, make_state, measured
+from explorer_support import Sent, make_state
 
 
-def test_histogram_counts_kept_weights_and_draws_the_threshold(mlp_pruner):
-    mlp_pruner.reset()
-    state = make_state(mlp_pruner, layer="2")
-    view = WeightsView(mlp_pruner, state)
+def test_histogram_counts_kept_weights_and_draws_the_threshold(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    state = make_state(mlp_demo_pruner, layer="2")
+    view = WeightsView(mlp_demo_pruner, state)
     data = view.hist_src.data
     assert sum(data["total"]) == 30000 and sum(data["kept"]) == 30000
     assert not view.threshold.visible
     sent = Sent(view.bokeh)
-    mlp_pruner.prune({"2": 0.7})
-    measured(mlp_pruner, state)
+    mlp_demo_pruner.prune({"2": 0.7})
+    measure(mlp_demo_pruner, state)
     assert sum(view.hist_src.data["kept"]) == 9000
     assert view.threshold.visible
     dense = state.reference.abs_flat("2")
@@ -28,35 +29,35 @@ def test_histogram_counts_kept_weights_and_draws_the_threshold(mlp_pruner):
     image = view.heat_src.data["image"][0]
     assert image.shape == (100, 300) and np.isnan(image).mean() == 0.7  # pruned cells masked
     assert "70.0% pruned" in view.caption.value and "|w| &lt;" in view.caption.value
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
 
 
-def test_no_threshold_line_when_pruning_is_not_by_magnitude(mlp_pruner):
-    mlp_pruner.reset()
-    state = make_state(mlp_pruner, layer="2")
-    view = WeightsView(mlp_pruner, state)
-    mlp_pruner.prune({"2": 0.5}, criterion="random")
-    measured(mlp_pruner, state)
+def test_no_threshold_line_when_pruning_is_not_by_magnitude(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    state = make_state(mlp_demo_pruner, layer="2")
+    view = WeightsView(mlp_demo_pruner, state)
+    mlp_demo_pruner.prune({"2": 0.5}, criterion="random")
+    measure(mlp_demo_pruner, state)
     assert not view.threshold.visible
     assert "no single |w| threshold" in view.caption.value
-    mlp_pruner.reset()
+    mlp_demo_pruner.reset()
 
 
-def test_selecting_a_layer_switches_the_view(mlp_pruner):
-    mlp_pruner.reset()
-    state = make_state(mlp_pruner, layer="2")
-    view = WeightsView(mlp_pruner, state)
+def test_selecting_a_layer_switches_the_view(mlp_demo_pruner):
+    mlp_demo_pruner.reset()
+    state = make_state(mlp_demo_pruner, layer="2")
+    view = WeightsView(mlp_demo_pruner, state)
     state.layer = "0"
     assert sum(view.hist_src.data["total"]) == 19200
     assert view.heat_src.data["image"][0].shape == (300, 64)
     assert "layer <b>0</b>" in view.caption.value
 
 
-def test_convolutions_show_kernel_norms(cnn_pruner):
-    state = make_state(cnn_pruner, layer="3")
-    view = WeightsView(cnn_pruner, state)
+def test_convolutions_show_kernel_norms(cnn_demo_pruner):
+    state = make_state(cnn_demo_pruner, layer="3")
+    view = WeightsView(cnn_demo_pruner, state)
     image = view.heat_src.data["image"][0]
-    w = cnn_pruner.layer("3").module.weight.detach()
+    w = cnn_demo_pruner.layer("3").module.weight.detach()
     assert image.shape == (32, 16)
     assert abs(image[4, 7] - w[4, 7].norm().item()) < 1e-5
     assert "kernel norms" in view.caption.value

@@ -20,16 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train fastest on one thread
 
 
-@pytest.fixture
-def demo():
-    return pl.demos.load("digits-mlp")
-
-
-@pytest.fixture
-def pruner(demo):
-    return pl.Pruner(demo.model, demo.val, train_data=demo.train)
-
-
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().view(torch.int32)
 
@@ -93,36 +83,39 @@ def test_schedule_rejects_bad_arguments(kwargs, match):
 
 # ---------------------------------------------------------------------- fine-tuning
 
-def test_finetune_recovers_accuracy_as_one_undoable_step(pruner):
-    original = {n: p.detach().clone() for n, p in pruner.model.named_parameters()}
-    pruner.prune(0.9)
-    pruned_acc = pruner.evaluate().accuracy
-    masks = pruner.masks()
-    result = pruner.finetune(3, progress=False)
+def test_finetune_recovers_accuracy_as_one_undoable_step(mlp_demo_pruner):
+    original = {n: p.detach().clone() for n, p in mlp_demo_pruner.model.named_parameters()}
+    mlp_demo_pruner.prune(0.9)
+    pruned_acc = mlp_demo_pruner.evaluate().accuracy
+    masks = mlp_demo_pruner.masks()
+    result = mlp_demo_pruner.finetune(3, progress=False)
     assert result.accuracy_before == pruned_acc
-    assert result.accuracy_after == pruner.evaluate().accuracy
+    assert result.accuracy_after == mlp_demo_pruner.evaluate().accuracy
     assert result.accuracy_after > pruned_acc  # training recovers what pruning lost
     assert len(result.train_loss) == 3 and result.train_loss[-1] < result.train_loss[0]
-    assert all(torch.equal(pruner.masks()[n], m) for n, m in masks.items())
-    assert_pruned_bits_zero(pruner)
-    assert pruner.undo()
-    assert pruner.evaluate().accuracy == pruned_acc
-    pruner.reset()
-    assert all(torch.equal(p, original[n]) for n, p in pruner.model.named_parameters())
+    assert all(torch.equal(mlp_demo_pruner.masks()[n], m) for n, m in masks.items())
+    assert_pruned_bits_zero(mlp_demo_pruner)
+    assert mlp_demo_pruner.undo()
+    assert mlp_demo_pruner.evaluate().accuracy == pruned_acc
+    mlp_demo_pruner.reset()
+    assert all(torch.equal(p, original[n]) for n, p in mlp_demo_pruner.model.named_parameters())
 
 
-def test_undo_of_a_finetune_is_bit_for_bit_and_redo_brings_it_back(pruner):
-    pruner.prune(0.8)
-    before = weights_bits(pruner)
-    before_dense = dense_bits(pruner)
-    pruner.finetune(1, progress=False)
-    tuned, tuned_dense, tuned_version = weights_bits(pruner), dense_bits(pruner), pruner.weights_version
+def test_undo_of_a_finetune_is_bit_for_bit_and_redo_brings_it_back(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.8)
+    before = weights_bits(mlp_demo_pruner)
+    before_dense = dense_bits(mlp_demo_pruner)
+    mlp_demo_pruner.finetune(1, progress=False)
+    tuned, tuned_dense = weights_bits(mlp_demo_pruner), dense_bits(mlp_demo_pruner)
+    tuned_version = mlp_demo_pruner.weights_version
     assert tuned != before
-    assert pruner.undo()
-    assert weights_bits(pruner) == before and dense_bits(pruner) == before_dense  # exactly the weights before
-    assert pruner.can_redo and pruner.redo()
-    assert weights_bits(pruner) == tuned and dense_bits(pruner) == tuned_dense  # exactly the fine-tuned ones
-    assert pruner.weights_version == tuned_version and not pruner.can_redo
+    assert mlp_demo_pruner.undo()
+    # exactly the weights before
+    assert weights_bits(mlp_demo_pruner) == before and dense_bits(mlp_demo_pruner) == before_dense
+    assert mlp_demo_pruner.can_redo and mlp_demo_pruner.redo()
+    # exactly the fine-tuned ones
+    assert weights_bits(mlp_demo_pruner) == tuned and dense_bits(mlp_demo_pruner) == tuned_dense
+    assert mlp_demo_pruner.weights_version == tuned_version and not mlp_demo_pruner.can_redo
 
 
 def test_finetune_defaults_are_written_once_in_the_settings():
@@ -142,18 +135,18 @@ def test_finetune_defaults_are_written_once_in_the_settings():
         FinetuneSettings(3)  # keyword-only
 
 
-def test_finetuned_weights_keep_pruned_entries_zero_in_the_unmasked_weights(pruner):
-    pruner.prune(0.8)
-    pruner.finetune(1, progress=False)
-    masks = pruner.masks()
-    with pruner.dense():
-        params = dict(pruner.model.named_parameters())
+def test_finetuned_weights_keep_pruned_entries_zero_in_the_unmasked_weights(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.8)
+    mlp_demo_pruner.finetune(1, progress=False)
+    masks = mlp_demo_pruner.masks()
+    with mlp_demo_pruner.dense():
+        params = dict(mlp_demo_pruner.model.named_parameters())
         for name, keep in masks.items():
             assert bool((bits(params[name])[~keep] == 0).all())
     # so a gradual schedule only adds to the pruned set: ranking again keeps them pruned first
-    pruner.prune(0.85)
+    mlp_demo_pruner.prune(0.85)
     for name, keep in masks.items():
-        assert not bool((pruner.masks()[name] & ~keep).any())
+        assert not bool((mlp_demo_pruner.masks()[name] & ~keep).any())
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
@@ -182,18 +175,17 @@ def test_masked_weights_and_optimizer_state_stay_exactly_zero(optimizer):
                 assert bool((bits(value)[~keep] == 0).all())
 
 
-def test_finetune_accepts_a_torch_optim_class_and_a_factory(pruner):
-    pruner.prune(0.5)
-    pruner.finetune(1, optimizer=torch.optim.RMSprop, lr=1e-4, progress=False)
-    pruner.finetune(1, optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr), lr=1e-3, progress=False)
-    assert_pruned_bits_zero(pruner)
+def test_finetune_accepts_a_torch_optim_class_and_a_factory(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.5)
+    mlp_demo_pruner.finetune(1, optimizer=torch.optim.RMSprop, lr=1e-4, progress=False)
+    mlp_demo_pruner.finetune(1, optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr), lr=1e-3, progress=False)
+    assert_pruned_bits_zero(mlp_demo_pruner)
 
 
-def test_finetune_is_deterministic(demo):
+def test_finetune_is_deterministic(mlp_demo_pruner):
     results = []
-    for _ in range(2):
-        d = pl.demos.load("digits-mlp")
-        p = pl.Pruner(d.model, d.val, train_data=d.train)
+    d = pl.demos.load("digits-mlp")  # a second copy of its own, to compare with
+    for p in (mlp_demo_pruner, pl.Pruner(d.model, d.val, train_data=d.train)):
         p.prune(0.7)
         p.finetune(1, progress=False)
         results.append({n: t.detach().clone() for n, t in p.model.named_parameters()})
@@ -201,18 +193,18 @@ def test_finetune_is_deterministic(demo):
 
 
 @pytest.mark.parametrize("kind", ["dataloader", "dataset", "tensors"])
-def test_finetune_takes_every_kind_of_train_data(demo, kind):
-    x, y = demo.train.tensors
-    data = {"dataloader": torch.utils.data.DataLoader(demo.train, batch_size=128, shuffle=True),
-            "dataset": torch.utils.data.Subset(demo.train, range(len(y))), "tensors": (x, y)}[kind]
-    p = pl.Pruner(demo.model, demo.val, train_data=data)
+def test_finetune_takes_every_kind_of_train_data(mlp_demo, kind):
+    x, y = mlp_demo.train.tensors
+    data = {"dataloader": torch.utils.data.DataLoader(mlp_demo.train, batch_size=128, shuffle=True),
+            "dataset": torch.utils.data.Subset(mlp_demo.train, range(len(y))), "tensors": (x, y)}[kind]
+    p = pl.Pruner(mlp_demo.model, mlp_demo.val, train_data=data)
     p.prune(0.9)
     before = p.evaluate().accuracy
     assert p.finetune(2, progress=False).accuracy_after > before
 
 
-def test_finetune_without_train_data_says_what_to_do(demo):
-    p = pl.Pruner(demo.model, demo.val)
+def test_finetune_without_train_data_says_what_to_do(mlp_demo):
+    p = pl.Pruner(mlp_demo.model, mlp_demo.val)
     p.prune(0.5)
     snap = state_snapshot(p)
     with pytest.raises(ValueError, match="train_data="):
@@ -230,23 +222,22 @@ def test_finetune_without_train_data_says_what_to_do(demo):
     (dict(optimizer=42), TypeError, "optimizer must be"),
     (dict(batch_size=0), ValueError, "batch_size"),
 ])
-def test_finetune_bad_arguments_change_nothing(pruner, kwargs, error, match):
-    pruner.prune(0.5)
-    snap = state_snapshot(pruner)
+def test_finetune_bad_arguments_change_nothing(mlp_demo_pruner, kwargs, error, match):
+    mlp_demo_pruner.prune(0.5)
+    snap = state_snapshot(mlp_demo_pruner)
     with pytest.raises(error, match=match):
-        pruner.finetune(**({"epochs": 1} | kwargs), progress=False)
-    assert_same_state(pruner, snap)
+        mlp_demo_pruner.finetune(**({"epochs": 1} | kwargs), progress=False)
+    assert_same_state(mlp_demo_pruner, snap)
 
 
-def test_an_optimizer_instance_is_refused_with_the_reason(pruner):
-    opt = torch.optim.Adam(pruner.model.parameters())
+def test_an_optimizer_instance_is_refused_with_the_reason(mlp_demo_pruner):
+    opt = torch.optim.Adam(mlp_demo_pruner.model.parameters())
     with pytest.raises(TypeError, match="private copy"):
-        pruner.finetune(1, optimizer=opt, progress=False)
+        mlp_demo_pruner.finetune(1, optimizer=opt, progress=False)
 
 
-def test_finetune_leaves_batchnorm_statistics_alone():
-    d = pl.demos.load("digits-cnn")
-    p = pl.Pruner(d.model, d.val, train_data=d.train)
+def test_finetune_leaves_batchnorm_statistics_alone(cnn_demo_pruner):
+    p = cnn_demo_pruner
     p.prune(0.5, granularity="structured")
     stats = {n: b.clone() for n, b in p.model.named_buffers()}
     before = p.evaluate().accuracy
@@ -257,11 +248,10 @@ def test_finetune_leaves_batchnorm_statistics_alone():
     assert p.model.training is False  # the user's model keeps its mode
 
 
-def test_a_job_run_on_a_worker_thread_equals_finetune(demo):
+def test_a_job_run_on_a_worker_thread_equals_finetune(mlp_demo_pruner):
     pruners = []
-    for _ in range(2):
-        d = pl.demos.load("digits-mlp")
-        p = pl.Pruner(d.model, d.val, train_data=d.train)
+    d = pl.demos.load("digits-mlp")  # a second copy of its own, to compare with
+    for p in (mlp_demo_pruner, pl.Pruner(d.model, d.val, train_data=d.train)):
         p.prune(0.7)
         pruners.append(p)
     retrain.finetune(pruners[0], 1, progress=False)
@@ -276,31 +266,31 @@ def test_a_job_run_on_a_worker_thread_equals_finetune(demo):
     assert result.accuracy_after == pruners[0].evaluate().accuracy
 
 
-def test_cancelled_finetune_leaves_the_pruner_unchanged(pruner):
-    pruner.prune(0.8)
-    snap = state_snapshot(pruner)
+def test_cancelled_finetune_leaves_the_pruner_unchanged(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.8)
+    snap = state_snapshot(mlp_demo_pruner)
     cancel = threading.Event()
     hooks = Hooks(progress=lambda done, total, what: cancel.set() if done == 3 else None, cancel=cancel)
     with pytest.raises(Cancelled):
-        retrain.finetune(pruner, 2, hooks=hooks, progress=False)
-    assert_same_state(pruner, snap)
+        retrain.finetune(mlp_demo_pruner, 2, hooks=hooks, progress=False)
+    assert_same_state(mlp_demo_pruner, snap)
 
 
 # ---------------------------------------------------------------------- iterative pruning
 
-def test_iterate_reaches_the_target_step_by_step(pruner):
+def test_iterate_reaches_the_target_step_by_step(mlp_demo_pruner):
     seen = []
-    pruner.on_change(lambda: seen.append(pruner.masks()))
-    history = pruner.iterate(0.9, steps=3, epochs_per_step=1, final_epochs=1, progress=False)
+    mlp_demo_pruner.on_change(lambda: seen.append(mlp_demo_pruner.masks()))
+    history = mlp_demo_pruner.iterate(0.9, steps=3, epochs_per_step=1, final_epochs=1, progress=False)
     assert [r["step"] for r in history] == [0, 1, 2, 3]
     assert list(history.columns) == ["step", "target", "sparsity", "accuracy_before", "accuracy_after",
                                      "nonzero_params", "regrown", "seconds"]
     targets = sparsity_schedule(0.0, 0.9, 3, "agp")
     assert history.column("target")[1:] == pytest.approx(targets)
     assert history.column("sparsity")[1:] == pytest.approx(targets, abs=1e-4)
-    assert pruner.overall_sparsity() == pytest.approx(0.9, abs=1e-4)
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(0.9, abs=1e-4)
     last = history[-1]
-    m = pruner.evaluate()
+    m = mlp_demo_pruner.evaluate()
     assert (last["accuracy_after"], last["nonzero_params"]) == (m.accuracy, m.nonzero_params)
     assert all(r["accuracy_after"] >= r["accuracy_before"] - 0.01 for r in history[1:])
     assert all(r["seconds"] > 0 for r in history[1:])
@@ -310,40 +300,41 @@ def test_iterate_reaches_the_target_step_by_step(pruner):
         for name, keep in after.items():
             if name in before:
                 assert not bool((keep & ~before[name]).any())
-    assert_pruned_bits_zero(pruner)
+    assert_pruned_bits_zero(mlp_demo_pruner)
     assert "| step |" in str(history) and "<table>" in history._repr_html_()
-    pruner.undo()
-    assert pruner.overall_sparsity() == pytest.approx(targets[1], abs=1e-4)
+    mlp_demo_pruner.undo()
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(targets[1], abs=1e-4)
 
 
-def test_iterate_continues_from_the_current_sparsity(pruner):
-    pruner.prune(0.5)
-    history = pruner.iterate(0.8, steps=2, epochs_per_step=1, final_epochs=0, schedule="linear", progress=False)
+def test_iterate_continues_from_the_current_sparsity(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.5)
+    history = mlp_demo_pruner.iterate(0.8, steps=2, epochs_per_step=1, final_epochs=0, schedule="linear",
+                                      progress=False)
     assert history.column("target") == pytest.approx([0.5, 0.65, 0.8], abs=1e-4)
     with pytest.raises(ValueError, match="already pruned to 80.0%"):
-        pruner.iterate(0.6, steps=2, progress=False)
+        mlp_demo_pruner.iterate(0.6, steps=2, progress=False)
 
 
-def test_iterate_structured_removes_units(pruner):
-    history = pruner.iterate(0.5, granularity="structured", steps=2, epochs_per_step=1, final_epochs=0,
+def test_iterate_structured_removes_units(mlp_demo_pruner):
+    history = mlp_demo_pruner.iterate(0.5, granularity="structured", steps=2, epochs_per_step=1, final_epochs=0,
                              progress=False)
-    assert set(p.granularity for p in pruner.plans.values()) == {"structured"}
-    removed = sum(int((~p.keep).sum()) for n, p in pruner.plans.items())
-    units = sum(l.units for l in pruner.layers if l.name not in pruner.structured_blocked)
+    assert set(p.granularity for p in mlp_demo_pruner.plans.values()) == {"structured"}
+    removed = sum(int((~p.keep).sum()) for n, p in mlp_demo_pruner.plans.items())
+    units = sum(l.units for l in mlp_demo_pruner.layers if l.name not in mlp_demo_pruner.structured_blocked)
     assert removed == units // 2  # half of the hidden units
     assert history[-1]["accuracy_after"] > history[-1]["accuracy_before"]  # the step's fine-tuning helped
-    assert_pruned_bits_zero(pruner)
+    assert_pruned_bits_zero(mlp_demo_pruner)
 
 
-def test_iterate_uses_the_criterion_and_granularity_in_effect(pruner):
-    pruner.prune(0.3, criterion="random", granularity="structured")
-    pruner.iterate(0.5, steps=1, epochs_per_step=1, final_epochs=0, progress=False)
-    assert {(p.criterion, p.granularity) for p in pruner.plans.values()} == {("random", "structured")}
+def test_iterate_uses_the_criterion_and_granularity_in_effect(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.3, criterion="random", granularity="structured")
+    mlp_demo_pruner.iterate(0.5, steps=1, epochs_per_step=1, final_epochs=0, progress=False)
+    assert {(p.criterion, p.granularity) for p in mlp_demo_pruner.plans.values()} == {("random", "structured")}
 
 
-def test_iterate_per_layer_targets(pruner):
-    pruner.iterate({"0": 0.9, "2": 0.5}, steps=2, epochs_per_step=1, final_epochs=0, progress=False)
-    s = pruner.sparsity()
+def test_iterate_per_layer_targets(mlp_demo_pruner):
+    mlp_demo_pruner.iterate({"0": 0.9, "2": 0.5}, steps=2, epochs_per_step=1, final_epochs=0, progress=False)
+    s = mlp_demo_pruner.sparsity()
     assert s["0"] == pytest.approx(0.9, abs=1e-3) and s["2"] == pytest.approx(0.5, abs=1e-3) and s["4"] == 0
 
 
@@ -356,21 +347,21 @@ def test_iterate_per_layer_targets(pruner):
     (dict(target=0.5, granularity="2:4"), "2:4"),
     (dict(target=0.5, epochs_per_step=-1), "epochs_per_step"),
 ])
-def test_iterate_bad_arguments_change_nothing(pruner, kwargs, match):
-    snap = state_snapshot(pruner)
+def test_iterate_bad_arguments_change_nothing(mlp_demo_pruner, kwargs, match):
+    snap = state_snapshot(mlp_demo_pruner)
     with pytest.raises(ValueError, match=match):
-        pruner.iterate(**kwargs, progress=False)
-    assert_same_state(pruner, snap)
+        mlp_demo_pruner.iterate(**kwargs, progress=False)
+    assert_same_state(mlp_demo_pruner, snap)
 
 
-def test_cancelled_iterate_stays_at_the_last_completed_step(pruner):
+def test_cancelled_iterate_stays_at_the_last_completed_step(mlp_demo_pruner):
     cancel = threading.Event()
-    batches = len(Batches(pruner.train_data, retrain.IterateSettings.batch_size, "cpu"))
+    batches = len(Batches(mlp_demo_pruner.train_data, retrain.IterateSettings.batch_size, "cpu"))
     hooks = Hooks(progress=lambda done, total, what: cancel.set() if done == batches + 2 else None, cancel=cancel)
     with pytest.raises(Cancelled):
-        retrain.iterate(pruner, 0.9, steps=3, epochs_per_step=1, final_epochs=0, hooks=hooks, progress=False)
-    assert pruner.overall_sparsity() == pytest.approx(sparsity_schedule(0, 0.9, 3)[0], abs=1e-4)
-    assert pruner.undo() and not pruner.can_undo  # exactly one completed step was applied
+        retrain.iterate(mlp_demo_pruner, 0.9, steps=3, epochs_per_step=1, final_epochs=0, hooks=hooks, progress=False)
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(sparsity_schedule(0, 0.9, 3)[0], abs=1e-4)
+    assert mlp_demo_pruner.undo() and not mlp_demo_pruner.can_undo  # exactly one completed step was applied
 
 
 # ---------------------------------------------------------------------- regrowth
@@ -385,19 +376,19 @@ def test_regrow_swaps_smallest_kept_for_largest_gradient_pruned():
     assert int(new["w"].sum()) == int(keep.sum())
 
 
-def test_iterate_with_regrowth_keeps_the_sparsity_and_trains_regrown_weights(pruner):
-    history = pruner.iterate(0.9, steps=2, epochs_per_step=1, final_epochs=0, regrow=0.1, progress=False)
+def test_iterate_with_regrowth_keeps_the_sparsity_and_trains_regrown_weights(mlp_demo_pruner):
+    history = mlp_demo_pruner.iterate(0.9, steps=2, epochs_per_step=1, final_epochs=0, regrow=0.1, progress=False)
     assert all(r["regrown"] > 0 for r in history[1:])
-    assert pruner.overall_sparsity() == pytest.approx(0.9, abs=1e-4)
+    assert mlp_demo_pruner.overall_sparsity() == pytest.approx(0.9, abs=1e-4)
     assert history[-1]["accuracy_after"] > history[-1]["accuracy_before"]
-    assert_pruned_bits_zero(pruner)
+    assert_pruned_bits_zero(mlp_demo_pruner)
 
 
-def test_constant_schedule_with_regrowth_changes_the_mask_at_fixed_sparsity(pruner):
-    pruner.prune(0.8)
-    before = pruner.masks()
-    history = pruner.iterate(0.8, steps=2, epochs_per_step=1, final_epochs=0, schedule="constant", regrow=0.2,
+def test_constant_schedule_with_regrowth_changes_the_mask_at_fixed_sparsity(mlp_demo_pruner):
+    mlp_demo_pruner.prune(0.8)
+    before = mlp_demo_pruner.masks()
+    history = mlp_demo_pruner.iterate(0.8, steps=2, epochs_per_step=1, final_epochs=0, schedule="constant", regrow=0.2,
                              progress=False)
     assert history.column("sparsity") == pytest.approx([0.8] * 3, abs=1e-4)
-    after = pruner.masks()
+    after = mlp_demo_pruner.masks()
     assert any(not torch.equal(after[n], before[n]) for n in before)

@@ -5,7 +5,9 @@ the Pruner and observes the state hub; unlike a view it may act on the Pruner (e
 always on the kernel's main thread through ``post``. A panel is itself an ipywidgets VBox (its
 ``widget`` is the panel), so it can also be shown on its own: made without an explorer's state,
 it makes its own hub following the Pruner (:func:`prunelab.explorer.state.follow`), and without
-``post``, its own :class:`~prunelab.explorer.background.Scheduler`.
+``post``, its own :class:`~prunelab.explorer.background.Scheduler`, made on the thread that made
+the panel and posted to with ``Scheduler.call`` (at once on that thread; from other threads
+through the asyncio loop running there, which it adopts once it runs, else queued until drained).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ class Panel(w.VBox):
     Args:
         pruner: the Pruner the panel shows (and acts on, on the main thread).
         state: the explorer's ExplorerState; default: a new one that follows ``pruner``.
-        post: ``post(key, fn)`` running ``fn`` on the kernel's main thread (``Scheduler.post``);
-            default: a Scheduler of the panel's own, made on this thread.
+        post: ``post(key, fn)`` running ``fn`` on the kernel's main thread, from any thread
+            (``Scheduler.post``); default: ``call`` of a Scheduler of the panel's own, made on
+            this thread.
 
     Returns:
         The panel, an ipywidgets widget with the classes ``prunelab-panel`` and ``prunelab-<slug>``.
@@ -50,7 +53,7 @@ class Panel(w.VBox):
         super().__init__()
         self.pruner = pruner
         self._own_scheduler = Scheduler() if post is None else None
-        self.post = post if post is not None else self._own_scheduler.post
+        self.post = post if post is not None else self._post_own
         self._watching: list[tuple[Callable, object]] = []
         self._unfollow: Callable[[], None] | None = None
         if state is None:  # shown on its own: a hub of its own, following the Pruner
@@ -61,6 +64,11 @@ class Panel(w.VBox):
         self.children = tuple(self.build())
         self.add_class("prunelab-panel")
         self.add_class(f"prunelab-{self.slug}")
+
+    def _post_own(self, _key: str, fn: Callable[[], None]) -> None:
+        # A panel on its own may be made before its loop runs (a script, then asyncio.run):
+        # Scheduler.call adopts the loop on its first call inside it, and runs clicks at once.
+        self._own_scheduler.call(fn)
 
     @property
     def widget(self) -> w.Widget:

@@ -1,10 +1,11 @@
 """One background run at a time for a panel: a worker thread, a progress bar, a status line and
 a cancel button, with every result applied on the kernel's main thread.
 
-Widget callbacks (button clicks) and the run's results are posted to the main thread through the
-panel's :class:`~prunelab.explorer.background.MainThread` (built in the cell that made the panel);
-the work itself runs in a daemon thread on a private copy of the model, so it never races the
-explorer's evaluations of the Pruner's own model.
+The work runs in a daemon thread on a private copy of the model, so it never races the
+explorer's evaluations of the Pruner's own model. What the thread hands back (progress, each
+completed step, the result) waits in the run's mailbox, and one request through the panel's
+``post`` (the explorer's :class:`~prunelab.explorer.background.Scheduler`, or the panel's own)
+delivers it on the main thread; :meth:`BackgroundRun.wait` delivers it at once (scripts, tests).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import html
 import threading
 import time
+import traceback
 from typing import Callable
 
 import ipywidgets as widgets
 
 from ...retrain import Cancelled, Hooks
-from ..background import MainThread
 
 PROGRESS_INTERVAL = 0.1  # seconds between progress updates sent to the browser
 
@@ -26,7 +27,8 @@ class BackgroundRun:
     """Runs one job at a time in a worker thread, showing its progress, status and errors.
 
     Args:
-        main: the panel's MainThread (results and progress are posted through it).
+        post: the panel's ``post(key, fn)``, running ``fn`` on the kernel's main thread (from any
+            thread): the explorer's ``Scheduler.post``, or the panel's own.
 
     Attributes:
         progress: an IntProgress bar (batches done of the whole run).
@@ -35,25 +37,28 @@ class BackgroundRun:
         last_error: the exception of the last failed run (None after a good one).
 
     Example:
-        >>> run = BackgroundRun(MainThread())                                   # doctest: +SKIP
+        >>> run = BackgroundRun(Scheduler().post)                               # doctest: +SKIP
         >>> run.start("fine-tuning", lambda hooks, post: job.run(hooks),        # doctest: +SKIP
         ...           lambda _: str(job.apply()), job.total)
         >>> run.wait()                                                          # doctest: +SKIP
     """
 
-    def __init__(self, main: MainThread):
-        self.main = main
+    def __init__(self, post: Callable[[str, Callable[[], None]], None]):
+        self.post = post
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="",
                                             layout=widgets.Layout(width="300px"))
         self.status = widgets.HTML("")
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
-        self.cancel_button.on_click(lambda _: self.main.post(self.cancel))
+        self.cancel_button.on_click(lambda _: self.post("training:cancel", self.cancel))
         self.last_error: BaseException | None = None
         self.job = ""
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_progress = 0.0
         self._listeners: list[Callable[[], None]] = []
+        self._mailbox: list[Callable[[], None]] = []  # from the worker, for the main thread, in order
+        self._woken = False                            # a delivery is posted and has not run yet
+        self._lock = threading.Lock()
 
     @property
     def busy(self) -> bool:
@@ -81,7 +86,7 @@ class BackgroundRun:
 
     def start(self, job: str, work: Callable[[Hooks, Callable], object], done: Callable[[object], str],
               total: int) -> None:
-        """Run ``work(hooks, post)`` in a thread (``post(fn)`` runs ``fn`` on the main thread);
+        """Run ``work(hooks, send)`` in a thread (``send(fn)`` runs ``fn`` on the main thread, in order);
         ``done(result)`` then runs on the main thread and returns the message to show.
 
         Args:
@@ -89,9 +94,17 @@ class BackgroundRun:
             work: the work; it reports progress and is cancelled through ``hooks``.
             done: applies the result (main thread); its exceptions show as a failure.
             total: the progress bar's length.
+
+        Returns:
+            None.
+
+        Example:
+            >>> run.start("adding", lambda hooks, send: 1 + 1, lambda result: f"got {result}", 1)  # doctest: +SKIP
+            >>> run.wait(); run.status.value                                                      # doctest: +SKIP
+            "<span style='color:inherit'>got 2</span>"
         """
         self.check_idle()
-        main = self.main
+        send = self._send
         self._cancel = threading.Event()
         self.job = job
         self.last_error = None
@@ -102,13 +115,13 @@ class BackgroundRun:
 
         def run():
             try:
-                result = work(hooks, main.post)
+                result = work(hooks, send)
             except Cancelled:
-                main.post(lambda: self._finish(f"{job} cancelled", "warning"))
+                send(lambda: self._finish(f"{job} cancelled", "warning"))
             except BaseException as e:  # shown in the panel; the thread must not die silently
-                main.post(lambda e=e: self._fail(job, e))
+                send(lambda e=e: self._fail(job, e))
             else:
-                main.post(lambda: self._complete(job, done, result))
+                send(lambda: self._complete(job, done, result))
 
         self._thread = threading.Thread(target=run, name=f"prunelab {job}", daemon=True)
         self._thread.start()
@@ -118,7 +131,34 @@ class BackgroundRun:
         if done < total and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        self.main.post(lambda: self._show_progress(done, total, what))
+        self._send(lambda: self._show_progress(done, total, what))
+
+    def _send(self, fn: Callable[[], None]) -> None:
+        """From the worker: run ``fn`` on the main thread, after what was sent before it."""
+        with self._lock:
+            self._mailbox.append(fn)
+            wake, self._woken = not self._woken, True
+        if wake:  # one delivery at a time is enough: it empties the whole mailbox
+            self.post("training:deliver", self.deliver)
+
+    def deliver(self) -> None:
+        """Apply, on this thread (the main thread), what the worker has sent so far, in order.
+
+        Returns:
+            None.
+
+        Example: ``run.deliver()`` after the worker finished, as :meth:`wait` does.
+        """
+        while True:
+            with self._lock:
+                if not self._mailbox:
+                    self._woken = False
+                    return
+                fn = self._mailbox.pop(0)
+            try:
+                fn()
+            except Exception:  # one failing delivery must not strand the rest of the mailbox
+                traceback.print_exc()
 
     def _show_progress(self, done: int, total: int, what: str):
         if self.busy:
@@ -162,5 +202,5 @@ class BackgroundRun:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return False
-        self.main.drain()
+        self.deliver()
         return True

@@ -66,15 +66,24 @@ class SensitivitySection(widgets.VBox):
         pruner: the Pruner.
         runner: the panel's :class:`~prunelab.explorer.panels.runner.BackgroundRun`.
         granularity: the panel's granularity dropdown (shared with iterate).
+        post: the panel's ``post(key, fn)`` (clicks run on the kernel's main thread).
+        watch: the panel's ``watch(handler, names)`` on its state hub (the marks go stale when the
+            weights move; the panel stops watching when it closes).
         executor: a concurrent.futures.Executor for the analysis (e.g. a Dask
             ``client.get_executor()``); default: in the panel's thread.
 
+    Returns:
+        The section, an ipywidgets VBox.
+
     Example:
-        >>> section = SensitivitySection(pruner, runner, granularity_dropdown)  # doctest: +SKIP
+        >>> section = SensitivitySection(pruner, runner, granularity_dropdown,   # doctest: +SKIP
+        ...                              post=panel.post, watch=panel.watch)
         >>> section.start_sensitivity(); runner.wait(); section.table           # doctest: +SKIP
     """
 
-    def __init__(self, pruner, runner: BackgroundRun, granularity: widgets.Dropdown, *, executor=None):
+    def __init__(self, pruner, runner: BackgroundRun, granularity: widgets.Dropdown, *,
+                 post: Callable[[str, Callable[[], None]], None], watch: Callable[[Callable, str], None],
+                 executor=None):
         from bokeh.models import ColumnDataSource
         from jupyter_bokeh.widgets import BokehModel
 
@@ -108,11 +117,11 @@ class SensitivitySection(widgets.VBox):
                                               tooltip="choose per-layer sparsities from the curves and apply them")
         self.allocate_button.add_class("prunelab-training-allocate")
         self.allocation_html = widgets.HTML("")
-        self.button.on_click(lambda _: runner.main.post(self.start_sensitivity))
-        self.allocate_button.on_click(lambda _: runner.main.post(self.allocate))
+        self.button.on_click(lambda _: post("training:sensitivity", self.start_sensitivity))
+        self.allocate_button.on_click(lambda _: post("training:allocate", self.allocate))
         self.allocate_mode.observe(self._on_allocate_mode, "value")
         runner.on_busy(self.refresh_availability)
-        self._unsubscribe = pruner.on_change(self._on_pruner_change)
+        watch(self._on_revision, "revision")
         row = lambda *c: widgets.HBox(list(c), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         super().__init__([
             widgets.HTML("<b>Sensitivity per layer</b>"),
@@ -127,7 +136,7 @@ class SensitivitySection(widgets.VBox):
         self.button.disabled = self.runner.busy
         self.allocate_button.disabled = self.runner.busy or self.table is None
 
-    def _on_pruner_change(self):
+    def _on_revision(self, _change):
         if self.table is not None and self._table_version != self.pruner.weights_version:
             self.marks.value = self._marks_html(stale=True)
 
@@ -224,7 +233,3 @@ class SensitivitySection(widgets.VBox):
         self.runner.say(f"allocated: accuracy {result.accuracy:.1%} measured jointly; the single-layer drops sum to "
                         f"{100 * result.predicted_drop:+.1f} pt")
         return result
-
-    def close(self):
-        self._unsubscribe()
-        super().close()

@@ -5,9 +5,11 @@ The panel only shows settings and progress: what runs is the same job as the Pyt
 :class:`prunelab.sensitivity.SensitivityJob`). Each is prepared on the kernel's main thread (its
 checks, and a private copy of the model), run in a background thread (so it never races the
 explorer's evaluations of the Pruner's own model), and applied on the main thread again with
-``set_weights``/``set_plans``: the Pruner's listeners (the explorer's sliders and views) then
-update as after any other change. The settings' defaults are those of
-:class:`prunelab.retrain.FinetuneSettings` and :class:`prunelab.retrain.IterateSettings`.
+``set_weights``/``set_plans``: the state hub then measures the change, and the explorer's sliders
+and views (and this panel, observing ``revision``) follow as after any other change. Clicks and
+the run's results reach the main thread through ``post``, the one helper the views use too. The
+settings' defaults are those of :class:`prunelab.retrain.FinetuneSettings` and
+:class:`prunelab.retrain.IterateSettings`.
 
 Cancel stops the run between batches. A fine-tune then leaves the Pruner unchanged; an
 iteration leaves it at its last completed step (each step is applied as it completes). A
@@ -24,8 +26,8 @@ import ipywidgets as widgets
 from ...retrain import (OPTIMIZERS, SCHEDULES, VARIABLE_GRANULARITIES, FinetuneJob, FinetuneSettings, IterateJob,
                         IterateSettings, IterateStep, history_table, resolve_defaults)
 from ...sensitivity import SensitivityTable
-from ..background import MainThread
 from ..bokeh_loader import load_bokehjs
+from .base import Panel
 from .runner import BackgroundRun
 from .sensitivity import SensitivitySection, fraction_figure, layer_colours
 
@@ -34,15 +36,22 @@ INITIAL_TARGET = 0.9  # where the target slider starts (iterate has no default t
 __all__ = ["TrainingPanel", "layer_colours"]
 
 
-class TrainingPanel(widgets.VBox):
+class TrainingPanel(Panel):
     """Retrain and allocate, for ``pruner``: fine-tune, iterate toward a target sparsity (with a
     progress bar and a cancel button), the iteration history as a table and a curve, sensitivity
     curves per layer (each layer in its own colour) and an Allocate action.
 
     Args:
         pruner: the Pruner (train_data enables fine-tune and iterate).
+        state: the explorer's state hub (default: the panel's own, following ``pruner``).
+        post: runs work on the kernel's main thread (default: the panel's own Scheduler).
         executor: a concurrent.futures.Executor for the sensitivity analysis (e.g. a Dask
             ``client.get_executor()``); default: in the panel's thread.
+
+    Returns:
+        The panel (an ipywidgets widget, class ``prunelab-training``; its controls carry
+        ``prunelab-training-finetune``, ``-iterate``, ``-cancel``, ``-progress``, ``-status`` and
+        ``-allocate``).
 
     Example:
         >>> panel = TrainingPanel(pruner)                              # doctest: +SKIP
@@ -50,14 +59,24 @@ class TrainingPanel(widgets.VBox):
         >>> panel.wait()                                               # doctest: +SKIP   (outside a kernel)
     """
 
-    def __init__(self, pruner, *, executor=None):
+    title = "Fine-tune"
+
+    def __init__(self, pruner, state=None, post=None, *, executor=None):
         load_bokehjs()
-        self.pruner = pruner
+        self.executor = executor
         self.history = history_table()
-        # Built here, in the cell that made the panel: the kernel's main thread. Button clicks
-        # arrive on a subshell thread (JupyterLab 4.6, ipykernel 7) and are posted through it.
-        self._main = MainThread()
-        self.runner = BackgroundRun(self._main)
+        super().__init__(pruner, state, post)
+        for widget, name in ((self.finetune_button, "finetune"), (self.iterate_button, "iterate"),
+                             (self.cancel_button, "cancel"), (self.progress, "progress"), (self.status, "status")):
+            widget.add_class(f"prunelab-training-{name}")
+        self._refresh_availability()
+
+    def build(self) -> list[widgets.Widget]:
+        """The fine-tune and iterate settings, the run's progress, the history and the sensitivity part."""
+        pruner = self.pruner
+        # Button clicks arrive on a subshell thread (JupyterLab 4.6, ipykernel 7): they are posted
+        # to the main thread, and so is everything the background run hands back.
+        self.runner = BackgroundRun(self.post)
         self.progress, self.status, self.cancel_button = self.runner.progress, self.runner.status, \
             self.runner.cancel_button
         _, granularity = resolve_defaults(pruner)
@@ -97,18 +116,19 @@ class TrainingPanel(widgets.VBox):
         self.history_html = widgets.HTML(self.history._repr_html_())
         self.history_source, history_fig = self._history_figure()
         # sensitivity and allocation
-        self.sensitivity = SensitivitySection(pruner, self.runner, self.granularity, executor=executor)
+        self.sensitivity = SensitivitySection(pruner, self.runner, self.granularity, post=self.post,
+                                              watch=self.watch, executor=self.executor)
 
         from jupyter_bokeh.widgets import BokehModel
 
         self.history_plot = BokehModel(history_fig)
-        self.finetune_button.on_click(lambda _: self._main.post(self.start_finetune))
-        self.iterate_button.on_click(lambda _: self._main.post(self.start_iterate))
+        self.finetune_button.on_click(lambda _: self.post("training:finetune", self.start_finetune))
+        self.iterate_button.on_click(lambda _: self.post("training:iterate", self.start_iterate))
         self.runner.on_busy(self._refresh_availability)
 
         row = lambda *c: widgets.HBox(list(c), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         section = lambda text: widgets.HTML(f"<b>{html.escape(text)}</b>")
-        super().__init__([
+        return [
             section("Fine-tune (masks held)"),
             row(self.epochs, self.lr, self.optimizer, self.finetune_button),
             section("Iterate toward a target"),
@@ -117,12 +137,7 @@ class TrainingPanel(widgets.VBox):
             row(self.progress, self.cancel_button, self.status),
             row(self.history_plot, self.history_html),
             self.sensitivity,
-        ])
-        self.add_class("prunelab-training")
-        for widget, name in ((self.finetune_button, "finetune"), (self.iterate_button, "iterate"),
-                             (self.cancel_button, "cancel"), (self.progress, "progress"), (self.status, "status")):
-            widget.add_class(f"prunelab-training-{name}")
-        self._refresh_availability()
+        ]
 
     def _history_figure(self):
         from bokeh.models import ColumnDataSource
@@ -183,7 +198,7 @@ class TrainingPanel(widgets.VBox):
             r = job.apply()
             return f"fine-tuned {r.epochs} epochs: accuracy {r.accuracy_before:.1%} -> {r.accuracy_after:.1%}"
 
-        self.runner.start("fine-tuning", lambda hooks, post: job.run(hooks), done, job.total)
+        self.runner.start("fine-tuning", lambda hooks, send: job.run(hooks), done, job.total)
 
     def start_iterate(self) -> None:
         """Iterate toward the target with the settings in the panel, in the background (each
@@ -203,8 +218,8 @@ class TrainingPanel(widgets.VBox):
         self.history_html.value = self.history._repr_html_()
         self.history_source.data = dict(step=[], sparsity=[], before=[], after=[])
 
-        def work(hooks, post):  # each step is applied on the main thread as it completes
-            return job.run(hooks, on_step=lambda step: post(lambda: self._apply_step(job, step)))
+        def work(hooks, send):  # each step is applied on the main thread as it completes
+            return job.run(hooks, on_step=lambda step: send(lambda: self._apply_step(job, step)))
 
         def done(history):
             last = history[-1]
@@ -237,7 +252,8 @@ class TrainingPanel(widgets.VBox):
         """Call ``callback(table)`` whenever new sensitivity curves are shown."""
         self.sensitivity.on_sensitivity(callback)
 
-    def close(self):
+    def close(self) -> None:
+        """Cancel a run in progress, stop observing the state hub, and close the panel."""
         self.cancel()
         self.sensitivity.close()
         super().close()
