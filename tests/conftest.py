@@ -9,8 +9,6 @@ Fixture names, one meaning each (every one is fresh per test, so no test sees an
 - ``mlp_demo`` / ``cnn_demo``: a freshly loaded ``pl.demos.load("digits-mlp" / "digits-cnn")``.
 - ``mlp_demo_pruner`` / ``cnn_demo_pruner``: a Pruner on that demo's model, validation and training
   data (the same Demo object a test gets from ``mlp_demo`` / ``cnn_demo``, when it asks for both).
-- ``pruner``: the same as ``mlp_demo_pruner``; kept while test files still use the short name
-  (several modules override it with other meanings: use the explicit names instead).
 - ``one_thread``: torch on one thread for the module.
 """
 
@@ -81,12 +79,6 @@ def mlp_demo_pruner(mlp_demo):
 def cnn_demo_pruner(cnn_demo):
     """A fresh Pruner on the digits-cnn demo, with its training data."""
     return pl.Pruner(cnn_demo.model, cnn_demo.val, train_data=cnn_demo.train)
-
-
-@pytest.fixture
-def pruner(mlp_demo_pruner):
-    """The same as ``mlp_demo_pruner`` (the short name some modules still use or override)."""
-    return mlp_demo_pruner
 
 
 @pytest.fixture(scope="module")
