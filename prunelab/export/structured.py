@@ -301,10 +301,11 @@ def _resize(module: nn.Module, spec: dict, name: str, expected: str | None) -> N
         old = getattr(module, k, None)
         setattr(module, k, tuple(v) if isinstance(old, tuple) or isinstance(v, list) else v)
     for k, shape in spec["shapes"].items():
-        if k in module._parameters and module._parameters[k] is not None:
-            old = module._parameters[k]
-            module._parameters[k] = nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
-                                                 requires_grad=old.requires_grad)
-        elif k in module._buffers and module._buffers[k] is not None:
-            old = module._buffers[k]
-            module._buffers[k] = torch.empty(shape, dtype=old.dtype, device=old.device)
+        params, buffers = dict(module.named_parameters(recurse=False)), dict(module.named_buffers(recurse=False))
+        if k in params:  # nn.Module.__setattr__ replaces a registered parameter or buffer of that name
+            old = params[k]
+            setattr(module, k, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                                            requires_grad=old.requires_grad))
+        elif k in buffers:
+            old = buffers[k]
+            setattr(module, k, torch.empty(shape, dtype=old.dtype, device=old.device))
