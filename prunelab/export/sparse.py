@@ -54,7 +54,16 @@ def decode(tensors: dict[str, torch.Tensor], layout: dict, path: Path) -> dict[s
     """The dense tensors back from :func:`encode`'s output."""
     out = {name: t for name, t in tensors.items() if not name.endswith((MASK, VALUES))}
     try:
+        if not isinstance(layout, dict):
+            raise ValueError("the layout is not a map")
         for name, entry in layout.items():
+            if not (isinstance(entry, dict) and entry.get("mask") in ("packed", "zlib")
+                    and isinstance(entry.get("shape"), list)
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])):
+                raise ValueError(f"{name}: its layout entry is not {{'shape': [sizes], 'mask': 'packed' or 'zlib'}}")
+            if tensors[name + MASK].dtype != torch.uint8 or tensors[name + MASK].dim() != 1 \
+                    or tensors[name + VALUES].dim() != 1:
+                raise ValueError(f"{name}: its mask is not bytes or its values are not a vector")
             shape = tuple(entry["shape"])
             n = int(np.prod(shape, dtype=np.int64))
             packed = tensors[name + MASK].numpy()
@@ -70,7 +79,7 @@ def decode(tensors: dict[str, torch.Tensor], layout: dict, path: Path) -> dict[s
             dense = torch.zeros(n, dtype=values.dtype)
             dense[torch.from_numpy(bits)] = values
             out[name] = dense.reshape(shape)
-    except (KeyError, ValueError, TypeError, RuntimeError, zlib.error) as e:
+    except (KeyError, ValueError, TypeError, RuntimeError, OverflowError, MemoryError, zlib.error) as e:
         raise ValueError(f"{path} is damaged: its sparse layout does not match its tensors ({e}). "
                          "Export it again.") from None
     orphans = {n.rsplit("::", 1)[0] for n in tensors if n.endswith((MASK, VALUES))} - set(layout)

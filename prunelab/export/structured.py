@@ -277,6 +277,8 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
     tensors, info = load_safetensors(weights_path, KIND, "prunelab.load_structured")
     expected = info.get("model_class")
     mods = info.get("modules", {})
+    if not isinstance(mods, dict) or not all(isinstance(spec, dict) for spec in mods.values()):
+        raise ValueError(f"{weights_path} is damaged: its module list is not a map of module specs. Export it again.")
     named = dict(model.named_modules())
     missing = [n for n in mods if n not in named]
     if missing:
@@ -284,8 +286,14 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
                          f"given {type(model).__name__} lacks: pass a fresh instance of {expected} built with "
                          "the same arguments.")
     for name, spec in mods.items():
-        _resize(named[name], spec, name, expected)
-    result = model.load_state_dict(tensors, strict=False)
+        _check_spec(weights_path, name, spec, named[name], tensors, expected)
+    for name, spec in mods.items():  # every spec checked first: a bad one leaves the model untouched
+        _resize(named[name], spec)
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # a stored tensor of another shape than the model's
+        raise ValueError(f"{weights_path} does not fit the given {type(model).__name__} ({str(e).splitlines()[-1]}"
+                         f"): pass a fresh instance of {expected} built with the same arguments.") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{weights_path} does not fit the given {type(model).__name__} (missing: "
                          f"{result.missing_keys[:3]}, unexpected: {result.unexpected_keys[:3]}): pass a fresh "
@@ -293,10 +301,32 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
-def _resize(module: nn.Module, spec: dict, name: str, expected: str | None) -> None:
-    if type(module).__name__ != spec["type"]:
-        raise ValueError(f"module {name!r} is a {type(module).__name__} here but was a {spec['type']} when "
+def _check_spec(path: Path, name: str, spec: dict, module: nn.Module, tensors: dict, expected) -> None:
+    """A module's spec from the header is applied only when it is what an export writes: its type,
+    existing int (or int-tuple) attributes, and the shapes of the tensors stored for it."""
+    if spec.get("type") != type(module).__name__:
+        raise ValueError(f"module {name!r} is a {type(module).__name__} here but was a {spec.get('type')} when "
                          f"exported: pass a fresh instance of {expected}.")
+    attrs, shapes = spec.get("attrs"), spec.get("shapes")
+    if not isinstance(attrs, dict) or not isinstance(shapes, dict):
+        raise ValueError(f"{path} is damaged: the spec of module {name!r} has no attrs or shapes. Export it again.")
+    own = vars(module)
+    for k, v in attrs.items():
+        plain = isinstance(v, int) and not isinstance(v, bool)
+        ints = isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        if k.startswith("_") or not isinstance(own.get(k), (int, tuple)) or isinstance(own.get(k), bool) \
+                or not (plain or ints):
+            raise ValueError(f"{path}: the spec of module {name!r} sets {k!r} to {v!r}, which an export never "
+                             f"writes for a {type(module).__name__}. Export it again.")
+    tensors_here = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
+    for k, shape in shapes.items():
+        stored = tensors.get(f"{name}.{k}" if name else k)
+        if k not in tensors_here or stored is None or list(stored.shape) != shape:
+            raise ValueError(f"{path} is damaged: module {name!r} says {k!r} has shape {shape!r}, which does not "
+                             "match the tensors stored. Export it again.")
+
+
+def _resize(module: nn.Module, spec: dict) -> None:
     for k, v in spec["attrs"].items():
         old = getattr(module, k, None)
         setattr(module, k, tuple(v) if isinstance(old, tuple) or isinstance(v, list) else v)

@@ -440,7 +440,7 @@ def test_program_loader_refuses_damaged_foreign_and_pickled_archives(structured_
 
     plain = torch.export.export(pl.demos.architecture("digits-mlp"), (torch.randn(2, 64),))
     torch.export.save(plain, tmp_path / "foreign.pt2")
-    with pytest.raises(ValueError, match="not a prunelab 'program' export"):
+    with pytest.raises(ValueError, match="is not the .pt2 program of a prunelab 'structured' export.*format='structured'"):
         pl.load_program(tmp_path / "foreign.pt2")
 
     # A tampered archive asking for a pickled weight must never reach torch.load(weights_only=False).

@@ -66,7 +66,7 @@ def test_bad_files_are_refused_with_the_file_named(exported, kind, tmp_path):
 @pytest.mark.parametrize("kind", sorted(LOADERS))
 def test_another_formats_file_names_its_loader(exported, kind):
     other = "sparse" if kind != "sparse" else "state_dict"
-    with pytest.raises(ValueError, match=f"is a prunelab '{other}' export, not '{kind}': load it with"):
+    with pytest.raises(ValueError, match=f"is a prunelab '{other}' export, not a prunelab '{kind}' export: load it with"):
         LOADERS[kind](exported[other])
 
 
