@@ -150,12 +150,21 @@ def apply_recipe(model, recipe_or_path, data, *, train_data=None, criteria: Mapp
     Returns:
         The Pruner, in the replayed state (its history holds the replayed steps).
 
+    Raises:
+        ValueError: a recipe that does not match its schema or the model, found before its first
+            step runs. If a step still fails (or is interrupted), the model is reset to its weights
+            before the call, bit for bit, and then the error propagates.
+
     Example:
         >>> pruner = pl.apply_recipe(fresh_model, "recipe.json", val_data)  # doctest: +SKIP
     """
-    r = recipe.as_recipe(recipe_or_path)
+    r = recipe.as_recipe(recipe_or_path, criteria)
     settings = r.get("pruner", {})
     pruner = Pruner(model, data, train_data=train_data, seed=settings.get("seed", 0),
                     batch_size=settings.get("batch_size", 1024), eval_samples=settings.get("eval_samples"))
-    recipe.replay(pruner, r, data=data, train_data=train_data, criteria=criteria, check=check)
+    try:
+        recipe.replay(pruner, r, data=data, train_data=train_data, criteria=criteria, check=check)
+    except BaseException:
+        pruner.reset()  # no Pruner is returned to reset it with: the model leaves as it came
+        raise
     return pruner

@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from .core.checks import GRANULARITIES, check_choice, check_fraction, check_layer_names, check_threshold
 from .core.criteria import CRITERIA
 from .core.files import check_marker, digest, read_file, write_bytes
 
@@ -166,6 +167,9 @@ def load_recipe(path) -> dict:
     path = Path(path)
     try:
         recipe = json.loads(read_file(path).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path} is not a prunelab recipe: its JSON is nested too deeply to read (a recipe is "
+                         "a few levels deep). Export it again with pruner.export(path, format='recipe').") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a prunelab recipe (not valid JSON: {e}); it may be damaged or cut "
                          "short. Export it again with pruner.export(path, format='recipe').") from None
@@ -178,14 +182,8 @@ def load_recipe(path) -> dict:
 # ---------------------------------------------------------------------------- replaying
 
 def _replay_prune(pruner, step: dict, context: dict) -> None:
-    criterion = step.get("criterion") or "magnitude"
-    criteria = context.get("criteria") or {}
-    if criterion in criteria:
-        criterion = criteria[criterion]
-    else:
-        if criterion not in CRITERIA:
-            raise ValueError(f"the recipe uses criterion {criterion!r}, which is not built in: pass "
-                             f"criteria={{{criterion!r}: your_criterion_instance}} to apply_recipe.")
+    name = step.get("criterion") or "magnitude"  # known: check_recipe ran before the first step
+    criterion = (context.get("criteria") or {}).get(name, name)
     if "threshold" in step:
         pruner.prune(threshold=step["threshold"], criterion=criterion, granularity=step["granularity"])
     else:
@@ -203,28 +201,102 @@ register_step("reset", lambda pruner, step, context: pruner.reset())
 register_step("set_weights", _replay_unrecorded_weights)
 
 
-def as_recipe(recipe) -> dict:
-    """``recipe`` as a checked recipe dict: a dict made by :func:`record_recipe`, or a file's path."""
+def as_recipe(recipe, criteria: Mapping | None = None) -> dict:
+    """``recipe`` as a recipe dict whose shape is checked (:func:`check_recipe`): a dict made by
+    :func:`record_recipe`, or a file's path."""
     if not isinstance(recipe, dict):
-        return load_recipe(recipe)
-    if recipe.get("format") != FORMAT:
+        recipe = load_recipe(recipe)
+    elif recipe.get("format") != FORMAT:
         raise ValueError("this dict is not a prunelab recipe (no 'format': 'prunelab.recipe'); make one with "
                          "prunelab.record_recipe(pruner) or pruner.export(path, format='recipe').")
+    check_recipe(recipe, criteria=criteria)
     return recipe
+
+
+def _bad(where: str, what: str) -> ValueError:
+    return ValueError(f"the recipe's {where} {what}. Export the recipe again with pruner.export(path, "
+                      "format='recipe'), or fix it to match what record_recipe writes.")
+
+
+def _check_map(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(where, f"must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def check_recipe(recipe: dict, layer_names=None, criteria: Mapping | None = None) -> None:
+    """Check ``recipe`` against its schema, before anything is replayed: ``steps`` a list of
+    objects of known kinds; prune steps with a known granularity and criterion and an ``amount``
+    (fractions) or a ``threshold`` (magnitudes >= 0), per layer or for all; ``layers``, ``pruner``
+    and ``check`` objects. With ``layer_names``, every layer a step names must be one of them.
+
+    Raises:
+        ValueError: what is wrong where, and what to do.
+
+    Example:
+        >>> check_recipe(pl.record_recipe(pruner), pruner.layer_names)
+    """
+    version = recipe.get("version", VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version > VERSION:
+        raise ValueError(f"the recipe has version {version!r}; this prunelab reads version {VERSION} and older. "
+                         "Update prunelab, or export the recipe again with this one.")
+    for key in ("pruner", "check"):
+        _check_map(recipe.get(key, {}), f"{key!r}")
+    for name, entry in _check_map(recipe.get("layers", {}), "'layers'").items():
+        shape = _check_map(entry, f"layer {name!r}").get("shape")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise _bad(f"layer {name!r}", f"needs a 'shape' list of sizes, not {shape!r}")
+    steps = recipe.get("steps", [])
+    if not isinstance(steps, list):
+        raise _bad("'steps'", f"must be a list of step objects, not {type(steps).__name__}")
+    for i, step in enumerate(steps):
+        kind = _check_map(step, f"step {i}").get("kind")
+        if kind not in _REPLAYERS:
+            raise ValueError(f"recipe step {i} has kind {kind!r}, which this prunelab cannot replay; known kinds: "
+                             f"{sorted(_REPLAYERS)}. Update prunelab, or register it with prunelab.register_step.")
+        if kind == "prune":
+            _check_prune_step(step, i, layer_names, criteria)
+
+
+def _check_prune_step(step: dict, i: int, layer_names, criteria: Mapping | None) -> None:
+    where = f"step {i}"
+    try:
+        check_choice(step.get("granularity"), GRANULARITIES, "granularity")
+    except ValueError as e:
+        raise _bad(where, f"has an {e}") from None
+    criterion = step.get("criterion") or "magnitude"
+    if not isinstance(criterion, str):
+        raise _bad(where, f"names its criterion by a {type(criterion).__name__}, not a string")
+    if criterion not in CRITERIA and criterion not in (criteria or {}):
+        raise ValueError(f"the recipe uses criterion {criterion!r}, which is not built in: pass "
+                         f"criteria={{{criterion!r}: your_criterion_instance}} to apply_recipe.")
+    by = [k for k in ("amount", "threshold") if k in step]
+    if len(by) != 1:
+        raise _bad(where, "needs exactly one of 'amount' (fractions) or 'threshold' (magnitudes)")
+    value = step[by[0]]
+    check = check_fraction if by[0] == "amount" else check_threshold
+    values = value if isinstance(value, dict) else {None: value}
+    try:
+        for layer, v in values.items():
+            check(v)
+        if isinstance(value, dict) and layer_names is not None:
+            check_layer_names(list(value), layer_names)
+    except ValueError as e:
+        raise _bad(where, f"cannot be replayed: {e}") from None
 
 
 def replay(pruner, recipe: dict, *, data=None, train_data=None, criteria: Mapping | None = None,
            check: bool = True) -> None:
     """Replay the steps of ``recipe`` (see :func:`as_recipe`) on ``pruner``, a fresh Pruner of a
-    model with the recorded layers. :func:`prunelab.apply_recipe` builds the Pruner and calls this."""
+    model with the recorded layers. The whole recipe is checked against its schema and the model's
+    layers before its first step runs. :func:`prunelab.apply_recipe` builds the Pruner, calls this,
+    and resets the model if a step still fails."""
+    check_recipe(recipe, criteria=criteria)
     _check_layers(pruner, recipe)
+    check_recipe(recipe, pruner.layer_names, criteria)
     context = {"data": data, "train_data": train_data, "criteria": dict(criteria or {})}
-    for i, step in enumerate(recipe.get("steps", [])):
-        kind = step.get("kind")
-        if kind not in _REPLAYERS:
-            raise ValueError(f"recipe step {i} has kind {kind!r}, which this prunelab cannot replay; known kinds: "
-                             f"{sorted(_REPLAYERS)}. Update prunelab, or register it with prunelab.register_step.")
-        _REPLAYERS[kind](pruner, step, context)
+    for step in recipe.get("steps", []):
+        _REPLAYERS[step["kind"]](pruner, step, context)
     if check:
         _check_masks(pruner, recipe)
 
@@ -242,7 +314,7 @@ def _check_layers(pruner, recipe: dict) -> None:
 
 def _check_masks(pruner, recipe: dict) -> None:
     expected = recipe.get("check", {}).get("masks_sha256")
-    if expected is None:
+    if not isinstance(expected, dict):
         return
     got = {n: _mask_digest(m) for n, m in pruner.masks().items()}
     if got == expected:
