@@ -35,7 +35,8 @@ def sweep_rows(demo: str, sparsities: list[float], criterion: str, granularity: 
     rows = []
     for s in sparsities:
         if granularity == "2:4" and s not in (0, 0.5):
-            raise SystemExit(f"prunelab sweep: 2:4 sparsity is always 0.5 (or 0); got {s}.")
+            raise SystemExit(f"prunelab sweep: 2:4 sparsity is always 0.5 (or 0), got {s}: pass --sparsity 0.5 (or "
+                             "0,0.5), or choose another --granularity.")
         pruner.reset()
         if s:
             pruner.prune(s, criterion=criterion, granularity=granularity)
@@ -141,7 +142,11 @@ def export_command(args) -> int:
         print(f"{args.demo}: {pruner.evaluate()}")
         if args.format == "all":
             folder = Path(args.out)
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise type(e)(e.errno, f"could not create the folder {folder} ({e.strerror or e}): choose an --out "
+                                       "folder you can write to.") from None
             report = compare_formats(pruner, directory=folder)
             print(report.table())
             print()
@@ -153,14 +158,57 @@ def export_command(args) -> int:
             for key, value in done.details.items():
                 print(f"  {key}: {value}")
     except (OSError, ValueError, ImportError) as e:
-        print(f"prunelab export: {e}", file=sys.stderr)
+        print(one_line(f"prunelab export: {explain(e)}"), file=sys.stderr)
         return 1
     return 0
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line (newlines and runs of spaces folded), as the CLI prints every error."""
+    return " ".join(text.split())
+
+
+def explain(error: BaseException) -> str:
+    """What the CLI says about ``error``: prunelab's own message (it says what to do), an OS error
+    with its path and what to check, or, for anything else, that it is a bug to report."""
+    if isinstance(error, OSError) and error.strerror:
+        if error.filename is None:  # prunelab's own: the message is the whole story, no "[Errno n]"
+            return error.strerror
+        return (f"{error.strerror}: {error.filename}. Check that the path exists and that you may write there, "
+                "or choose another one.")
+    if isinstance(error, (OSError, ValueError, ImportError)):
+        return str(error)
+    if isinstance(error, RecursionError):
+        return "an input is nested too deeply to read; check the files you passed."
+    return (f"unexpected {type(error).__name__}: {error}. This is a bug in prunelab: please report it with the "
+            "command you ran (python -m prunelab ... with PRUNELAB_TRACEBACK=1 shows where it happened).")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``prunelab`` command. Never a traceback: any error is one line on stderr saying what
+    to do, and a non-zero exit status (1; 130 when interrupted; 2 for usage errors).
+
+    Example:
+        >>> main(["sweep", "--sparsity", "0,0.5"])
+        0
+    """
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        print(f"prunelab {args.command}: interrupted; no export was left half-written.", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("PRUNELAB_TRACEBACK"):
+            raise
+        print(one_line(f"prunelab {args.command or ''}: {explain(e)}"), file=sys.stderr)
+        return 1
+
+
+def _run(parser, args) -> int:
     if args.command == "sweep":
         rows = sweep_rows(args.demo, args.sparsity, args.criterion, args.granularity)
         print(format_rows(rows, args.format, granularity=args.granularity))
