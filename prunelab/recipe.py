@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping
@@ -214,7 +215,7 @@ def as_recipe(recipe, criteria: Mapping | None = None) -> dict:
 
 
 def _bad(where: str, what: str) -> ValueError:
-    return ValueError(f"the recipe's {where} {what}. Export the recipe again with pruner.export(path, "
+    return ValueError(f"the recipe's {where} {what.rstrip('.')}. Export the recipe again with pruner.export(path, "
                       "format='recipe'), or fix it to match what record_recipe writes.")
 
 
@@ -278,6 +279,9 @@ def _check_prune_step(step: dict, i: int, layer_names, criteria: Mapping | None)
     values = value if isinstance(value, dict) else {None: value}
     try:
         for layer, v in values.items():
+            if not isinstance(v, numbers.Real):  # (its repr could be a recipe-sized nest)
+                raise ValueError(f"{by[0]} {'for layer ' + repr(layer) + ' ' if layer else ''}must be a number, "
+                                 f"not a {type(v).__name__}")
             check(v)
         if isinstance(value, dict) and layer_names is not None:
             check_layer_names(list(value), layer_names)
