@@ -119,8 +119,8 @@ def test_bad_arguments_are_usage_errors(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_two_of_four_sweep_refuses_other_sparsities():
-    with pytest.raises(SystemExit, match="2:4 sparsity is always 0.5"):
+def test_two_of_four_sweep_refuses_other_sparsities_and_says_what_to_pass():
+    with pytest.raises(SystemExit, match="2:4 sparsity is always 0.5.*got 0.9: pass --sparsity 0.5 .*--granularity"):
         main(["sweep", "--sparsity", "0.9", "--granularity", "2:4"])
 
 
@@ -317,3 +317,67 @@ def test_lab_outside_the_repository_opens_jupyterlab_without_a_notebook(monkeypa
     monkeypatch.chdir(tmp_path)
     assert main(["lab"]) == 0
     assert calls == [[sys.executable, "-m", "jupyter", "lab"]]
+
+
+# ---------------------------------------------------------------------- never a traceback
+
+def one_clear_line(err: str) -> str:
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.strip()
+
+
+def test_an_unwritable_out_folder_for_all_formats_is_named(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    status, out, err = run_export(capsys, "--demo", "digits-mlp", "--format", "all", "--out", str(blocker / "all"))
+    line = one_clear_line(err)
+    assert status == 1 and "[Errno" not in line
+    assert line.startswith(f"prunelab export: could not create the folder {blocker / 'all'}") and "choose an --out" in line
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"format": "prunelab.recipe", "steps": "prune"}', "'steps' must be a list"),
+    ('{"format": "prunelab.recipe", "steps": [1, 2]}', "step 0 must be a JSON object"),
+    ('{"format": "prunelab.recipe", "layers": ["0"]}', "'layers' must be a JSON object"),
+    ('{"format": "prunelab.recipe", "steps": [{"kind": "distill"}]}', "kind 'distill'"),
+])
+def test_a_bad_recipe_is_one_line(capsys, tmp_path, content, message):
+    (tmp_path / "r.json").write_text(content)
+    status, out, err = run_export(capsys, "--demo", "digits-mlp", "--recipe", str(tmp_path / "r.json"),
+                                  "--out", str(tmp_path / "m"))
+    assert status == 1 and message in one_clear_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_missing_recipe_is_one_line(capsys, tmp_path):
+    status, out, err = run_export(capsys, "--recipe", str(tmp_path / "nope.json"), "--out", str(tmp_path / "m"))
+    assert status == 1 and "nope.json does not exist" in one_clear_line(err)
+
+
+@pytest.mark.parametrize("error, status, message", [
+    (TypeError("bad operand"), 1, "unexpected TypeError: bad operand. This is a bug in prunelab: please report it"),
+    (RecursionError("deep"), 1, "nested too deeply"),
+    (PermissionError(13, "Permission denied", "/x/y"), 1, "Permission denied: /x/y. Check that the path exists"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_any_exception_is_one_line_and_a_nonzero_status(capsys, monkeypatch, error, status, message):
+    import prunelab.cli
+
+    def boom(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(prunelab.cli, "sweep_rows", boom)
+    monkeypatch.delenv("PRUNELAB_TRACEBACK", raising=False)
+    assert main(["sweep"]) == status
+    line = one_clear_line(capsys.readouterr().err)
+    assert line.startswith("prunelab sweep: ") and message in line
+
+
+@pytest.mark.slow  # starts Python
+def test_a_deep_recipe_from_the_shell_has_no_traceback(tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = run_module("export", "--demo", "digits-mlp", "--recipe", str(tmp_path / "deep.json"),
+                        "--out", str(tmp_path / "m"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "nested too deeply" in result.stderr
