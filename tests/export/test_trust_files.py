@@ -292,3 +292,13 @@ def test_foreign_safetensors_and_an_old_version_are_refused(tmp_path, exported):
     save_file({"w": torch.ones(2)}, tmp_path / "f.safetensors", metadata={"format": "prunelab.sparse"})
     with pytest.raises(ValueError, match="file version None.*Export it again"):
         pl.load_sparse(tmp_path / "f.safetensors")
+
+
+def test_a_plain_torch_program_is_named_as_not_ours_with_the_export_that_writes_ours(tmp_path):
+    plain = torch.export.export(pl.demos.architecture("digits-mlp"), (torch.randn(2, 64),))
+    torch.export.save(plain, tmp_path / "plain.pt2")
+    with pytest.raises(ValueError) as info:
+        pl.load_program(tmp_path / "plain.pt2")
+    message = str(info.value)
+    assert "plain.pt2 is not the .pt2 program of a prunelab 'structured' export" in message
+    assert "pruner.export(path, format='structured')" in message and "format='program'" not in message
