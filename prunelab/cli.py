@@ -1,10 +1,9 @@
-"""The ``prunelab`` command: headless sweeps and the lab, for scripts and CI."""
+"""The ``prunelab`` command: the report tables (``sweep`` is ``report sparsity``), export and the lab,
+for scripts and CI."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 
@@ -25,49 +24,122 @@ def _fractions(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"sparsities must be fractions in [0, 1], e.g. 0,0.5,0.9; got {text!r}") from None
 
 
-def sweep_rows(demo: str, sparsities: list[float], criterion: str, granularity: str) -> list[dict]:
-    """Prune the demo to each sparsity (one-shot, global) and measure it."""
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.05; got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.05; got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _add_source_flags(parser, demos, default_demo: str) -> None:
+    """--demo, or --model/--weights/--data/--train-data: where the model and data come from."""
+    parser.add_argument("--demo", choices=demos, help=f"built-in demo (default: {default_demo}, unless --model)")
+    parser.add_argument("--model", metavar="MODULE:ATTR",
+                        help="your model: an nn.Module attribute or a function returning one, e.g. mypkg.models:build")
+    parser.add_argument("--weights", metavar="FILE", help="a .safetensors state to load into --model")
+    parser.add_argument("--data", metavar="MODULE:ATTR",
+                        help="validation data for --model (a DataLoader, Dataset or (inputs, targets), or a "
+                             "function returning it), e.g. mypkg.data:val")
+    parser.add_argument("--train-data", metavar="MODULE:ATTR", help="training data for --model (fine-tuning)")
+    parser.set_defaults(default_demo=default_demo)
+
+
+def _pruner_from(args, command: str):
+    """The Pruner the flags name (a demo, or --model with --data), or SystemExit with one line."""
     from . import demos
+    from .cli_paths import PathError, load_data, load_model
     from .pruner import Pruner
 
-    d = demos.load(demo)
-    pruner = Pruner(d.model, d.val, train_data=d.train)
-    rows = []
-    for s in sparsities:
-        if granularity == "2:4" and s not in (0, 0.5):
-            raise SystemExit(f"prunelab sweep: 2:4 sparsity is always 0.5 (or 0), got {s}: pass --sparsity 0.5 (or "
-                             "0,0.5), or choose another --granularity.")
-        pruner.reset()
-        if s:
-            pruner.prune(s, criterion=criterion, granularity=granularity)
-        m = pruner.evaluate()
-        rows.append({
-            "sparsity": s, "accuracy": m.accuracy, "params": m.params, "nonzero_params": m.nonzero_params,
-            "dense_mb": m.dense_bytes / 1e6, "sparse_mb": m.sparse_bytes / 1e6,
-            "compression": m.compression_ratio, "flops": m.flops, "nonzero_flops": m.nonzero_flops,
-            "samples": m.samples,
-        })
-    return rows
+    if args.model is None:
+        for flag in ("weights", "data", "train_data"):
+            if getattr(args, flag) is not None:
+                raise SystemExit(f"prunelab {command}: --{flag.replace('_', '-')} goes with --model MODULE:ATTR.")
+        d = demos.load(args.demo or args.default_demo)
+        return Pruner(d.model, d.val, train_data=d.train)
+    if args.demo is not None:
+        raise SystemExit(f"prunelab {command}: give --demo or --model, not both.")
+    if args.data is None:
+        raise SystemExit(f"prunelab {command}: --model needs --data MODULE:ATTR (the validation data to measure on).")
+    try:
+        model = load_model(args.model, args.weights)
+        val = load_data(args.data)
+        train = load_data(args.train_data, "--train-data") if args.train_data else None
+        return Pruner(model, val, train_data=train)
+    except PathError as e:
+        raise SystemExit(f"prunelab {command}: {e}") from None
+    except (ValueError, TypeError) as e:  # the Pruner's checks of the model against the data
+        raise SystemExit(f"prunelab {command}: {str(e).splitlines()[0]}") from None
 
 
-def format_rows(rows: list[dict], fmt: str, *, granularity: str = "unstructured") -> str:
+# which report options each flag sets (the option's name in prunelab.reports), per kind
+_SINGLE_SPARSITY = ("timing", "compare")
+
+
+def _report_options(args, kind: str) -> dict:
+    from .reports import options_of
+
+    given = {"sparsity": args.sparsity, "criterion": args.criterion, "criteria": args.criteria,
+             "granularity": args.granularity, "thresholds": args.thresholds, "target": args.target,
+             "steps": args.steps, "epochs": args.epochs, "compare": args.compare}
+    known = options_of(kind)
+    options = {}
+    for flag, value in given.items():
+        if value is None:
+            continue
+        name = {"sparsity": "sparsity" if kind in _SINGLE_SPARSITY else "sparsities", "compare": "models"}.get(flag, flag)
+        if name not in known:
+            raise SystemExit(f"prunelab report {kind}: --{flag} does not apply to this report (its options: "
+                             f"{', '.join(known) or 'none'}).")
+        if name == "sparsity":
+            if len(value) != 1:
+                raise SystemExit(f"prunelab report {kind}: --sparsity takes one fraction here, got {len(value)}.")
+            value = value[0]
+        if name == "models":
+            value = {entry: _compared(entry) for entry in value}
+        options[name] = value
+    return options
+
+
+def _compared(entry: str):
+    """A --compare entry: a .safetensors state, or MODULE:ATTR naming a model."""
+    from .cli_paths import PathError, load_model
+
+    if ":" in entry and not entry.endswith(".safetensors"):
+        try:
+            return load_model(entry)
+        except PathError as e:
+            raise SystemExit(f"prunelab report compare: {str(e).replace('--model', '--compare', 1)}") from None
+    return entry
+
+
+def format_table(table, fmt: str) -> str:
+    """The table as markdown (without its title: a table to paste), JSON rows or CSV."""
     if fmt == "json":
-        return json.dumps(rows, indent=2)
+        return json.dumps(table.rows, indent=2)
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue()
-    pruned = "Units pruned" if granularity == "structured" else "Pruned"
-    lines = [f"| {pruned} | Accuracy | Parameters | Nonzero | Memory (sparse) | Compression |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['sparsity']:.0%} | {r['accuracy']:.1%} | {r['params'] / 1e6:.2f}M | "
-                     f"{r['nonzero_params'] / 1e6:.2f}M | {r['sparse_mb']:.2f} MB | {r['compression']:.1f}x |")
-    lines.append(f"\nMeasured on {rows[0]['samples']} validation samples; memory stores masked weights as a "
-                 "bitmask plus nonzero fp32 values.")
-    return "\n".join(lines)
+        return table.to_csv().rstrip("\n")
+    return table.to_markdown(title=False)
+
+
+def report_command(args, kind: str, command: str = "report") -> int:
+    """Run ``prunelab report KIND`` (and ``prunelab sweep``); returns the exit status."""
+    from .retrain import Cancelled
+
+    options = _report_options(args, kind)
+    pruner = _pruner_from(args, command)
+    try:
+        table = pruner.report(kind, **options)
+    except (ValueError, TypeError, OSError, ImportError, Cancelled) as e:
+        raise SystemExit(f"prunelab {command}: {str(e).splitlines()[0]}") from None
+    print(format_table(table, args.format))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,16 +157,40 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="prune a demo to several sparsities and print the results table",
                            description="One-shot global pruning of a demo model at each sparsity, measured on "
                                        "its validation data. Prints the table people publish about pruning.")
-    sweep.add_argument("--demo", default="digits-mlp", choices=NAMES, help="built-in demo (default: digits-mlp)")
+    _add_source_flags(sweep, NAMES, "digits-mlp")
     sweep.add_argument("--sparsity", type=_fractions, default=[0, 0.5, 0.8, 0.9, 0.95],
                        help="comma-separated fractions to prune, e.g. 0,0.5,0.9")
     sweep.add_argument("--criterion", default="magnitude", choices=sorted(CRITERIA))
     sweep.add_argument("--granularity", default="unstructured", choices=GRANULARITIES)
     sweep.add_argument("--format", default="markdown", choices=("markdown", "json", "csv"))
+    sweep.set_defaults(criteria=None, thresholds=None, target=None, steps=None, epochs=None, compare=None)
 
     sub.add_parser("lab", help="open JupyterLab on the quickstart notebook")
+    _add_report_parser(sub, NAMES, CRITERIA, GRANULARITIES)
     _add_export_parser(sub, NAMES, CRITERIA, GRANULARITIES)
     return parser
+
+
+def _add_report_parser(sub, demos, criteria, granularities):
+    from .reports import DESCRIPTIONS, KINDS
+
+    report = sub.add_parser(
+        "report", help="measure one of the tables people publish about pruning",
+        description="Measure a table on a demo or on your own model (--model mypkg.models:build --data "
+                    "mypkg.data:val). Kinds: " + "; ".join(f"{k}: {DESCRIPTIONS[k]}" for k in KINDS) + ".")
+    report.add_argument("kind", choices=KINDS, help="which table")
+    _add_source_flags(report, demos, "digits-mlp")
+    report.add_argument("--sparsity", type=_fractions, help="fractions to prune, e.g. 0,0.5,0.9 (one for timing, compare)")
+    report.add_argument("--criterion", choices=sorted(criteria), help="how weights are ranked (default magnitude)")
+    report.add_argument("--criteria", type=_names, help="for 'criteria': comma-separated, e.g. magnitude,random")
+    report.add_argument("--granularity", choices=granularities, help="default unstructured")
+    report.add_argument("--thresholds", type=_numbers, help="for 'thresholds': |w| values, e.g. 0.01,0.05")
+    report.add_argument("--target", type=float, help="for 'iterations': run iterate() to this sparsity on a copy")
+    report.add_argument("--steps", type=int, help="for 'iterations': steps of that run")
+    report.add_argument("--epochs", type=int, help="for 'timing': fine-tuning epochs timed (0 skips)")
+    report.add_argument("--compare", action="append", metavar="STATE",
+                        help="for 'compare': a .safetensors state or MODULE:ATTR model (repeat the flag)")
+    report.add_argument("--format", default="markdown", choices=("markdown", "json", "csv"))
 
 
 def _add_export_parser(sub, demos, criteria, granularities):
@@ -196,23 +292,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return _run(parser, args)
-    except KeyboardInterrupt:
-        print(f"prunelab {args.command}: interrupted; no export was left half-written.", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if os.environ.get("PRUNELAB_TRACEBACK"):
-            raise
-        print(one_line(f"prunelab {args.command or ''}: {explain(e)}"), file=sys.stderr)
-        return 1
-
-
-def _run(parser, args) -> int:
-    if args.command == "sweep":
-        rows = sweep_rows(args.demo, args.sparsity, args.criterion, args.granularity)
-        print(format_rows(rows, args.format, granularity=args.granularity))
-        return 0
+    if args.command == "sweep":  # the short name of `report sparsity`
+        return report_command(args, "sparsity", "sweep")
+    if args.command == "report":
+        return report_command(args, args.kind)
     if args.command == "export":
         return export_command(args)
     if args.command == "lab":

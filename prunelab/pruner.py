@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from . import export, recipe, retrain, sensitivity
+from . import export, recipe, reports, retrain, sensitivity
 from .core.base import BasePruner
 from .retrain import FinetuneSettings as _F, IterateSettings as _I
 
@@ -89,10 +89,29 @@ class Pruner(BasePruner):
         Example:
             >>> pruner.iterate(0.95, steps=5).column("accuracy_after")
         """
-        return retrain.iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
+        return reports.remember_iterate(self, retrain.iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
                                criterion=criterion, granularity=granularity, regrow=regrow,
                                final_epochs=final_epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                               progress=progress)
+                               progress=progress))
+
+    def report(self, kind: str, **options):
+        """Measure one of the tables people publish about pruning, on the model as it is (see
+        :mod:`prunelab.reports`); the Pruner's state is left as it was, bit for bit.
+
+        Args:
+            kind: "sparsity", "criteria", "layers", "thresholds", "iterations" (of the last
+                :meth:`iterate`), "timing", "inference", "size" or "compare".
+            options: the kind's options, e.g. ``sparsities=[0, 0.5, 0.9]``, ``criteria=["magnitude",
+                "random", "taylor"]``, ``thresholds=[0.01, 0.05]``, ``models={"b": state}``.
+
+        Returns:
+            A :class:`prunelab.Table`: markdown when printed, HTML in a notebook, and ``.rows``,
+            ``.to_csv()``, ``.to_markdown()``, ``.to_pandas()``.
+
+        Example:
+            >>> print(pruner.report("sparsity", sparsities=[0, 0.5, 0.9]))
+        """
+        return reports.report(self, kind, **options)
 
     def sensitivity(self, sparsities=None, layers=None, criterion="magnitude", granularity: str = "unstructured",
                     executor=None):

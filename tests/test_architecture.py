@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prunelab"
 FLOORS = {
     "prunelab.core": 0, "prunelab._version": 0, "prunelab.demos": 0,
     "prunelab.retrain": 1, "prunelab.sensitivity": 1, "prunelab.recipe": 1, "prunelab.export": 1,
+    "prunelab.reports": 1,
     "prunelab.pruner": 2,
     "prunelab": 3, "prunelab.explorer": 3, "prunelab.cli": 3, "prunelab.__main__": 3,
 }

@@ -3,7 +3,9 @@ and convert to plain Python (or to pandas, when it is installed) for further wor
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 from typing import Callable, Iterator, Mapping, Sequence
 
 
@@ -11,14 +13,19 @@ class Table:
     """Rows (dicts with the same keys) with per-column formatting.
 
     ``formats`` maps a column to a function that turns a value into display text; columns
-    without one use ``str``. The values themselves stay numbers.
+    without one use ``str``. The values themselves stay numbers. ``headers`` maps a column to the
+    heading shown in markdown and HTML (the keys of ``.rows``, CSV and JSON stay the column names);
+    ``note`` is a line printed under the table (what was measured, on what).
     """
 
     def __init__(self, columns: Sequence[str], rows: Sequence[Mapping] = (), *,
-                 formats: Mapping[str, Callable[[object], str]] | None = None, title: str = ""):
+                 formats: Mapping[str, Callable[[object], str]] | None = None, title: str = "",
+                 headers: Mapping[str, str] | None = None, note: str = ""):
         self.columns = list(columns)
         self.formats = dict(formats or {})
         self.title = title
+        self.headers = dict(headers or {})
+        self.note = note
         self._rows: list[dict] = []
         for row in rows:
             self.append(row)
@@ -59,25 +66,52 @@ class Table:
             raise ImportError("to_pandas() needs pandas (pip install pandas); .rows gives plain dicts.") from None
         return pd.DataFrame(self._rows, columns=self.columns)
 
+    def to_csv(self) -> str:
+        """The rows as CSV text: a header of column names, then the raw values (numbers unformatted)."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self._rows)
+        return out.getvalue()
+
+    def to_markdown(self, *, title: bool = True, note: bool = True) -> str:
+        """A Markdown table with the formatted values (``str(table)`` is the same).
+
+        Args:
+            title: put the title first (when there is one). note: put the note last.
+
+        Example:
+            >>> print(Table(["a"], [{"a": 1}]).to_markdown())
+            | a |
+            |---:|
+            | 1 |
+        """
+        head = "| " + " | ".join(self._heading(c) for c in self.columns) + " |"
+        rule = "|" + "|".join("---:" for _ in self.columns) + "|"
+        body = ["| " + " | ".join(self._text(c, r[c]) for c in self.columns) + " |" for r in self._rows]
+        lines = ([self.title, ""] if title and self.title else []) + [head, rule] + body
+        return "\n".join(lines + (["", self.note] if note and self.note else []))
+
+    def _heading(self, column: str) -> str:
+        return self.headers.get(column, column)
+
     def _text(self, column: str, value) -> str:
-        return self.formats.get(column, str)(value)
+        return "" if value is None else self.formats.get(column, str)(value)
 
     def __str__(self) -> str:
         """A Markdown table."""
-        head = "| " + " | ".join(self.columns) + " |"
-        rule = "|" + "|".join("---:" for _ in self.columns) + "|"
-        body = ["| " + " | ".join(self._text(c, r[c]) for c in self.columns) + " |" for r in self._rows]
-        return "\n".join(([self.title, ""] if self.title else []) + [head, rule] + body)
+        return self.to_markdown()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} rows)\n{self}"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        head = "".join(f"<th>{html.escape(self._heading(c))}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(self._text(c, r[c]))}</td>" for c in self.columns)
                        + "</tr>" for r in self._rows)
         caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 def percent(digits: int = 1) -> Callable[[object], str]:
@@ -95,3 +129,8 @@ def count(v) -> str:
 
 def seconds(v) -> str:
     return f"{v:.1f} s"
+
+
+def fixed(digits: int = 2, unit: str = "") -> Callable[[object], str]:
+    """A number with ``digits`` decimals and an optional unit: ``fixed(2, " MB")(1.5)`` gives ``'1.50 MB'``."""
+    return lambda v: f"{v:,.{digits}f}{unit}"

@@ -29,6 +29,7 @@ from .views.importance import ImportanceView
 from .views.interpretability import InterpretabilityView
 from .views.metrics import MetricsView
 from .panels.export import ExportPanel
+from .panels.tables import TablesPanel
 from .panels.training import TrainingPanel
 from .views.weights import WeightsView
 
@@ -110,7 +111,8 @@ class Explorer(w.VBox):
         self.state.observe(lambda c: c["new"] and self._schedule_explain(), "auto_explain")
         self._unsubscribe = follow(pruner, self._scheduler.soon, self.refresh)  # the one bridge
         self.panels = {"Fine-tune": TrainingPanel(pruner, self.state, post),
-                       "Export": ExportPanel(pruner, self.state, post)}
+                       "Export": ExportPanel(pruner, self.state, post),
+                       "Tables": TablesPanel(pruner, self.state, post)}
         for title, panel in self.panels.items():
             self.add_panel(title, panel)
         self._score_in_background()
