@@ -133,6 +133,10 @@ def report_command(args, kind: str, command: str = "report") -> int:
     from .retrain import Cancelled
 
     options = _report_options(args, kind)
+    odd = [v for v in options.get("sparsities", ()) if v not in (0, 0.5)]
+    if options.get("granularity") == "2:4" and odd:
+        raise SystemExit(f"prunelab {command}: 2:4 sparsity is always 0.5 (or 0), got {odd[0]}: pass --sparsity 0.5 "
+                         "(or 0,0.5), or choose another --granularity.")
     pruner = _pruner_from(args, command)
     try:
         table = pruner.report(kind, **options)
@@ -292,6 +296,19 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        print(f"prunelab {args.command}: interrupted; no export was left half-written.", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("PRUNELAB_TRACEBACK"):
+            raise
+        print(one_line(f"prunelab {args.command or ''}: {explain(e)}"), file=sys.stderr)
+        return 1
+
+
+def _run(parser, args) -> int:
     if args.command == "sweep":  # the short name of `report sparsity`
         return report_command(args, "sparsity", "sweep")
     if args.command == "report":

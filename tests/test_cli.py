@@ -367,7 +367,7 @@ def test_any_exception_is_one_line_and_a_nonzero_status(capsys, monkeypatch, err
     def boom(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(prunelab.cli, "sweep_rows", boom)
+    monkeypatch.setattr(prunelab.cli, "report_command", boom)
     monkeypatch.delenv("PRUNELAB_TRACEBACK", raising=False)
     assert main(["sweep"]) == status
     line = one_clear_line(capsys.readouterr().err)
