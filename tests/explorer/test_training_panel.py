@@ -114,12 +114,16 @@ def test_iterate_streams_steps_into_the_pruner_table_and_curve(mlp_demo_pruner):
         await until_idle(panel)
 
     run_in_loop(scenario)
-    assert seen == pytest.approx(pl.sparsity_schedule(0, 0.9, 3), abs=1e-4)  # one change per step
+    assert seen == pytest.approx(pl.sparsity_schedule(0, 0.9, 3), abs=1e-4), panel.status.value  # one change per step
     assert [r["step"] for r in panel.history] == [0, 1, 2, 3]
     assert panel.history[-1]["accuracy_after"] == mlp_demo_pruner.evaluate().accuracy
     assert panel.history_html.value.count("<tr>") == 1 + 4
     assert panel.history_source.data["after"] == panel.history.column("accuracy_after")
     assert "reached 90.0% sparsity" in panel.status.value
+    # the Tables tab's "iterations" report shows this run, measured as the panel showed it
+    table = mlp_demo_pruner.report("iterations")
+    assert table.column("step") == [0, 1, 2, 3]
+    assert table.column("accuracy_after") == panel.history.column("accuracy_after")
 
 
 def test_cancel_stops_at_the_last_completed_step(mlp_demo_pruner):

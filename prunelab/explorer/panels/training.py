@@ -23,6 +23,7 @@ from typing import Callable
 
 import ipywidgets as widgets
 
+from ...reports import remember_iterate
 from ...retrain import (OPTIMIZERS, SCHEDULES, VARIABLE_GRANULARITIES, FinetuneJob, FinetuneSettings, IterateJob,
                         IterateSettings, IterateStep, history_table, resolve_defaults)
 from ...sensitivity import SensitivityTable
@@ -222,6 +223,7 @@ class TrainingPanel(Panel):
             return job.run(hooks, on_step=lambda step: send(lambda: self._apply_step(job, step)))
 
         def done(history):
+            remember_iterate(self.pruner, history)  # the Tables tab's "iterations" shows this run
             last = history[-1]
             return f"reached {last['sparsity']:.1%} sparsity, accuracy {last['accuracy_after']:.1%}"
 
