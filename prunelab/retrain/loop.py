@@ -32,7 +32,7 @@ from torch import nn
 from .batches import Batches
 from .settings import check_optimizer, check_whole
 
-__all__ = ["Batches", "Cancelled", "Hooks", "apply_masks", "checked_loss", "console_progress", "held",
+__all__ = ["Batches", "Cancelled", "Hooks", "apply_masks", "check_scalar_loss", "checked_loss", "console_progress", "held",
            "keeps_statistics", "make_optimizer", "train_masked", "trained_weights", "training_mode"]
 
 
@@ -185,13 +185,12 @@ def training_mode(model: nn.Module):
         yield model
 
 
-def checked_loss(value, lr: float) -> torch.Tensor:
-    """``value`` (what the loss returned for a batch) if training can step on it, else a clear error.
+def check_scalar_loss(value) -> None:
+    """A clear error unless ``value`` (what the loss returned) is one number with a gradient.
 
     Raises:
         TypeError: not a tensor.
         ValueError: not one number (e.g. ``reduction='none'``), or no gradient to the parameters.
-        FloatingPointError: not finite.
     """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"the loss returned {type(value).__name__}; it must return a scalar tensor computed "
@@ -203,6 +202,16 @@ def checked_loss(value, lr: float) -> torch.Tensor:
         raise ValueError("the loss has no gradient with respect to the trainable parameters (computed without "
                          "autograd, detached, or under torch.no_grad()): return it as a tensor computed from the "
                          "model's outputs.")
+
+
+def checked_loss(value, lr: float) -> torch.Tensor:
+    """``value`` (what the loss returned for a batch) as a scalar, if training can step on it.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_scalar_loss`.
+        FloatingPointError: not finite (the message suggests a lower ``lr``).
+    """
+    check_scalar_loss(value)
     if not torch.isfinite(value.detach()).all():
         raise FloatingPointError(f"the training loss became {float(value.detach())}; lower lr (now {lr}).")
     return value.reshape(())
