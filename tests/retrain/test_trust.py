@@ -74,8 +74,8 @@ def finetune(p, **kw):
     return retrain.finetune(p, 2, **(QUICK | kw))
 
 
-def iterate(p, **kw):
-    return retrain.iterate(p, 0.8, **(ITERATE | kw))
+def iterate(p, target=0.8, **kw):
+    return retrain.iterate(p, target, **(ITERATE | kw))
 
 
 WORKFLOWS = {"finetune": finetune, "iterate": iterate}
@@ -98,6 +98,14 @@ def test_a_partly_frozen_model_trains_only_what_is_unfrozen(small):
     finetune(small)
     assert torch.equal(small.model[0].weight, frozen)
     assert not torch.equal(small.history.current.weights["4.weight"], small.history.steps[-2].weights["4.weight"])
+
+
+def test_regrowth_leaves_a_frozen_layer_as_it_is(small):
+    small.model[0].requires_grad_(False)
+    keep = small.mask("0").clone()
+    iterate(small, target=0.6, regrow=0.2, granularity="unstructured")
+    assert not (small.mask("0") & ~keep).any()  # nothing pruned in the frozen layer came back
+    assert small.overall_sparsity() == pytest.approx(0.6, abs=0.01)
 
 
 @pytest.mark.parametrize("run", WORKFLOWS.values(), ids=WORKFLOWS.keys())
