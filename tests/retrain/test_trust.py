@@ -265,6 +265,22 @@ def test_a_private_copy_keeps_each_modules_flag_and_leaves_the_model_alone(mlp_d
     assert [(n, m.training) for n, m in model.named_modules()] == flags
 
 
+def versions(model) -> list[int]:
+    """Each parameter's and buffer's version counter: it moves with every in-place write."""
+    return [t._version for t in [*model.parameters(), *model.buffers()]]
+
+
+@pytest.mark.parametrize("work", [
+    lambda p: PrunerCopy.of(p),
+    lambda p: retrain.FinetuneJob(p, FinetuneSettings(epochs=1, batch_size=16)).prepare().run(),
+    lambda p: p.sensitivity([0.5, 0.9]),
+], ids=["copy", "finetune-until-apply", "sensitivity"])
+def test_work_on_a_copy_never_writes_the_pruners_model(small, work):
+    before = versions(small.model)
+    work(small)
+    assert versions(small.model) == before
+
+
 # ---------------------------------------------------------------------- buffers (issue 10, case 11)
 
 class CountingBatchNorm(nn.BatchNorm1d):
