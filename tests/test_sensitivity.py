@@ -213,7 +213,8 @@ def assert_state(p, before) -> None:
     assert all(torch.equal(after[k].view(torch.uint8) if after[k].is_floating_point() else after[k],
                            v.view(torch.uint8) if v.is_floating_point() else v) for k, v in before["tensors"].items())
     assert [m.training for m in p.model.modules()] == before["flags"]
-    assert len(p.history) == before["held"] and all(a is b for a, b in zip(p.history.steps, before["steps"], strict=True))
+    assert len(p.history) == before["held"]
+    assert all(a is b for a, b in zip(p.history.steps, before["steps"], strict=True))
     assert p.plans.keys() == before["plans"].keys() and all(p.plans[n] is v for n, v in before["plans"].items())
     assert all(torch.equal(p.masks()[n], k) for n, k in before["masks"].items())
 

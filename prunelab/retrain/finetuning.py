@@ -6,8 +6,9 @@ a private copy of the model holding the Pruner's unmasked weights, and its plans
 :meth:`FinetuneJob.run` (on any thread) measures the copy, trains it and measures it again, on an
 independent Pruner over the copy (the same measurement the Pruner makes). :meth:`FinetuneJob.apply`
 (on the Pruner's thread again) hands the trained weights back as one step of the Pruner's history
-and does nothing else: undo steps back, ``reset()`` restores the original weights. The weights handed back are the trained weights as the model uses them, so
-pruned weights are zero in the new unmasked weights too. That keeps later rankings honest: a
+and does nothing else: undo steps back, ``reset()`` restores the original weights. The weights
+handed back are the trained weights as the model uses them, so pruned weights are zero in the
+new unmasked weights too. That keeps later rankings honest: a
 weight pruned before fine-tuning ranks lowest afterwards (gradual pruning only adds to the pruned
 set), and a slider moved back down revives it at zero, where the next fine-tuning trains it.
 

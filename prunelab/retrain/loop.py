@@ -32,8 +32,8 @@ from torch import nn
 from .batches import Batches
 from .settings import check_optimizer, check_whole
 
-__all__ = ["Batches", "Cancelled", "Hooks", "apply_masks", "check_scalar_loss", "checked_loss", "console_progress", "held",
-           "keeps_statistics", "make_optimizer", "train_masked", "trained_weights", "training_mode"]
+__all__ = ["Batches", "Cancelled", "Hooks", "apply_masks", "check_scalar_loss", "checked_loss", "console_progress",
+           "held", "keeps_statistics", "make_optimizer", "train_masked", "trained_weights", "training_mode"]
 
 
 class Cancelled(Exception):
@@ -310,7 +310,7 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
                 hooks.check()
                 values = []
 
-                def closure():  # LBFGS calls it several times per step; the first loss is the batch's
+                def closure(x=x, y=y):  # LBFGS calls it several times a step; the first loss is the batch's
                     opt.zero_grad(set_to_none=True)
                     value = checked_loss(loss(model(x), y), lr)
                     value.backward()
