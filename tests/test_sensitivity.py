@@ -89,7 +89,7 @@ def test_thread_pool_gives_the_same_table(mlp_demo_pruner):
     here = mlp_demo_pruner.sensitivity(SPARSITIES)
     with RecordingPool(2) as pool:
         val = (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets)
-        fresh = pl.Pruner(mlp_demo_pruner.model, val).sensitivity(SPARSITIES, executor=pool)
+        fresh = pl.Pruner(copy.deepcopy(mlp_demo_pruner.model), val).sensitivity(SPARSITIES, executor=pool)
     assert fresh.rows == here.rows and fresh.baseline == here.baseline
     # the work went to the pool: the baseline and one task per layer, each on a pool thread
     assert pool.submitted == ["evaluate_masked"] * (1 + len(mlp_demo_pruner.layer_names))
@@ -278,7 +278,7 @@ def test_sensitivity_interrupted_at_any_task_leaves_the_pruner_and_its_cache_as_
     tasks = 1 + len(small.layer_names)  # the reference, then one task per layer
     before = state(small)
     for k in range(1, tasks + 1):
-        with pytest.raises(error):
+        with pytest.raises((error, ValueError), match="injected"):  # or named by a check that met it
             small.sensitivity([0.5, 0.9], executor=FaultyExecutor(k, error))
         assert_state(small, before)
     clean = FaultyExecutor()
@@ -307,7 +307,7 @@ def test_allocate_interrupted_at_any_measurement_leaves_the_pruner_exactly_as_it
     for k in range(1, n + 1):
         p = fresh(calls, fail_at=k)
         before = state(p)
-        with pytest.raises(error):
+        with pytest.raises((error, ValueError), match="injected"):  # or named by a check that met it
             p.allocate(target_sparsity=0.6)
         assert_state(p, before)
 
@@ -327,7 +327,7 @@ def test_dask_cluster_gives_the_same_table(mlp_demo_pruner, monkeypatch):
     # workers are new processes: they must import this prunelab
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     here = mlp_demo_pruner.sensitivity(SPARSITIES)
-    other = pl.Pruner(mlp_demo_pruner.model, (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
+    other = pl.Pruner(copy.deepcopy(mlp_demo_pruner.model), (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
     cluster_options = dict(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     with distributed.LocalCluster(**cluster_options) as cluster, distributed.Client(cluster) as client:
         with distributed.get_task_stream(client) as stream:

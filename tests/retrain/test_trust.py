@@ -391,7 +391,7 @@ def test_finetune_failing_at_any_loss_or_measurement_leaves_the_pruner_exactly_a
     for k in range(1, n + 1):
         calls.clear()
         arm(p, calls, fail_at=k, error=error)
-        with pytest.raises(error):
+        with pytest.raises((error, ValueError), match="injected"):  # or named by a check that met it
             finetune(p)
         arm(p, calls)
         assert_unchanged(p, before)
@@ -443,7 +443,7 @@ def test_iterate_interrupted_anywhere_stays_exactly_at_its_last_completed_step(m
         p = pl.Pruner(copy.deepcopy(mlp), mlp_data, train_data=mlp_data).prune(0.3)
         arm(p, calls, fail_at=None if at_batch else k, error=error)
         hooks = Hooks(progress=raise_at(k, error("injected"))) if at_batch else None
-        with pytest.raises(error):
+        with pytest.raises((error, ValueError), match="injected"):  # or named by a check that met it
             retrain.iterate(p, 0.8, hooks=hooks, **ITERATE)
         reached = [r for r in records if (r[0] if at_batch else r[1]) < k]
         assert_state(p, reached[-1][2] if reached else first)
