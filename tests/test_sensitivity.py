@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import prunelab as pl
-from prunelab.sensitivity import SensitivityTable, choose_sparsities
+from prunelab.sensitivity import DEFAULT_SPARSITIES, SensitivityTable, choose_sparsities
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
@@ -89,7 +89,7 @@ def test_thread_pool_gives_the_same_table(mlp_demo_pruner):
     here = mlp_demo_pruner.sensitivity(SPARSITIES)
     with RecordingPool(2) as pool:
         val = (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets)
-        fresh = pl.Pruner(mlp_demo_pruner.model, val).sensitivity(SPARSITIES, executor=pool)
+        fresh = pl.Pruner(copy.deepcopy(mlp_demo_pruner.model), val).sensitivity(SPARSITIES, executor=pool)
     assert fresh.rows == here.rows and fresh.baseline == here.baseline
     # the work went to the pool: the baseline and one task per layer, each on a pool thread
     assert pool.submitted == ["evaluate_masked"] * (1 + len(mlp_demo_pruner.layer_names))
@@ -194,6 +194,131 @@ def test_allocate_structured(mlp_demo_pruner):
     assert result.granularity == "structured"
 
 
+# ---------------------------------------------------------------------- transactions (issue 10)
+
+class Fault(Exception):
+    pass
+
+
+def state(p) -> dict:
+    """What sensitivity and allocate must leave as they were: parameters and buffers (bits), each
+    module's flag, the history (the same step objects), plans and masks."""
+    return dict(tensors={k: v.clone() for k, v in p.model.state_dict().items()},
+                flags=[m.training for m in p.model.modules()], steps=p.history.steps, held=len(p.history),
+                plans=dict(p.plans), masks=p.masks())
+
+
+def assert_state(p, before) -> None:
+    after = p.model.state_dict()
+    assert all(torch.equal(after[k].view(torch.uint8) if after[k].is_floating_point() else after[k],
+                           v.view(torch.uint8) if v.is_floating_point() else v) for k, v in before["tensors"].items())
+    assert [m.training for m in p.model.modules()] == before["flags"]
+    assert len(p.history) == before["held"]
+    assert all(a is b for a, b in zip(p.history.steps, before["steps"], strict=True))
+    assert p.plans.keys() == before["plans"].keys() and all(p.plans[n] is v for n, v in before["plans"].items())
+    assert all(torch.equal(p.masks()[n], k) for n, k in before["masks"].items())
+
+
+class FaultyExecutor:
+    """Runs tasks here, in turn, and raises ``error`` at the ``fail_at``-th submit (a worker lost,
+    a Ctrl-C while waiting)."""
+
+    def __init__(self, fail_at=None, error=Fault):
+        self.fail_at, self.error, self.submitted = fail_at, error, 0
+
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+        self.submitted += 1
+        if self.submitted == self.fail_at:
+            raise self.error("injected")
+        future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def tripwire_metric(calls: list, fail_at=None, error=Fault):
+    def metric(out, y):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise error("injected")
+        return float((out.argmax(1) == y).float().mean())
+    return metric
+
+
+@pytest.fixture
+def small(mlp, mlp_data):
+    """The small core MLP, 40% pruned (a history with one step)."""
+    return pl.Pruner(mlp, mlp_data).prune(0.4)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda p: p.allocate(), ValueError, "either target_sparsity"),
+    (lambda p: p.allocate(target_sparsity=0.5, max_drop=0.01), ValueError, "not both"),
+    (lambda p: p.allocate(target_sparsity=1.5), ValueError, "target_sparsity"),
+    (lambda p: p.allocate(max_drop=-0.1), ValueError, "max_drop"),
+    (lambda p: p.allocate(target_sparsity=0.5, executor=object()), TypeError, "Executor"),
+    (lambda p: p.allocate(target_sparsity=0.5, table=[1, 2]), TypeError, "pruner.sensitivity"),
+    (lambda p: p.allocate(target_sparsity=0.5, table=synthetic({"fc9": [(0.5, 0.0)]}, {"fc9": 10})), ValueError,
+     "does not have"),
+    (lambda p: p.sensitivity([0.5], layers=["O"]), ValueError, "unknown layer"),
+    (lambda p: p.sensitivity([0.5], criterion="magnitud"), ValueError, "unknown criterion"),
+], ids=["neither", "both", "target", "drop", "executor", "table-type", "table-layers", "layer", "criterion"])
+def test_bad_arguments_are_refused_before_any_copy_or_analysis(small, monkeypatch, call, error, match):
+    from prunelab.core.copies import PrunerCopy
+
+    before = state(small)
+    monkeypatch.setattr(PrunerCopy, "of", classmethod(lambda cls, p: pytest.fail("copied before checking")))
+    with pytest.raises(error, match=match):
+        call(small)
+    assert_state(small, before)
+
+
+@pytest.mark.parametrize("error", [Fault, KeyboardInterrupt], ids=["exception", "keyboard-interrupt"])
+def test_sensitivity_interrupted_at_any_task_leaves_the_pruner_and_its_cache_as_they_were(small, error):
+    tasks = 1 + len(small.layer_names)  # the reference, then one task per layer
+    before = state(small)
+    for k in range(1, tasks + 1):
+        with pytest.raises((error, ValueError), match="injected"):  # or named by a check that met it
+            small.sensitivity([0.5, 0.9], executor=FaultyExecutor(k, error))
+        assert_state(small, before)
+    clean = FaultyExecutor()
+    table = small.sensitivity([0.5, 0.9], executor=clean)
+    assert clean.submitted == tasks  # nothing half-done was cached: it measured afresh
+    assert small.sensitivity([0.5, 0.9]) is table  # and a finished analysis is
+    small.reset()
+    assert table.baseline == small.evaluate().accuracy
+
+
+@pytest.mark.parametrize("error", [Fault, KeyboardInterrupt], ids=["exception", "keyboard-interrupt"])
+def test_allocate_interrupted_at_any_measurement_leaves_the_pruner_exactly_as_it_was(mlp, mlp_data, error):
+    def fresh(calls, fail_at=None):  # a Pruner of its own each time: nothing cached from the last run
+        p = pl.Pruner(copy.deepcopy(mlp), mlp_data, metric=tripwire_metric(calls)).prune(0.4)
+        p.evaluate()
+        calls.clear()
+        p.metric = tripwire_metric(calls, fail_at, error)
+        return p
+
+    calls: list = []
+    p = fresh(calls)
+    result = p.allocate(target_sparsity=0.6)
+    n = len(calls)  # every measurement of the analysis, and the joint one
+    assert n == 1 + 3 * len(DEFAULT_SPARSITIES) + 1
+    assert result.accuracy == p.evaluate().accuracy
+    for k in range(1, n + 1):
+        p = fresh(calls, fail_at=k)
+        before = state(p)
+        with pytest.raises((error, ValueError), match="injected"):  # or named by a check that met it
+            p.allocate(target_sparsity=0.6)
+        assert_state(p, before)
+
+
+def test_allocate_applies_exactly_what_it_measured(small):
+    result = small.allocate(target_sparsity=0.6, table=small.sensitivity([0.3, 0.6, 0.9]))
+    assert small.evaluate().accuracy == result.accuracy
+    assert small.overall_sparsity() == result.overall_sparsity
+    assert small.can_undo and len(small.history) == 3  # the original, prune(0.4), the allocation: one step
+
+
 # ---------------------------------------------------------------------- a real Dask cluster
 
 @pytest.mark.slow
@@ -202,7 +327,7 @@ def test_dask_cluster_gives_the_same_table(mlp_demo_pruner, monkeypatch):
     # workers are new processes: they must import this prunelab
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     here = mlp_demo_pruner.sensitivity(SPARSITIES)
-    other = pl.Pruner(mlp_demo_pruner.model, (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
+    other = pl.Pruner(copy.deepcopy(mlp_demo_pruner.model), (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
     cluster_options = dict(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     with distributed.LocalCluster(**cluster_options) as cluster, distributed.Client(cluster) as client:
         with distributed.get_task_stream(client) as stream:

@@ -155,10 +155,16 @@ class PrunerCopy:
             pruner: a BasePruner (or Pruner), on its own thread.
 
         Returns:
-            A PrunerCopy independent of the Pruner's later moves.
+            A PrunerCopy independent of the Pruner's later moves. The Pruner's model is only read
+            (not even its weights are swapped, so an interrupt here cannot leave it changed); the
+            copy keeps each module's own train/eval flag and the model's buffers.
         """
-        with pruner.dense():
-            model = ModelCopy(pruner.model).model
+        copy = ModelCopy(pruner.model)
+        unmasked = pruner.history.current.weights
+        with torch.no_grad():
+            for n, p in copy.params.items():
+                p.copy_(unmasked[n])
+        model = copy.model
         return cls(model, pruner.plans, pruner.masks(), pruner.layer_names, (pruner.val_inputs, pruner.val_targets),
                    pruner.train_data, dict(metric=pruner.metric, loss=pruner.loss, batch_size=pruner.batch_size,
                                            seed=pruner.seed))

@@ -1,15 +1,17 @@
 """Turning what users pass as data into tensors, with errors that say what to do.
 
 Accepted everywhere: a DataLoader, a Dataset of ``(input, target)`` items, or an
-``(inputs, targets)`` pair of tensors.
+``(inputs, targets)`` pair of tensors. A stream (an ``IterableDataset``, or a DataLoader over one)
+can be measured and scored on (its first samples), but not trained on: see :func:`is_stream`.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 DATA_HELP = "Pass a DataLoader, a Dataset of (input, target) pairs, or an (inputs, targets) pair of tensors."
 
@@ -83,10 +85,63 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple
         yield x[i:i + batch_size], y[i:i + batch_size]
 
 
+def is_stream(data) -> bool:
+    """Whether ``data`` is a stream: an ``IterableDataset``, or a DataLoader over one. A stream
+    has no indexable samples (no reproducible shuffle) and often no length.
+
+    Example:
+        >>> is_stream((torch.zeros(2, 3), torch.zeros(2))), is_stream(DataLoader(range(4)))
+        (False, False)
+    """
+    ds = data.dataset if isinstance(data, DataLoader) else data
+    return isinstance(ds, IterableDataset)
+
+
+def check_class_targets(y: torch.Tensor, classes: int, what: str) -> None:
+    """A ValueError unless the class-index targets ``y`` lie in ``[0, classes)`` (the model's outputs).
+
+    Args:
+        y: targets; only 1-D integer tensors are class indices (others are not checked).
+        classes: the model's number of outputs.
+        what: which data, for the message ("val_data", "train_data").
+
+    Example:
+        >>> check_class_targets(torch.tensor([0, 3]), 3, "train_data")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: train_data: targets range over [0, 3] but the model has 3 outputs: ...
+    """
+    if y.dim() != 1 or y.numel() == 0 or y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"{what}: targets range over [{lo}, {hi}] but the model has {classes} outputs: "
+                         f"class-index targets must lie in [0, {classes}).")
+
+
 def first_samples(data, n: int, what: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` samples from the start of ``data``, without reading the rest."""
+    """Up to ``n`` samples from the start of ``data``, without reading the rest (a stream too)."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return materialize((data[0][:n], data[1][:n]), what, device=device)
+    if is_stream(data):
+        if isinstance(data, DataLoader):  # its own batches: take whole ones until n samples, then cut
+            xs, ys, got = [], [], 0
+            for batch in data:
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    raise TypeError(f"{what}: each batch must be an (inputs, targets) pair, got "
+                                    f"{type(batch).__name__}.")
+                xs.append(torch.as_tensor(batch[0]))
+                ys.append(torch.as_tensor(batch[1]))
+                got += len(xs[-1])
+                if got >= n:
+                    break
+            if not xs:
+                raise ValueError(f"{what} is empty: give it at least one sample.")
+            return materialize((torch.cat(xs)[:n], torch.cat(ys)[:n]), what, device=device)
+        items = list(itertools.islice(iter(data), n))
+        if not items:
+            raise ValueError(f"{what} is empty: give it at least one sample.")
+        return materialize(DataLoader(items, batch_size=len(items)), what, device=device)
     ds = as_dataset(data, what)
     if len(ds) == 0:
         raise ValueError(f"{what} is empty: give it at least one sample.")

@@ -3,11 +3,15 @@ regrowth. Each job takes a :class:`prunelab.core.base.BasePruner` through its pu
 
 - :mod:`.settings`: :class:`FinetuneSettings`, :class:`IterateSettings` (every default, once) and the checks.
 - :mod:`.schedule`: :func:`sparsity_schedule` and :data:`SCHEDULES`.
-- :mod:`.loop`: batches, optimizers, :class:`Hooks` (progress, cancel) and the masked training loop.
+- :mod:`.batches`: the training batches (shuffled from a seed; class targets checked; streams refused).
+- :mod:`.loop`: optimizers (LBFGS too), :class:`Hooks` (progress, cancel) and the masked training
+  loop, which holds every module's flag and every buffer.
+- :mod:`.preflight`: what every run checks before it copies or trains anything.
 - :mod:`.regrow`: RigL's regrowth.
 - :mod:`.finetuning`, :mod:`.iterative`: the jobs (prepare on the Pruner's thread, run on any thread,
   apply on the Pruner's thread) and :func:`finetune` / :func:`iterate`, the three parts in a row.
-  The Python API and the explorer's Fine-tune panel run the same jobs.
+  The Python API and the explorer's Fine-tune panel run the same jobs. Each is a transaction: the
+  Pruner changes only in ``apply``, one atomic history step at a time.
 
 Example:
     >>> from prunelab import retrain

@@ -1,17 +1,22 @@
 """Fine-tuning with the masks held, as a job in three parts: prepare, run, apply.
 
 Training never touches the Pruner's own model. :meth:`FinetuneJob.prepare` (on the Pruner's
-thread) checks the settings and takes a :class:`prunelab.core.copies.PrunerCopy`: a private copy of
-the model holding the Pruner's unmasked weights, and its plans. :meth:`FinetuneJob.run` (on any
-thread) trains the copy. :meth:`FinetuneJob.apply` (on the Pruner's thread again) hands the trained
-weights back as one step of the Pruner's history: undo steps back, ``reset()`` restores the
-original weights. The weights handed back are the trained weights as the model uses them, so
-pruned weights are zero in the new unmasked weights too. That keeps later rankings honest: a
+thread) checks everything (:mod:`.preflight`) and takes a :class:`prunelab.core.copies.PrunerCopy`:
+a private copy of the model holding the Pruner's unmasked weights, and its plans.
+:meth:`FinetuneJob.run` (on any thread) measures the copy, trains it and measures it again, on an
+independent Pruner over the copy (the same measurement the Pruner makes). :meth:`FinetuneJob.apply`
+(on the Pruner's thread again) hands the trained weights back as one step of the Pruner's history
+and does nothing else: undo steps back, ``reset()`` restores the original weights. The weights
+handed back are the trained weights as the model uses them, so pruned weights are zero in the
+new unmasked weights too. That keeps later rankings honest: a
 weight pruned before fine-tuning ranks lowest afterwards (gradual pruning only adds to the pruned
 set), and a slider moved back down revives it at zero, where the next fine-tuning trains it.
 
-A cancelled run (:class:`prunelab.retrain.loop.Cancelled` from ``run``) is never applied, so the
-Pruner stays unchanged. :func:`finetune` is the three parts in a row.
+A transaction: until ``apply``, nothing of the Pruner changes (model, flags, buffers, history,
+caches), so an error, a cancel (:class:`prunelab.retrain.loop.Cancelled`) or a KeyboardInterrupt
+at any batch leaves it exactly as it was; ``apply`` is one atomic history step. Only parameters
+come back: buffers (BatchNorm statistics) and train/eval flags of the Pruner's model are never
+touched. :func:`finetune` is the three parts in a row.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import torch
 
 from ..core.base import BasePruner
 from ..core.copies import PrunerCopy
-from .loop import Batches, Hooks, console_progress, train_masked, trained_weights
-from .settings import FinetuneSettings, require_training
+from .loop import Hooks, console_progress, train_masked, trained_weights
+from .preflight import preflight, rehearse
+from .settings import FinetuneSettings
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class FinetuneJob:
 
     Attributes:
         total: batches in the whole run (after :meth:`prepare`), for a progress bar.
-        accuracy_before: measured by :meth:`prepare`.
+        accuracy_before, accuracy_after: measured by :meth:`run`, on the copy, before and after training.
 
     Example:
         >>> job = FinetuneJob(pruner, FinetuneSettings(epochs=2)).prepare()  # doctest: +SKIP
@@ -65,7 +71,8 @@ class FinetuneJob:
         self.settings = settings if settings is not None else FinetuneSettings()
         self.copy: PrunerCopy | None = None
         self.total = 0
-        self.accuracy_before = float("nan")
+        self.accuracy_before = self.accuracy_after = float("nan")
+        self._applied = False
         self._weights: dict[str, torch.Tensor] | None = None
         self._losses: list[float] = []
 
@@ -76,18 +83,17 @@ class FinetuneJob:
             The job itself (ready to :meth:`run`).
 
         Raises:
-            ValueError, TypeError: for bad settings, or a Pruner without train_data or loss.
+            ValueError, TypeError: for bad settings, or training that cannot run (see
+            :func:`prunelab.retrain.preflight.preflight` and :func:`~prunelab.retrain.preflight.rehearse`).
             Nothing has changed then.
         """
         s, p = self.settings, self.pruner
         s.check()
-        require_training(p.train_data, p.loss)
         self._started = time.perf_counter()
-        self.accuracy_before = p.evaluate().accuracy
-        self.copy = PrunerCopy.of(p)
-        self._batches = Batches(self.copy.train_data, s.batch_size, next(self.copy.model.parameters()).device,
-                                self.copy.seed)
-        self.total = s.epochs * len(self._batches)
+        self._batches = preflight(p, s.batch_size)
+        copy = PrunerCopy.of(p)
+        rehearse(copy, s)
+        self.copy, self.total = copy, s.epochs * len(self._batches)
         return self
 
     def run(self, hooks: Hooks | None = None) -> None:
@@ -102,27 +108,38 @@ class FinetuneJob:
         if self.copy is None:
             raise RuntimeError("call prepare() (on the Pruner's thread) before run().")
         s, c = self.settings, self.copy
-        self._losses = train_masked(c.model, c.masks, self._batches, c.loss, epochs=s.epochs, lr=s.lr,
-                                    optimizer=s.optimizer, hooks=hooks, seed=c.seed)
-        self._weights = trained_weights(c.model)
+        twin = c.pruner()
+        self.accuracy_before = twin.evaluate().accuracy
+        losses = train_masked(twin.model, twin.masks(), self._batches, c.loss, epochs=s.epochs, lr=s.lr,
+                              optimizer=s.optimizer, hooks=hooks, seed=c.seed)
+        weights = trained_weights(twin.model)
+        twin.set_weights(weights, note="fine-tune")
+        self.accuracy_after = twin.evaluate().accuracy
+        self._losses, self._weights = losses, weights
 
     def apply(self) -> FinetuneResult:
         """On the Pruner's thread: the trained weights become one step of history, with the masks
         they were trained with (a mask moved meanwhile is set back); then measure.
 
         Returns:
-            A :class:`FinetuneResult`.
+            A :class:`FinetuneResult` (``accuracy_after`` as measured by :meth:`run`, which is what
+            ``pruner.evaluate()`` gives now).
+
+        Raises:
+            RuntimeError: before :meth:`run` completed, or applied already.
         """
         if self._weights is None:
             raise RuntimeError("run() did not complete: there are no trained weights to apply.")
+        if self._applied:
+            raise RuntimeError("this fine-tuning was applied already; undo() steps back, redo() forward.")
         p, c = self.pruner, self.copy
         plans = p.plans
         if all(plans.get(n) is c.plans.get(n) for n in c.layer_names):
             p.set_weights(self._weights, note="fine-tune")
         else:
             p.set_plans(c.all_plans(), weights=self._weights)
-        after = p.evaluate().accuracy
-        return FinetuneResult(self.settings.epochs, self.accuracy_before, after, tuple(self._losses),
+        self._applied = True
+        return FinetuneResult(self.settings.epochs, self.accuracy_before, self.accuracy_after, tuple(self._losses),
                               time.perf_counter() - self._started)
 
 
@@ -143,8 +160,9 @@ def finetune(pruner: BasePruner, epochs: int = FinetuneSettings.epochs, *, lr: f
         A :class:`FinetuneResult` (accuracy before and after, loss per epoch, seconds).
 
     Raises:
-        ValueError, TypeError: for bad arguments, before anything changes.
-        Cancelled: when ``hooks.cancel`` is set; the Pruner is then unchanged.
+        ValueError, TypeError: for bad arguments or data, before anything is copied or trained.
+        Cancelled: when ``hooks.cancel`` is set; the Pruner is then unchanged, as after any
+        exception (a KeyboardInterrupt too) before the trained weights are applied.
 
     Example:
         >>> pruner.prune(0.9)                                    # doctest: +SKIP

@@ -6,6 +6,12 @@ every step on an independent Pruner over the copy and reports each completed ste
 applied to the Pruner by :meth:`IterateJob.apply` (on the Pruner's thread) as one step of history,
 so undo walks back step by step, and a cancelled run stays at its last completed step.
 :func:`iterate` is the three parts on one thread.
+
+A transaction per step: everything is checked in ``prepare`` (:mod:`.preflight`) before the copy
+is taken; an error, a cancel or a KeyboardInterrupt anywhere in a step leaves the Pruner at its
+last completed step, exactly (model, history, masks), and the history table with that step's row
+last. Only parameters and plans come back: the Pruner's buffers and train/eval flags are never
+touched.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import torch
 from ..core.base import BasePruner
 from ..core.copies import PrunerCopy
 from ..core.tables import Table, count, percent, seconds
-from .loop import Batches, Hooks, console_progress, train_masked, trained_weights
+from .loop import Hooks, console_progress, train_masked, trained_weights
+from .preflight import preflight, rehearse
 from .regrow import dense_gradients, regrow_masks
 from .schedule import sparsity_schedule
-from .settings import IterateSettings, require_training
+from .settings import IterateSettings
 
 HISTORY_COLUMNS = ("step", "target", "sparsity", "accuracy_before", "accuracy_after", "nonzero_params",
                    "regrown", "seconds")
@@ -145,17 +152,19 @@ class IterateJob:
             The job itself (ready to :meth:`run`).
 
         Raises:
-            ValueError, TypeError: for bad settings, a Pruner without train_data or loss, or one
-            already pruned beyond the target. Nothing has changed then.
+            ValueError, TypeError: for bad settings, training that cannot run (see
+            :func:`prunelab.retrain.preflight.preflight`), or a Pruner already pruned beyond the
+            target. Nothing has changed then.
         """
         p = self.pruner
-        require_training(p.train_data, p.loss)
-        s = self.settings = self.settings.resolved(p)
+        s = self.settings.resolved(p)
         s.check(p.layer_names)
-        self._start, self._amounts = scheduled_amounts(p, s)
-        self.copy = PrunerCopy.of(p)
-        self._batches = Batches(self.copy.train_data, s.batch_size, p.device, p.seed)
-        self.total = s.total_epochs * len(self._batches)
+        start, amounts = scheduled_amounts(p, s)
+        batches = preflight(p, s.batch_size)
+        copy = PrunerCopy.of(p)
+        rehearse(copy, s)
+        self.settings, self._start, self._amounts, self._batches, self.copy = s, start, amounts, batches, copy
+        self.total = s.total_epochs * len(batches)
         self.history = history_table()
         return self
 
@@ -181,10 +190,10 @@ class IterateJob:
         s, batches, twin = self.settings, self._batches, self.copy.pruner()
         loss = twin.loss
         m0 = twin.evaluate()
-        self.history.append(dict(step=0, target=self._start, sparsity=twin.overall_sparsity(),
-                                 accuracy_before=m0.accuracy, accuracy_after=m0.accuracy,
-                                 nonzero_params=m0.nonzero_params, regrown=0, seconds=0.0))
-        on_step(IterateStep(self.history[0]))
+        row0 = dict(step=0, target=self._start, sparsity=twin.overall_sparsity(), accuracy_before=m0.accuracy,
+                    accuracy_after=m0.accuracy, nonzero_params=m0.nonzero_params, regrown=0, seconds=0.0)
+        on_step(IterateStep(row0))
+        self.history.append(row0)
         for k, amount in enumerate(self._amounts, start=1):
             began = time.perf_counter()
             hooks.check()
@@ -209,8 +218,8 @@ class IterateJob:
                        sparsity=twin.overall_sparsity(), accuracy_before=before.accuracy,
                        accuracy_after=after.accuracy, nonzero_params=after.nonzero_params, regrown=grown,
                        seconds=time.perf_counter() - began)
+            on_step(IterateStep(row, self.copy.all_plans(twin.plans), weights))  # applied first, then its row
             self.history.append(row)
-            on_step(IterateStep(row, self.copy.all_plans(twin.plans), weights))
         return self.history
 
     def apply(self, step: IterateStep) -> None:

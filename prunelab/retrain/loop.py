@@ -1,12 +1,18 @@
-"""The training loop with masks held: batches, optimizers, hooks, and one masked training run.
+"""The training loop with masks held: optimizers, hooks, and one masked training run (the batches
+are in :mod:`.batches`).
 
 Pruned weights stay exactly zero while training: their gradients are masked before each
 optimizer step, the masks are re-applied after it, and the optimizer's per-weight state
 (Adam's moments, SGD's momentum) is zeroed where the mask is False, so no momentum revives them.
 
-BatchNorm layers stay in eval mode while training: their running statistics are buffers that the
-Pruner's history does not hold, so training leaves them untouched and undo/reset stay exact;
-their affine parameters train like any other.
+Training changes parameters only. Normalization layers with running statistics (BatchNorm and
+the like) stay in eval mode while training, and every buffer (running statistics, counters a
+module keeps in Python) is put back bit for bit when training ends, however it ends: the Pruner's
+history holds parameters only, so undo/reset stay exact. Every module's own train/eval flag comes
+back too, one by one (a submodule kept in eval, or an MC-dropout kept in train mode, stays so).
+
+Any torch.optim optimizer works, those that need a closure (LBFGS) too: each step is taken as
+``optimizer.step(closure)``. The loss must return a scalar (``reduction='mean'`` or ``'sum'``).
 
 Cancelling (a ``threading.Event`` in :class:`Hooks`) stops between batches with :class:`Cancelled`.
 """
@@ -14,6 +20,7 @@ Cancelling (a ``threading.Event`` in :class:`Hooks`) stops between batches with 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import threading
 from dataclasses import dataclass
@@ -22,8 +29,12 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..core.data import as_dataset
-from .settings import check_batch_size, check_optimizer, check_whole
+from .batches import Batches
+from .settings import check_optimizer, check_whole
+
+__all__ = ["Batches", "Cancelled", "Hooks", "apply_masks", "check_scalar_loss", "checked_loss", "console_progress",
+           "held", "keeps_statistics", "make_optimizer", "train_masked", "trained_weights", "training_mode"]
+
 
 class Cancelled(Exception):
     """Training was cancelled between two batches."""
@@ -91,65 +102,7 @@ def console_progress(hooks: Hooks | None, enabled: bool, total: int, desc: str) 
         bar.close()
 
 
-# ---------------------------------------------------------------------- data and optimizers
-
-class Batches:
-    """Shuffled training batches on a device, reproducible from a seed. Tensor data is sliced
-    directly (fast); other datasets go through a DataLoader; a DataLoader is used as given.
-
-    Args:
-        train_data: a DataLoader, a Dataset, or an ``(inputs, targets)`` pair of tensors.
-        batch_size: a whole number >= 1 (ignored for a DataLoader, which has its own).
-        device: where the batches go.
-        seed: the shuffling seed (each pass over the data draws a new order from it).
-
-    Example:
-        >>> batches = Batches((torch.randn(10, 4), torch.zeros(10, dtype=torch.long)), 4, "cpu")
-        >>> len(batches), [len(x) for x, _ in batches]
-        (3, [4, 4, 2])
-    """
-
-    def __init__(self, train_data, batch_size: int, device, seed: int = 0):
-        if train_data is None:
-            raise ValueError("training needs train_data: create the Pruner with train_data=... (a DataLoader, "
-                             "a Dataset, or an (inputs, targets) pair of tensors).")
-        check_batch_size(batch_size)
-        self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
-        self.loader = None
-        self.tensors = None
-        if isinstance(train_data, torch.utils.data.DataLoader):
-            self.loader = train_data
-        else:
-            ds = as_dataset(train_data, "train_data")
-            if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
-                self.tensors = ds.tensors
-            else:
-                self.loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
-                                                          generator=self.generator)
-        self.batch_size = batch_size
-        if len(self) == 0:
-            raise ValueError("train_data is empty: give it at least one (input, target) pair.")
-
-    def __len__(self) -> int:
-        if self.tensors is not None:
-            return math.ceil(len(self.tensors[0]) / self.batch_size)
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.tensors is not None:
-            x, y = self.tensors
-            order = torch.randperm(len(x), generator=self.generator)
-            for i in range(0, len(x), self.batch_size):
-                idx = order[i:i + self.batch_size]
-                yield x[idx].to(self.device), y[idx].to(self.device)
-            return
-        for batch in self.loader:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise TypeError(f"train_data: each batch must be an (inputs, targets) pair, got "
-                                f"{type(batch).__name__}.")
-            yield batch[0].to(self.device), batch[1].to(self.device)
-
+# ---------------------------------------------------------------------- optimizers
 
 def make_optimizer(optimizer, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """The optimizer over ``params``.
@@ -184,8 +137,39 @@ def make_optimizer(optimizer, params: list[nn.Parameter], lr: float) -> torch.op
 # ---------------------------------------------------------------------- training with masks held
 
 @contextlib.contextmanager
+def held(model: nn.Module):
+    """Whatever runs inside may change flags and buffers: on the way out, however it ends, every
+    module's own train/eval flag and every buffer are put back as they were (bit for bit).
+
+    Example:
+        >>> model = nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)).eval(); model[0].train()
+        >>> with held(model):
+        ...     _ = model.train()(torch.randn(4, 2))
+        >>> model[0].training, model[1].training, int(model[1].num_batches_tracked)
+        (True, False, 0)
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def keeps_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` normalizes with running statistics (BatchNorm, InstanceNorm with
+    ``track_running_stats``, and their subclasses): those stay in eval mode while training."""
+    return isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats
+
+
+@contextlib.contextmanager
 def training_mode(model: nn.Module):
-    """Train mode (dropout active) with BatchNorm statistics frozen; restores the modes after.
+    """Train mode (dropout active) with running statistics frozen (:func:`keeps_statistics` in eval
+    mode); every flag and buffer comes back as it was after (:func:`held`).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval()
@@ -193,16 +177,44 @@ def training_mode(model: nn.Module):
         ...     print(model[0].training, model[1].training)
         True False
     """
-    modes = {m: m.training for m in model.modules()}
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    try:
+    with held(model):
+        model.train()
+        for m in model.modules():
+            if keeps_statistics(m):
+                m.eval()
         yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+
+
+def check_scalar_loss(value) -> None:
+    """A clear error unless ``value`` (what the loss returned) is one number with a gradient.
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: not one number (e.g. ``reduction='none'``), or no gradient to the parameters.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"the loss returned {type(value).__name__}; it must return a scalar tensor computed "
+                        "from the outputs (e.g. nn.functional.cross_entropy(outputs, targets)).")
+    if value.numel() != 1:
+        raise ValueError(f"the loss returned a tensor of shape {tuple(value.shape)}, not one number: training "
+                         "steps on a scalar. Reduce it (reduction='mean' or 'sum', or .mean() in your loss).")
+    if not value.requires_grad:
+        raise ValueError("the loss has no gradient with respect to the trainable parameters (computed without "
+                         "autograd, detached, or under torch.no_grad()): return it as a tensor computed from the "
+                         "model's outputs.")
+
+
+def checked_loss(value, lr: float) -> torch.Tensor:
+    """``value`` (what the loss returned for a batch) as a scalar, if training can step on it.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_scalar_loss`.
+        FloatingPointError: not finite (the message suggests a lower ``lr``).
+    """
+    check_scalar_loss(value)
+    if not torch.isfinite(value.detach()).all():
+        raise FloatingPointError(f"the training loss became {float(value.detach())}; lower lr (now {lr}).")
+    return value.reshape(())
 
 
 @contextlib.contextmanager
@@ -267,6 +279,8 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
 
     Raises:
         Cancelled: when ``hooks.cancel`` is set (between batches).
+        TypeError, ValueError: when the loss does not return a scalar with a gradient (see
+            :func:`checked_loss`).
         FloatingPointError: when the loss stops being finite.
 
     Example:
@@ -285,6 +299,7 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
     steps = max(epochs * len(batches), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     total = total if total is not None else epochs * len(batches)
+    takes_closure = "closure" in inspect.signature(opt.step).parameters
     apply_masks(params, dropped, opt)
     losses = []
     state_masked = False
@@ -293,16 +308,25 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
             running, n = 0.0, 0
             for x, y in batches:
                 hooks.check()
-                opt.zero_grad(set_to_none=True)
-                value = loss(model(x), y)
-                if not torch.isfinite(value):
-                    raise FloatingPointError(f"the training loss became {float(value.detach())}; lower lr (now {lr}).")
-                value.backward()
-                for name, d in dropped.items():
-                    g = params[name].grad
-                    if g is not None:
-                        g.masked_fill_(d, 0)
-                opt.step()
+                values = []
+
+                def closure(x=x, y=y):  # LBFGS calls it several times a step; the first loss is the batch's
+                    opt.zero_grad(set_to_none=True)
+                    value = checked_loss(loss(model(x), y), lr)
+                    value.backward()
+                    for name, d in dropped.items():
+                        g = params[name].grad
+                        if g is not None:
+                            g.masked_fill_(d, 0)
+                    values.append(value.detach())
+                    return value
+
+                if takes_closure:
+                    opt.step(closure)
+                else:
+                    closure()
+                    opt.step()
+                value = values[0]
                 sched.step()
                 # The weights are masked after every step, whatever the optimizer does. Its state
                 # is masked once it exists (after the first step): from then on, with zero

@@ -60,7 +60,8 @@ def regrow_masks(keep: Mapping[str, torch.Tensor], weights: Mapping[str, torch.T
     Args:
         keep: parameter name -> keep-mask now.
         weights: parameter name -> current weights (magnitudes rank the kept entries).
-        grads: parameter name -> dense gradient (magnitudes rank the pruned entries).
+        grads: parameter name -> dense gradient (magnitudes rank the pruned entries); a tensor
+            without one (a frozen parameter, which would never train what regrows) is left as it is.
         fraction: of the kept entries to swap, in [0, 1).
 
     Returns:
@@ -75,6 +76,8 @@ def regrow_masks(keep: Mapping[str, torch.Tensor], weights: Mapping[str, torch.T
     """
     out, grown = {}, 0
     for n, k in keep.items():
+        if n not in grads:
+            continue
         n_swap = min(int(round(fraction * int(k.sum()))), int((~k).sum()))
         if n_swap == 0:
             continue

@@ -3,6 +3,10 @@
 The least sensitive layers are pruned most (see :func:`choose_sparsities`). What the curves
 predict (the sum of single-layer drops) is reported beside what is measured with all layers
 pruned together, because the layers' losses need not add up.
+
+A transaction: :func:`allocate` checks its arguments before any analysis, prunes and measures
+on a private copy, and only then sets the measured plans on the Pruner, as one atomic step of
+history; an error or a KeyboardInterrupt before that leaves the Pruner exactly as it was.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from dataclasses import dataclass
 
 from ..core.base import BasePruner
 from ..core.checks import check_fraction
+from ..core.copies import PrunerCopy
 from ..core.tables import Table, percent, signed_points
-from .curves import SensitivityTable, sensitivity
+from .curves import SensitivityTable, check_executor, sensitivity
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,36 @@ def _hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return hull
 
 
+def check_request(target_sparsity, max_drop) -> None:
+    """A ValueError unless exactly one of ``target_sparsity`` and ``max_drop`` is given, as a fraction.
+
+    Example:
+        >>> check_request(None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: give either target_sparsity (...) or max_drop (...), not neither.
+    """
+    if (target_sparsity is None) == (max_drop is None):
+        raise ValueError("give either target_sparsity (a fraction of weights to prune) or max_drop (the accuracy "
+                         "you accept to lose, e.g. 0.01 for one point), not "
+                         f"{'both' if target_sparsity is not None else 'neither'}.")
+    if target_sparsity is not None:
+        check_fraction(target_sparsity, "target_sparsity")
+    else:
+        check_fraction(max_drop, "max_drop", "0.01 accepts losing one point of accuracy")
+
+
+def check_table(pruner: BasePruner, table) -> None:
+    """A clear error unless ``table`` is a :class:`SensitivityTable` of layers ``pruner`` has."""
+    if not isinstance(table, SensitivityTable):
+        raise TypeError(f"table must be the result of pruner.sensitivity(...), got {type(table).__name__}.")
+    unknown = [n for n in table.layers if n not in pruner.layer_names]
+    if unknown:
+        raise ValueError(f"the table measures layers {unknown} that this Pruner does not have (a table of another "
+                         f"model?); its prunable layers are {pruner.layer_names}. Measure this one: "
+                         "pruner.sensitivity(...).")
+
+
 def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None = None,
                       max_drop: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Per-layer sparsities that reach ``target_sparsity`` (a fraction of the analysed layers'
@@ -94,14 +129,7 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
         >>> chosen                                                          # doctest: +SKIP
         {'0': 0.86, '2': 0.79, '4': 0.3}
     """
-    if (target_sparsity is None) == (max_drop is None):
-        raise ValueError("give either target_sparsity (a fraction of weights to prune) or max_drop (the accuracy "
-                         "you accept to lose, e.g. 0.01 for one point), not "
-                         f"{'both' if target_sparsity is not None else 'neither'}.")
-    if target_sparsity is not None:
-        check_fraction(target_sparsity, "target_sparsity")
-    else:
-        check_fraction(max_drop, "max_drop", "0.01 accepts losing one point of accuracy")
+    check_request(target_sparsity, max_drop)
     segments = []
     for order, layer in enumerate(table.layers):
         s, d = table.curve(layer)
@@ -157,22 +185,31 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
 
     Returns:
         An :class:`Allocation`: the sparsities, the predicted drop (the sum of the single-layer
-        drops) and the accuracy measured jointly.
+        drops) and the accuracy measured jointly (what ``pruner.evaluate()`` gives after).
+
+    Raises:
+        ValueError, TypeError: for bad arguments or a table of other layers, before any analysis;
+            the Pruner is then unchanged, as after any exception (KeyboardInterrupt included).
 
     Example:
         >>> result = allocate(pruner, max_drop=0.01)   # doctest: +SKIP
         >>> result.drop                                # doctest: +SKIP   (measured, all layers pruned)
         0.008
     """
+    check_request(target_sparsity, max_drop)
+    check_executor(executor)
     if table is None:
         table = sensitivity(pruner, executor=executor)
-    elif not isinstance(table, SensitivityTable):
-        raise TypeError(f"table must be the result of pruner.sensitivity(...), got {type(table).__name__}.")
+    check_table(pruner, table)
     chosen, drops = choose_sparsities(table, target_sparsity=target_sparsity, max_drop=max_drop)
-    criterion = table.criterion
-    pruner.prune(chosen, criterion=criterion, granularity=table.granularity)
-    m = pruner.evaluate()
+    copy = PrunerCopy.of(pruner)
+    twin = copy.pruner()  # prune and measure there: the Pruner changes only once it is all done
+    twin.prune(chosen, criterion=table.criterion, granularity=table.granularity)
+    m, overall = twin.evaluate(), twin.overall_sparsity()
+    plans = copy.all_plans(twin.plans)
     total = sum(table.weights.values())
     reached = sum(chosen[l] * table.weights[l] for l in chosen) / total if total else 0.0
-    return Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached,
-                      pruner.overall_sparsity(), table.granularity)
+    result = Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached, overall,
+                        table.granularity)
+    pruner.set_plans(plans)
+    return result
