@@ -16,6 +16,7 @@ from torch import nn
 
 from .data import first_samples, materialize
 from .layers import Layer, find_layers
+from .modes import untouched
 
 GRANULARITIES = ("unstructured", "structured", "2:4")
 SCOPES = ("global", "layer")
@@ -146,7 +147,8 @@ def check_finite(model: nn.Module) -> None:
 
 
 def forward_check(model: nn.Module, x: torch.Tensor, what: str, dtype: torch.dtype | None = None):
-    """The model's outputs on the first two of ``x`` in eval mode (its mode restored after), or a
+    """The model's outputs on the first two of ``x`` in eval mode (every module's mode and every
+    buffer restored after, see :func:`~prunelab.core.modes.untouched`), or a
     ValueError saying why ``what`` does not fit the model.
 
     Args:
@@ -162,10 +164,8 @@ def forward_check(model: nn.Module, x: torch.Tensor, what: str, dtype: torch.dty
         >>> forward_check(torch.nn.Linear(4, 2), torch.zeros(3, 4), "val_data").shape
         torch.Size([2, 2])
     """
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with untouched(model), torch.no_grad():
             return model(x[:2])
     except Exception as e:
         if dtype is None:
@@ -176,8 +176,6 @@ def forward_check(model: nn.Module, x: torch.Tensor, what: str, dtype: torch.dty
             "Check the input shape the model expects, and that the inputs have the model's dtype "
             f"({dtype})."
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, dtype: torch.dtype | None = None) -> int:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .modes import untouched
+
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Modules whose per-channel parameters can be zeroed so that a removed channel outputs exactly 0.
 _CHANNEL_AFFINE = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -114,18 +116,14 @@ def find_unit_groups(
 
     names = _param_names(model)
     by_module = {l.module: l for l in layers}
-    # torch-pruning switches the model to eval mode while tracing and leaves it there: restore
-    # every module's own flag so the user's train/eval setting survives.
-    modes = {m: m.training for m in model.modules()}
+    # torch-pruning switches the model to eval mode while tracing and leaves it there: every
+    # module's own flag, and every buffer, are restored (modes.untouched).
     try:
-        with torch.enable_grad():
+        with untouched(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except Exception as e:  # structured pruning is then unavailable, with the reason; never a crash
         reason = f"torch-pruning could not build the model's dependency graph ({type(e).__name__}: {e})"
         return {}, {l.name: reason for l in layers}
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
     groups: dict[str, UnitGroup] = {}
     blocked: dict[str, str] = {}
