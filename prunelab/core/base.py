@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from . import planning
-from .checks import GRANULARITIES, SCOPES, check_choice, check_data, check_layer_names, check_model, check_weights
+from .checks import (GRANULARITIES, SCOPES, check_choice, check_data, check_layer_names, check_model, check_scores,
+                     check_weights)
 from .criteria import Criterion, ScoringContext, get_criterion
 from .evaluation import Metrics
 from .history import History, HistoryView, Step
@@ -189,6 +190,7 @@ class BasePruner:
         """
         if weights_version != self.weights_version:
             return False
+        scores = check_scores(dict(scores) if isinstance(scores, Mapping) else scores, self.layers, criterion, units)
         return self._scores.add(criterion, scores, units=units, version=weights_version)
 
     def unit_groups(self) -> dict[str, UnitGroup]:

@@ -93,7 +93,8 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
         The names, in the order given.
 
     Raises:
-        ValueError: for an unknown name, with the closest known names and the full list.
+        ValueError: for an unknown name, with the closest known names and the full list, or a
+        layer given twice (by name and by Layer, say), since one of the two would silently win.
 
     Example:
         >>> check_layer_names(["0"], ["0", "2"])
@@ -106,6 +107,9 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
         n = n.name if isinstance(n, Layer) else n
         if n not in known_set:
             raise ValueError(f"unknown layer {n!r}.{did_you_mean(n, known)} Prunable layers: {known}.")
+        if n in out:
+            raise ValueError(f"layer {n!r} is given twice (by name and as a Layer, say); give each layer once, "
+                             "so it is clear which value holds.")
         out.append(n)
     return out
 
@@ -244,6 +248,51 @@ def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval
     if train_data is not None:
         forward_check(model, first_samples(train_data, 2, "train_data", device=device)[0], "train_data", dtype)
     return x, y, total, classes
+
+
+def check_scores(scores, layers: list[Layer], criterion, units: bool) -> dict:
+    """Scores a criterion returned, checked before anything uses them: one real, finite tensor per
+    layer, shaped like its weight (``units=True``: one score per output unit).
+
+    Args:
+        scores: what the criterion returned.
+        layers: the layers it was asked to score.
+        criterion: the criterion (its name goes in the message).
+        units: whether these are unit scores.
+
+    Returns:
+        ``scores`` as a dict.
+
+    Raises:
+        ValueError / TypeError naming the layer and the criterion.
+
+    Example:
+        >>> layer = find_layers(torch.nn.Linear(2, 1))[0][0]
+        >>> list(check_scores({"": torch.ones(1, 2)}, [layer], "magnitude", units=False))
+        ['']
+    """
+    name = getattr(criterion, "name", criterion)
+    method = "unit_scores" if units else "weight_scores"
+    what = f"criterion {name!r}" + ("" if isinstance(criterion, str) else f" ({type(criterion).__name__}.{method})")
+    if not isinstance(scores, dict):
+        raise TypeError(f"{what} returned {type(scores).__name__}; it must return {{layer name: tensor}}.")
+    missing = [l.name for l in layers if l.name not in scores]
+    if missing:
+        raise ValueError(f"{what} gave no scores for layers {missing}: it must score every layer in ctx.layers "
+                         f"(names {[l.name for l in layers]}).")
+    for l in layers:
+        s, shape = scores[l.name], (l.units,) if units else l.shape
+        if not isinstance(s, torch.Tensor) or s.is_complex() or tuple(s.shape) != tuple(shape):
+            got = f"shaped {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"{what} gave scores for layer {l.name!r} {got}, but they must be a real tensor "
+                             f"shaped {tuple(shape)} ({'one per output unit' if units else 'one per weight'}).")
+        bad = int((~torch.isfinite(s)).sum()) if s.is_floating_point() else 0
+        if bad:
+            raise ValueError(f"{what} gave {bad} non-finite scores (NaN or inf) of {s.numel()} for layer "
+                             f"{l.name!r}, so no ranking by them means anything. With taylor or attribution this "
+                             "comes from NaN or inf in the scoring data (train_data, else val_data) or in the loss: "
+                             "fix or drop those samples.")
+    return dict(scores)
 
 
 def check_weights(weights, base) -> dict:
