@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import planning
-from .checks import (GRANULARITIES, SCOPES, check_choice, check_data, check_layer_names, check_model, check_scores,
+from .checks import (GRANULARITIES, SCOPES, check_choice, check_count, check_data, check_layer_names, check_model, check_scores,
                      check_weights)
 from .criteria import Criterion, ScoringContext, get_criterion
 from .evaluation import Metrics
@@ -50,6 +50,9 @@ class BasePruner:
     def __init__(self, model: nn.Module, val_data, train_data=None, *, metric: Callable | None = None,
                  loss: Callable | None = None, eval_samples: int | None = None, batch_size: int = 1024,
                  seed: int = 0):
+        batch_size = check_count(batch_size, "batch_size")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be a whole number, got {seed!r}.")
         self.model = model
         self.layers, self.skipped = check_model(model)
         weight = self.layers[0].module.weight
@@ -57,7 +60,7 @@ class BasePruner:
         self.metric, self._by_name = metric, {l.name: l for l in self.layers}
         x, y, self.val_total, self.classes = check_data(model, val_data, train_data, metric=metric, seed=seed,
                                                         eval_samples=eval_samples, device=self.device,
-                                                        dtype=weight.dtype)
+                                                        dtype=weight.dtype, loss=loss)
         self.val_inputs, self.val_targets, self.classification = x, y, self.classes > 0
         self.loss = nn.functional.cross_entropy if loss is None and self.classification else loss
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .data import first_samples, materialize
-from .layers import Layer, find_layers
+from .layers import Layer, find_layers, unmaskable
 from .modes import untouched
 
 GRANULARITIES = ("unstructured", "structured", "2:4")
@@ -58,6 +58,42 @@ def check_threshold(v) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or v < 0:
         raise ValueError(f"threshold must be a number >= 0 (an absolute weight magnitude), got {v!r}.")
     return float(v)
+
+
+def check_count(v, what: str, allow_none: bool = False) -> int | None:
+    """``v`` as a positive int (``None`` passes when ``allow_none``), or a ValueError naming it.
+
+    Example:
+        >>> check_count(256, "batch_size")
+        256
+    """
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        default = " (or None for all)" if allow_none else ""
+        raise ValueError(f"{what} must be a positive whole number{default}, got {v!r}; e.g. {what}=256.")
+    return int(v)
+
+
+def check_real(value, what: str, fix: str) -> float:
+    """``value`` (a number or a one-element tensor) as a float, or a TypeError saying what
+    ``what`` returned and ``fix``: what it must return instead.
+
+    Example:
+        >>> check_real(torch.tensor(0.5), "the metric", "return a float")
+        0.5
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    got = f"a tensor shaped {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)[:80]
+    raise TypeError(f"{what} returned {got}, not one real number: {fix}.")
+
+
+LOSS_FIX = ("pass a loss f(outputs, targets) that returns a scalar tensor, e.g. torch.nn.CrossEntropyLoss() "
+            "(reduction='mean', not 'none')")
+METRIC_FIX = "pass metric=f(outputs, targets) returning a float (or a one-element tensor), e.g. accuracy in [0, 1]"
 
 
 def check_choice(value, choices, what: str) -> None:
@@ -115,7 +151,8 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
 
 
 def check_model(model) -> tuple[list[Layer], dict[str, str]]:
-    """Check that ``model`` is a module with prunable layers and finite weights.
+    """Check that ``model`` is a module with prunable layers whose weights are plain Parameters
+    (not parametrized, nor computed by torch.nn.utils.prune or weight_norm), and finite weights.
 
     Args:
         model: what the user passed as the model.
@@ -130,6 +167,10 @@ def check_model(model) -> tuple[list[Layer], dict[str, str]]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    bad = unmaskable(model)
+    if bad:
+        raise ValueError("prunelab masks weights in place, and these cannot take a mask that holds: "
+                         + "; ".join(bad.values()) + ". Nothing was changed.")
     layers, skipped = find_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no prunable layers: prunelab prunes the weights of "
@@ -219,8 +260,25 @@ def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, dtype:
     return 0
 
 
+def check_finite_inputs(x: torch.Tensor, what: str) -> None:
+    """A ValueError when floating-point inputs ``x`` hold NaN or inf, with the count of bad rows:
+    such rows give NaN outputs, whose argmax counts as class 0, so the accuracy would be wrong.
+
+    Example:
+        >>> check_finite_inputs(torch.zeros(3, 2), "val_data")
+    """
+    if not x.is_floating_point() or len(x) == 0:
+        return
+    bad = ~torch.isfinite(x).reshape(len(x), -1).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise ValueError(f"{what} has {int(bad.sum())} of {len(x)} rows with NaN or inf inputs (rows "
+                         f"{rows[:5].tolist()}{'...' if len(rows) > 5 else ''}): their outputs would be NaN and count "
+                         "as class 0, so every number measured on them would be wrong. Drop or fix those rows.")
+
+
 def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval_samples: int | None = None,
-               device=None, seed: int = 0, dtype: torch.dtype | None = None):
+               device=None, seed: int = 0, dtype: torch.dtype | None = None, loss=None):
     """Validation data as tensors on ``device``, checked against the model (and train_data's
     first samples too, so a misfit fails now rather than at the first scoring).
 
@@ -231,6 +289,7 @@ def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval
         eval_samples: keep a fixed class-stratified subset of this size (None: all).
         device, seed: where the tensors go; the subset's seed.
         dtype: the model's weight dtype, for messages.
+        loss: the user's loss, tried once on two samples (it must return a scalar), or None.
 
     Returns:
         ``(inputs, targets, total samples before the subset, classes)``; classes is 0 when the
@@ -239,10 +298,20 @@ def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval
     Example:
         >>> x, y, total, classes = check_data(model, (inputs, targets))  # doctest: +SKIP
     """
+    eval_samples = check_count(eval_samples, "eval_samples", allow_none=True)
     x, y = materialize(val_data, "val_data")
     total = len(x)
     x, y = materialize((x, y), "val_data", max_samples=eval_samples, device=device, seed=seed)
+    check_finite_inputs(x, "val_data")
     classes = check_fit(model, x, y, metric, dtype)
+    if loss is not None:
+        with untouched(model), torch.no_grad():
+            out = model(x[:2])
+        try:
+            value = loss(out, y[:2].long() if classes else y[:2])
+        except Exception as e:
+            raise ValueError(f"the loss failed on two validation samples ({type(e).__name__}: {e}); {LOSS_FIX}.") from None
+        check_real(value, "the loss", LOSS_FIX)
     if classes and y.dtype != torch.long:  # cross-entropy wants int64 class indices
         y = y.long()
     if train_data is not None:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx, nn
 
+from .checks import LOSS_FIX, METRIC_FIX, check_real
 from .layers import PRUNABLE_TYPES
 from .modes import forward_hooks, untouched
 
@@ -113,8 +114,8 @@ def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int,
         acc, mean_loss, per_class, correct = classification_scores(outputs, targets, classes)
         return acc, mean_loss, per_class, wilson_interval(correct, len(targets))
     per_class = classification_scores(outputs, targets, classes)[2] if classes else ()
-    return (float(metric(outputs, targets)), None if loss is None else float(loss(outputs, targets)), per_class,
-            None)
+    value = check_real(metric(outputs, targets), f"the metric {getattr(metric, '__name__', '')}".rstrip(), METRIC_FIX)
+    return value, None if loss is None else check_real(loss(outputs, targets), "the loss", LOSS_FIX), per_class, None
 
 
 def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
@@ -195,7 +196,9 @@ def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
             name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             if any(k in name.lower() for k in _MATMUL_NAMES):
                 return None
-    names = {m: n for n, m in modules.items()}
+    # Each module's FLOPs go to the layer whose weight it uses (a tied module counts for its layer).
+    layer_of = {id(modules[n].weight): n for n in layer_names}
+    names = {m: layer_of.get(id(getattr(m, "weight", None)), n) for n, m in modules.items()}
     flops: dict[str, int] = {}
 
     def count(module, inputs, output):
