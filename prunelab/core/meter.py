@@ -44,8 +44,11 @@ class Meter:
         self._metrics: dict[int, Metrics] = {}
         self._stamp = stamp(model)
 
-    def forget(self) -> None:
-        """Drop every cached output and measurement (the model changed in a way not tracked)."""
+    def forget(self, retrace: bool = False) -> None:
+        """Drop every cached output and measurement (the model changed in a way not tracked);
+        ``retrace``: trace the model anew too (its Parameter objects were replaced)."""
+        if retrace:
+            self.evaluator = Evaluator(self.model, self.inputs, batch_size=self.evaluator.batch_size)
         self.evaluator.forget()
         self._metrics.clear()
 

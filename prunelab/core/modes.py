@@ -104,9 +104,11 @@ def changed_modules(before: dict[str, tuple], after: dict[str, tuple]) -> set[st
     return {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
 
 
-def param_versions(params) -> dict[str, tuple[int, int]]:
-    """``{name: (id, version)}`` of ``params`` (``{name: tensor}``): the same Parameter objects
-    with the same ``_version`` counters hold the values last written.
+def param_versions(params) -> dict[str, tuple[int, int, int]]:
+    """``{name: (id, version, data pointer)}`` of ``params`` (``{name: tensor}``): the same
+    Parameter objects with the same ``_version`` counters over the same memory hold the values
+    last written. (An in-place edit through ``p.data`` bypasses the version counter: torch
+    gives no cheap way to see it.)
 
     Example:
         >>> p = nn.Linear(2, 2); v = param_versions(dict(p.named_parameters()))
@@ -114,4 +116,4 @@ def param_versions(params) -> dict[str, tuple[int, int]]:
         >>> param_versions(dict(p.named_parameters())) == v
         False
     """
-    return {n: (id(p), p._version) for n, p in params.items()}
+    return {n: (id(p), p._version, p.data_ptr()) for n, p in params.items()}

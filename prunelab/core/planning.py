@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from .checks import GRANULARITIES, check_fraction, check_layer_names, check_threshold
+from .checks import GRANULARITIES, SCOPES, check_choice, check_fraction, check_layer_names, check_threshold
 from .criteria import get_criterion
 from .layers import UnitGroup
 from .masks import fits_n_of_m, n_of_m_mask, row_length
@@ -75,6 +75,26 @@ def _set_group(plans: dict, group: UnitGroup, plan: Plan | None):
 
 def _pruned(keep: torch.Tensor) -> float:
     return 1 - int(keep.sum()) / keep.numel()
+
+
+def requested_plans(pruner, amount, threshold, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
+    """Plans for what ``pruner.prune`` was asked, every argument checked first.
+
+    Returns:
+        ``{layer name: Plan or None}``, from :func:`amount_plans` or :func:`threshold_plans`.
+
+    Example:
+        >>> requested_plans(pruner, 0.5, None, "magnitude", "unstructured", "global")  # doctest: +SKIP
+    """
+    check_choice(granularity, GRANULARITIES, "granularity")
+    check_choice(scope, SCOPES, "scope")
+    get_criterion(criterion)
+    if (amount is None) == (threshold is None):
+        raise ValueError("give either amount (a fraction to prune) or threshold (an absolute |w|), not "
+                         f"{'both' if amount is not None else 'neither'}.")
+    if threshold is not None:
+        return threshold_plans(pruner, threshold, criterion, granularity)
+    return amount_plans(pruner, amount, criterion, granularity, scope)
 
 
 def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
@@ -158,7 +178,7 @@ def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict
     if misfits and any(amounts.values()):
         listed = ", ".join(f"{n!r} (rows of {r})" for n, r in misfits.items())
         warnings.warn(f"2:4 left {len(misfits)} layer(s) dense, whose rows are not a multiple of 4: {listed}. "
-                      "Prune them with granularity='unstructured' if they should be sparse too.", stacklevel=4)
+                      "Prune them with granularity='unstructured' if they should be sparse too.", stacklevel=5)
     plans: dict[str, Plan | None] = {}
     scores = pruner.scores(criterion) if any(amounts.values()) else {}
     for n, a in amounts.items():
