@@ -247,8 +247,10 @@ class Evaluator:
         if sum(n.op == "placeholder" for n in nodes) != 1:
             return
         self._gm, self._nodes, self._graph = gm, nodes, gm.graph
-        # Modules the interpreter calls as modules (their hooks run); hooks elsewhere do not.
+        # Modules the interpreter calls as modules: their hooks run. Hooks on modules traced
+        # through are baked into the graph as they were when traced; those on the root never run.
         self._called = {n.target for n in nodes if n.op == "call_module"}
+        self._traced_hooks = self._graph_hooks()
         index = {n: i for i, n in enumerate(nodes)}
         # Which module each node reads parameters of ("" for none).
         self._reads = []
@@ -292,7 +294,7 @@ class Evaluator:
             return self._outputs
         try:
             with untouched(self.model):
-                if self._graph is None or not set(forward_hooks(self.model)) <= self._called:
+                if self._graph is None or self._graph_hooks() != self._traced_hooks or {"", "*"} & set(self._traced_hooks):
                     self._caches = []  # the traced caches are not kept up to date by a plain run
                     out = torch.cat([self.model(x) for x in self.inputs.split(self.batch_size)])
                 else:
@@ -305,6 +307,11 @@ class Evaluator:
             raise
         self._outputs = out
         return out
+
+    def _graph_hooks(self) -> dict[str, tuple]:
+        """The forward hooks the traced graph cannot follow: global ones, on the root, and on the
+        modules it traces through."""
+        return {n: h for n, h in forward_hooks(self.model).items() if n not in self._called}
 
     def forget(self) -> None:
         """Drop the cached outputs and activations: the next call recomputes everything."""

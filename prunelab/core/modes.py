@@ -7,8 +7,8 @@ submodule kept in eval mode, or MC-dropout kept in train mode, to one flag), and
 that the forward changed put back bit for bit (a BatchNorm subclass counting batches in Python,
 a cache a module fills as it runs).
 
-:func:`forward_hooks` names the modules whose forward hooks would change what ``model(x)``
-returns, and :func:`stamp` fingerprints the buffers and hooks per module, so cached measurements are
+:func:`forward_hooks` lists the modules with forward hooks (which change what ``model(x)``
+returns), and :func:`stamp` fingerprints the buffers and hooks per module, so cached measurements are
 not served after either changed. :func:`param_versions` fingerprints the parameters (their identity
 and ``tensor._version`` counters), so the Pruner notices weights changed behind its back.
 """
@@ -59,18 +59,23 @@ def untouched(model: nn.Module, train: bool = False):
                     b.copy_(value)
 
 
-def forward_hooks(model: nn.Module) -> list[str]:
-    """Names of the modules of ``model`` with forward (pre-)hooks; ``"*"`` first when a global
-    forward hook is registered (``torch.nn.modules.module.register_module_forward_hook``).
+def forward_hooks(model: nn.Module) -> dict[str, tuple]:
+    """``{module name: (forward hook ids, forward pre-hook ids)}`` for the modules of ``model``
+    with forward hooks; ``"*"`` when a global forward hook is registered
+    (``torch.nn.modules.module.register_module_forward_hook``).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(2, 2)); _ = m.register_forward_hook(lambda *a: None)
-        >>> forward_hooks(m)
+        >>> list(forward_hooks(m))
         ['']
     """
-    names = ["*"] if (_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks) else []
-    names += [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
-    return names
+    out = {}
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        out["*"] = (tuple(_torch_module._global_forward_hooks), tuple(_torch_module._global_forward_pre_hooks))
+    for n, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            out[n] = (tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
+    return out
 
 
 def stamp(model: nn.Module) -> dict[str, tuple]:
@@ -83,13 +88,12 @@ def stamp(model: nn.Module) -> dict[str, tuple]:
         >>> _ = m(torch.randn(4, 2)); changed_modules(s, stamp(m))   # train mode: running stats moved
         {'0'}
     """
-    out: dict[str, tuple] = {"*": (tuple(_torch_module._global_forward_hooks),
-                                   tuple(_torch_module._global_forward_pre_hooks))}
+    hooks = forward_hooks(model)
+    out: dict[str, tuple] = {"*": hooks.get("*")}
     for n, m in model.named_modules():
         buffers = tuple((b_name, id(b), b._version) for b_name, b in m.named_buffers(recurse=False))
-        hooks = (tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
-        if buffers or hooks != ((), ()):
-            out[n] = (buffers, hooks)
+        if buffers or n in hooks:
+            out[n] = (buffers, hooks.get(n))
     return out
 
 
