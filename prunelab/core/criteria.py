@@ -43,7 +43,10 @@ class Criterion:
 
     def unit_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         scores = self.weight_scores(ctx)
-        return {name: s.reshape(s.shape[0], -1).sum(1) for name, s in scores.items()}
+        if not isinstance(scores, dict):  # left for the caller's check to name
+            return scores
+        return {name: s.reshape(s.shape[0], -1).sum(1) if isinstance(s, torch.Tensor) else s
+                for name, s in scores.items()}
 
     def __call__(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         return self.weight_scores(ctx)

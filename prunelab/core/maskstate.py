@@ -153,8 +153,7 @@ class MaskState:
                 self._write(p)
         except BaseException:
             self.weights, self._masks, self._kept = saved
-            for p in touched:
-                self._write(p)
+            self._write_all(touched)
             raise
         self._changed |= {p.rpartition(".")[0] for p in touched}
 
@@ -162,14 +161,13 @@ class MaskState:
     def dense(self):
         """Load the unmasked weights into the model for the duration; the masks are written back
         after (even on an error)."""
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(self.weights[n])
         try:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(self.weights[n])
             yield self.model
         finally:
-            for n in self.params:
-                self._write(n)
+            self._write_all(self.params)
 
     def _plan_params(self, layer: str, plan) -> set[str]:
         if plan is None:
@@ -196,6 +194,21 @@ class MaskState:
                 if w in params:
                     fresh[w] = fresh[w] & plan.keep if w in fresh else plan.keep.clone()
         return fresh
+
+    def _write_all(self, params) -> None:
+        """Write every parameter in ``params``, even when one write is interrupted (it is tried
+        once more at the end), then raise the first error."""
+        failed, error = [], None
+        for p in params:
+            try:
+                self._write(p)
+            except BaseException as e:
+                failed.append(p)
+                error = error or e
+        for p in failed:
+            self._write(p)
+        if error is not None:
+            raise error
 
     def _write(self, p: str) -> None:
         param = self.params[p]
