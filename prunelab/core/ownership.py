@@ -49,10 +49,9 @@ def claim(pruner, model: nn.Module, modules) -> None:
         >>> claim(pruner, model, [l.module for l in pruner.layers])  # doctest: +SKIP
     """
     modules = [model, *modules]
-    other = holder(modules)
-    if other is not None and other is not pruner:
+    if holder(modules) not in (None, pruner):  # (no reference kept: the collector may free it)
         gc.collect()  # a Pruner nobody can reach may only wait for the cycle collector
-        other = holder(modules)
+    other = holder(modules)
     if other is not None and other is not pruner:
         raise ValueError(
             f"this model is a model another Pruner holds ({other!r}): two Pruners writing masks into one "
