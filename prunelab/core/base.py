@@ -287,8 +287,8 @@ class BasePruner:
 
         Returns: The Pruner. Example: ``model.load_state_dict(sd, assign=True); pruner.sync()``
         """
-        everything = self._take_outside()
-        self._moves.commit({}, {n: p.detach() for n, p in self.model.named_parameters()}, everything)
+        if self._take_outside():  # nothing to adopt otherwise
+            self._moves.commit({}, {n: p.detach() for n, p in self.model.named_parameters()}, True)
         return self
 
     def close(self) -> None:
