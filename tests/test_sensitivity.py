@@ -89,7 +89,7 @@ def test_thread_pool_gives_the_same_table(mlp_demo_pruner):
     here = mlp_demo_pruner.sensitivity(SPARSITIES)
     with RecordingPool(2) as pool:
         val = (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets)
-        fresh = pl.Pruner(mlp_demo_pruner.model, val).sensitivity(SPARSITIES, executor=pool)
+        fresh = pl.Pruner(copy.deepcopy(mlp_demo_pruner.model), val).sensitivity(SPARSITIES, executor=pool)
     assert fresh.rows == here.rows and fresh.baseline == here.baseline
     # the work went to the pool: the baseline and one task per layer, each on a pool thread
     assert pool.submitted == ["evaluate_masked"] * (1 + len(mlp_demo_pruner.layer_names))
@@ -202,7 +202,7 @@ def test_dask_cluster_gives_the_same_table(mlp_demo_pruner, monkeypatch):
     # workers are new processes: they must import this prunelab
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     here = mlp_demo_pruner.sensitivity(SPARSITIES)
-    other = pl.Pruner(mlp_demo_pruner.model, (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
+    other = pl.Pruner(copy.deepcopy(mlp_demo_pruner.model), (mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets))
     cluster_options = dict(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     with distributed.LocalCluster(**cluster_options) as cluster, distributed.Client(cluster) as client:
         with distributed.get_task_stream(client) as stream:
