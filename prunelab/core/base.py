@@ -4,8 +4,11 @@
 cache) and :mod:`.meter` (measuring).
 
 Side effects, all undone by ``reset()``: the model's parameter values change in place; one copy
-of the original parameters is kept. While a Pruner is in use it owns the weights: change them
-through it (``prune``, ``finetune``), not behind its back. Each call to ``prune`` sets the pruning
+of the original parameters and buffers is kept. While a Pruner is in use it owns the weights
+(one Pruner per model, :mod:`.ownership`): change them through it (``prune``, ``finetune``), not
+behind its back; a change behind its back is noticed, and then ``sync()`` adopts it or ``reset()``
+discards it. Every change is a transaction: it is checked before anything is written, and on
+any exception (KeyboardInterrupt included) the model, the history and the caches stay as before. Each call to ``prune`` sets the pruning
 of the layers it names (a slider, not a ratchet); layers it does not name keep their masks.
 """
 
@@ -17,14 +20,18 @@ import torch
 from torch import nn
 
 from . import planning
-from .checks import GRANULARITIES, SCOPES, check_choice, check_data, check_layer_names, check_model, check_weights
-from .criteria import Criterion, ScoringContext, get_criterion
+from .checks import (check_count, check_layer_names, check_model, check_scores,
+                     check_seed)
+from .criteria import Criterion, ScoringContext
+from .datachecks import check_data
 from .evaluation import Metrics
 from .history import History, HistoryView, Step
 from .layers import Layer, UnitGroup, find_unit_groups
 from .masks import Ranking
 from .maskstate import MaskState
 from .meter import Meter
+from .ownership import Custody
+from .transitions import Transitions
 from .planning import Plan
 from .scores import ScoreCache, score_dense, scoring_context, scoring_samples
 
@@ -49,6 +56,7 @@ class BasePruner:
     def __init__(self, model: nn.Module, val_data, train_data=None, *, metric: Callable | None = None,
                  loss: Callable | None = None, eval_samples: int | None = None, batch_size: int = 1024,
                  seed: int = 0):
+        batch_size, seed = check_count(batch_size, "batch_size"), check_seed(seed)
         self.model = model
         self.layers, self.skipped = check_model(model)
         weight = self.layers[0].module.weight
@@ -56,13 +64,12 @@ class BasePruner:
         self.metric, self._by_name = metric, {l.name: l for l in self.layers}
         x, y, self.val_total, self.classes = check_data(model, val_data, train_data, metric=metric, seed=seed,
                                                         eval_samples=eval_samples, device=self.device,
-                                                        dtype=weight.dtype)
+                                                        dtype=weight.dtype, loss=loss)
         self.val_inputs, self.val_targets, self.classification = x, y, self.classes > 0
         self.loss = nn.functional.cross_entropy if loss is None and self.classification else loss
 
         original = {n: p.detach().clone() for n, p in model.named_parameters()}
         self._history = History(Step(plans={}, weights=original, weights_version=0, token=0))
-        self._before = self._history.current  # the step the masks were last written for
         self._masks = MaskState(model, self.layers, original, self.unit_groups)
         self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
@@ -70,6 +77,9 @@ class BasePruner:
         self._score_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: tuple[dict[str, UnitGroup], dict[str, str]] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._custody = Custody(self, self._masks, self._meter)
+        self._guard, self._take_outside = self._custody.guard, self._custody.take_outside
+        self._moves = Transitions(self._history, self._masks, self.unit_groups, self._notify)
 
     # ------------------------------------------------------------------ introspection
 
@@ -109,12 +119,16 @@ class BasePruner:
         Returns: ``{layer name: fraction}`` for every prunable layer (0.0 when dense).
         Example: ``pruner.prune({"0": 0.5}).sparsity()["0"]`` gives ``0.5``
         """
+        self._guard()
         return self._masks.sparsity(self.layers)
 
     def overall_sparsity(self) -> float:
         """Fraction of all prunable weights that are masked (e.g. 0.9 after ``prune(0.9)``)."""
+        return self._overall(self.sparsity())
+
+    def _overall(self, sparsity: Mapping[str, float]) -> float:
         total = sum(l.params for l in self.layers)
-        return sum(s * l.params for s, l in zip(self.sparsity().values(), self.layers)) / total
+        return sum(s * l.params for s, l in zip(sparsity.values(), self.layers)) / total
 
     def mask(self, layer: str) -> torch.Tensor:
         """The effective keep-mask of a layer's weight.
@@ -122,6 +136,7 @@ class BasePruner:
         Returns: A bool tensor shaped like the weight, True = kept (a copy: changing it changes nothing).
         Example: ``(~pruner.prune({"0": 0.5}).mask("0")).sum()`` counts the weights pruned.
         """
+        self._guard()
         return self._masks.mask(self.layer(layer).weight_name)
 
     def masks(self) -> dict[str, torch.Tensor]:
@@ -131,6 +146,7 @@ class BasePruner:
         Returns: ``{parameter name: bool tensor}``; dense parameters are absent.
         Example: ``sorted(pruner.prune({"0": 0.5}).masks())`` gives ``['0.weight']``
         """
+        self._guard()
         return self._masks.masks()
 
     def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -147,6 +163,7 @@ class BasePruner:
     def dense(self):
         """A context manager loading the unmasked weights into the model (for scoring): it yields
         the model and writes the masks back after. Example: ``with pruner.dense() as model: ...``"""
+        self._guard()
         return self._masks.dense()
 
     def scoring_context(self, samples: int = 2048) -> ScoringContext:
@@ -167,6 +184,7 @@ class BasePruner:
         Returns: ``{layer name: scores}`` shaped like each weight (or ``(units,)``); higher matters more.
         Example: ``pruner.scores("magnitude")["0"].shape`` gives ``torch.Size([32, 64])``
         """
+        self._guard()
         return self._scores.scores(criterion, units=units, version=self.weights_version)
 
     def ranking(self, criterion: str | Criterion, granularity: str, names: tuple[str, ...]) -> Ranking:
@@ -189,6 +207,7 @@ class BasePruner:
         """
         if weights_version != self.weights_version:
             return False
+        scores = check_scores(dict(scores) if isinstance(scores, Mapping) else scores, self.layers, criterion, units)
         return self._scores.add(criterion, scores, units=units, version=weights_version)
 
     def unit_groups(self) -> dict[str, UnitGroup]:
@@ -229,17 +248,8 @@ class BasePruner:
         Example:
             >>> pruner.prune(0.9).prune({"0": 0.5}, granularity="structured")
         """
-        check_choice(granularity, GRANULARITIES, "granularity")
-        check_choice(scope, SCOPES, "scope")
-        get_criterion(criterion)
-        if (amount is None) == (threshold is None):
-            raise ValueError("give either amount (a fraction to prune) or threshold (an absolute |w|), not "
-                             f"{'both' if amount is not None else 'neither'}.")
-        if threshold is not None:
-            changes = planning.threshold_plans(self, threshold, criterion, granularity)
-        else:
-            changes = planning.amount_plans(self, amount, criterion, granularity, scope)
-        self._commit(changes)
+        self._guard()
+        self._moves.commit(planning.requested_plans(self, amount, threshold, criterion, granularity, scope))
         return self
 
     def set_plans(self, plans: Mapping[str, Plan | None], weights: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -254,7 +264,8 @@ class BasePruner:
         Returns: None; nothing changes if anything is invalid (an unknown layer, a keep mask's shape).
         Example: ``pruner.set_plans({"0": None})`` makes layer "0" dense again.
         """
-        self._commit(planning.checked_plans(self, plans), weights)
+        everything = self._guard() if weights is None else self._take_outside()
+        self._moves.commit(planning.checked_plans(self, plans), weights, everything)
 
     def set_weights(self, weights: Mapping[str, torch.Tensor], note: str = "weights") -> None:
         """Make ``weights`` the new unmasked weights, as one step of history; masks stay.
@@ -267,35 +278,42 @@ class BasePruner:
         Returns: None. Nothing changes if a name or shape is wrong.
         Example: ``pruner.set_weights({"0.bias": torch.zeros(32)})``
         """
-        self._commit({}, weights)
+        self._moves.commit({}, weights, self._take_outside())
 
-    def _commit(self, changes: Mapping[str, Plan | None], weights: Mapping | None = None) -> None:
-        now = self._history.current
-        if weights is None:
-            weights, version = now.weights, now.weights_version
-        else:  # a new version, unique for good: history can be cut, and scores are cached by version
-            weights, version = check_weights(weights, now.weights), self._history.new_token()
-        plans = planning.merge_plans(now.plans, changes, self.unit_groups)
-        self._enter(self._history.push(Step(plans, weights, version, self._history.new_token())))
+    def sync(self) -> "BasePruner":
+        """Adopt weights changed behind the Pruner's back (an in-place edit, ``load_state_dict``)
+        as the new unmasked weights, as one step of history; the masks stay and are written over
+        them. ``reset()`` still returns the originals.
 
-    def _enter(self, step: Step | None) -> bool:
-        if step is None:
-            return False
-        self._masks.enter(self._before.plans, step.plans, step.weights)
-        self._before = step
+        Returns: The Pruner. Example: ``model.load_state_dict(sd, assign=True); pruner.sync()``
+        """
+        if self._take_outside():  # nothing to adopt otherwise
+            self._moves.commit({}, {n: p.detach() for n, p in self.model.named_parameters()}, True)
+        return self
+
+    def close(self) -> None:
+        """Release the model (another Pruner may then take it); it keeps the weights it has now
+        (``reset().close()`` returns the originals first). The Pruner cannot be used after.
+        Example: ``old.close(); pruner = pl.Pruner(model, data)``"""
+        self._custody.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._custody.closed
+
+    def _notify(self) -> None:
         for cb in list(self._listeners):
             cb()
-        return True
 
     def reset(self) -> "BasePruner":
-        """Back to the original weights (bit for bit) with no masks, as one step of history.
+        """Back to the original parameters and buffers (bit for bit) with no masks, as one step of
+        history; weights changed behind the Pruner's back are overwritten too.
 
         Returns: The Pruner (nothing is recorded when it is in the original state already).
         Example: ``pruner.prune(0.9).reset().overall_sparsity()`` gives ``0.0``
         """
-        now, original = self._history.current, self._history.original
-        if now.plans or now.weights is not original.weights:
-            self._enter(self._history.push(original))
+        self._moves.reset(self._take_outside())
         return self
 
     def undo(self) -> bool:
@@ -304,7 +322,7 @@ class BasePruner:
         Returns: True, or False when there is nothing to undo.
         Example: ``pruner.prune(0.5).undo()`` gives ``True``
         """
-        return self._enter(self._history.undo())
+        return self._moves.enter(self._history.undo, self._take_outside())
 
     def redo(self) -> bool:
         """Step forward in history (after undo).
@@ -312,7 +330,7 @@ class BasePruner:
         Returns: True, or False when there is nothing to redo.
         Example: ``pruner.undo() and pruner.redo()`` gives ``True``
         """
-        return self._enter(self._history.redo())
+        return self._moves.enter(self._history.redo, self._take_outside())
 
     @property
     def can_undo(self) -> bool:
@@ -345,6 +363,7 @@ class BasePruner:
         Returns: A tensor with one row per evaluation sample.
         Example: ``predicted = pruner.outputs().argmax(1)``
         """
+        self._guard()
         return self._meter.outputs(self._masks.take_changed())
 
     @property
@@ -369,11 +388,12 @@ class BasePruner:
         Example:
             >>> print(pruner.prune(0.9).evaluate())
         """
+        self._guard()
         return self._meter.evaluate(self._history.current.token, changed=self._masks.take_changed,
                                     sparsity=self.sparsity, counts=self._masks.counts, metric=self.metric,
                                     loss=self.loss)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.model).__name__}, {len(self.layers)} prunable layers, "
-                f"sparsity {self.overall_sparsity():.1%})")
+                f"sparsity {self._overall(self._masks.sparsity(self.layers)):.1%}{', closed' if self.closed else ''})")
 

@@ -1,8 +1,8 @@
 """Checks of user input shared by every floor: each rule is written here once.
 
 A check raises ValueError (or TypeError) naming the bad value, what is allowed, and what to do:
-fractions and thresholds, choices, names with a did-you-mean, finite weights, and whether the
-data fits the model.
+fractions and thresholds, counts, choices, names with a did-you-mean, weights, scores, what a
+metric or loss returns. Whether the data fits the model is checked in :mod:`.datachecks`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .data import first_samples, materialize
-from .layers import Layer, find_layers
+from .layers import Layer, find_layers, unmaskable
 
 GRANULARITIES = ("unstructured", "structured", "2:4")
 SCOPES = ("global", "layer")
@@ -59,6 +58,54 @@ def check_threshold(v) -> float:
     return float(v)
 
 
+def check_count(v, what: str, allow_none: bool = False) -> int | None:
+    """``v`` as a positive int (``None`` passes when ``allow_none``), or a ValueError naming it.
+
+    Example:
+        >>> check_count(256, "batch_size")
+        256
+    """
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        default = " (or None for all)" if allow_none else ""
+        raise ValueError(f"{what} must be a positive whole number{default}, got {v!r}; e.g. {what}=256.")
+    return int(v)
+
+
+def check_seed(v) -> int:
+    """``v`` as an int (any whole number is a seed), or a ValueError.
+
+    Example:
+        >>> check_seed(0)
+        0
+    """
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"seed must be a whole number, got {v!r}.")
+    return int(v)
+
+
+def check_real(value, what: str, fix: str) -> float:
+    """``value`` (a number or a one-element tensor) as a float, or a TypeError saying what
+    ``what`` returned and ``fix``: what it must return instead.
+
+    Example:
+        >>> check_real(torch.tensor(0.5), "the metric", "return a float")
+        0.5
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    got = f"a tensor shaped {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)[:80]
+    raise TypeError(f"{what} returned {got}, not one real number: {fix}.")
+
+
+LOSS_FIX = ("pass a loss f(outputs, targets) that returns a scalar tensor, e.g. torch.nn.CrossEntropyLoss() "
+            "(reduction='mean', not 'none')")
+METRIC_FIX = "pass metric=f(outputs, targets) returning a float (or a one-element tensor), e.g. accuracy in [0, 1]"
+
+
 def check_choice(value, choices, what: str) -> None:
     """A ValueError naming ``value`` and the allowed ``choices`` unless ``value`` is one of them.
 
@@ -92,7 +139,8 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
         The names, in the order given.
 
     Raises:
-        ValueError: for an unknown name, with the closest known names and the full list.
+        ValueError: for an unknown name, with the closest known names and the full list, or a
+        layer given twice (by name and by Layer, say), since one of the two would silently win.
 
     Example:
         >>> check_layer_names(["0"], ["0", "2"])
@@ -105,12 +153,16 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
         n = n.name if isinstance(n, Layer) else n
         if n not in known_set:
             raise ValueError(f"unknown layer {n!r}.{did_you_mean(n, known)} Prunable layers: {known}.")
+        if n in out:
+            raise ValueError(f"layer {n!r} is given twice (by name and as a Layer, say); give each layer once, "
+                             "so it is clear which value holds.")
         out.append(n)
     return out
 
 
 def check_model(model) -> tuple[list[Layer], dict[str, str]]:
-    """Check that ``model`` is a module with prunable layers and finite weights.
+    """Check that ``model`` is a module with prunable layers whose weights are plain Parameters
+    (not parametrized, nor computed by torch.nn.utils.prune or weight_norm), and finite weights.
 
     Args:
         model: what the user passed as the model.
@@ -125,6 +177,10 @@ def check_model(model) -> tuple[list[Layer], dict[str, str]]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    bad = unmaskable(model)
+    if bad:
+        raise ValueError("prunelab masks weights in place, and these cannot take a mask that holds: "
+                         + "; ".join(bad.values()) + ". Nothing was changed.")
     layers, skipped = find_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no prunable layers: prunelab prunes the weights of "
@@ -145,107 +201,49 @@ def check_finite(model: nn.Module) -> None:
                          "would be meaningless. Fix or reload the weights first.")
 
 
-def forward_check(model: nn.Module, x: torch.Tensor, what: str, dtype: torch.dtype | None = None):
-    """The model's outputs on the first two of ``x`` in eval mode (its mode restored after), or a
-    ValueError saying why ``what`` does not fit the model.
+def check_scores(scores, layers: list[Layer], criterion, units: bool) -> dict:
+    """Scores a criterion returned, checked before anything uses them: one real, finite tensor per
+    layer, shaped like its weight (``units=True``: one score per output unit).
 
     Args:
-        model: the model.
-        x: a batch of inputs.
-        what: the data's name for the message ("val_data", "train_data").
-        dtype: the dtype the message says the model expects (default: its first parameter's).
+        scores: what the criterion returned.
+        layers: the layers it was asked to score.
+        criterion: the criterion (its name goes in the message).
+        units: whether these are unit scores.
 
     Returns:
-        The model's outputs on ``x[:2]``.
+        ``scores`` as a dict.
+
+    Raises:
+        ValueError / TypeError naming the layer and the criterion.
 
     Example:
-        >>> forward_check(torch.nn.Linear(4, 2), torch.zeros(3, 4), "val_data").shape
-        torch.Size([2, 2])
+        >>> layer = find_layers(torch.nn.Linear(2, 1))[0][0]
+        >>> list(check_scores({"": torch.ones(1, 2)}, [layer], "magnitude", units=False))
+        ['']
     """
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            return model(x[:2])
-    except Exception as e:
-        if dtype is None:
-            dtype = next((p.dtype for p in model.parameters()), None)
-        raise ValueError(
-            f"{what} does not fit the model: a batch of inputs shaped {tuple(x.shape[1:])} "
-            f"({x.dtype}, on {x.device}) failed in {type(model).__name__}.forward with: {e}. "
-            "Check the input shape the model expects, and that the inputs have the model's dtype "
-            f"({dtype})."
-        ) from None
-    finally:
-        model.train(was_training)
-
-
-def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, dtype: torch.dtype | None = None) -> int:
-    """Check that labelled data fits the model, and whether it is classification.
-
-    Args:
-        model: the model; it must return one tensor.
-        x, y: inputs and targets.
-        metric: the user's metric, or None for top-1 accuracy (then targets must be class indices).
-        dtype: as for :func:`forward_check`.
-
-    Returns:
-        The number of classes (the model's outputs) when the targets are class indices, else 0.
-
-    Example:
-        >>> check_fit(torch.nn.Linear(4, 3), torch.zeros(5, 4), torch.zeros(5, dtype=torch.long), None)
-        3
-    """
-    out = forward_check(model, x, "val_data", dtype)
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model returned {type(out).__name__}; prunelab needs a model that returns "
-                         "one tensor of outputs. Wrap it in a module that picks the output tensor.")
-    is_class = (not y.dtype.is_floating_point and not y.is_complex() and y.dim() == 1
-                and out.dim() == 2 and y.dtype != torch.bool)
-    if is_class:
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= out.shape[1]:
-            raise ValueError(f"targets range over [{lo}, {hi}] but the model has {out.shape[1]} outputs: "
-                             "class-index targets must lie in [0, outputs).")
-        return int(out.shape[1])
-    if metric is None:
-        raise ValueError(
-            f"targets of dtype {y.dtype} and shape {tuple(y.shape)} are not class indices (a 1-D integer "
-            "tensor), so accuracy is undefined. Pass metric=f(outputs, targets) -> float (and loss= for "
-            "taylor scoring and fine-tuning)."
-        )
-    return 0
-
-
-def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval_samples: int | None = None,
-               device=None, seed: int = 0, dtype: torch.dtype | None = None):
-    """Validation data as tensors on ``device``, checked against the model (and train_data's
-    first samples too, so a misfit fails now rather than at the first scoring).
-
-    Args:
-        model: the model.
-        val_data, train_data: as the Pruner takes them.
-        metric: the user's metric, or None (then the targets must be class indices).
-        eval_samples: keep a fixed class-stratified subset of this size (None: all).
-        device, seed: where the tensors go; the subset's seed.
-        dtype: the model's weight dtype, for messages.
-
-    Returns:
-        ``(inputs, targets, total samples before the subset, classes)``; classes is 0 when the
-        targets are not class indices, and class targets come back as int64.
-
-    Example:
-        >>> x, y, total, classes = check_data(model, (inputs, targets))  # doctest: +SKIP
-    """
-    x, y = materialize(val_data, "val_data")
-    total = len(x)
-    x, y = materialize((x, y), "val_data", max_samples=eval_samples, device=device, seed=seed)
-    classes = check_fit(model, x, y, metric, dtype)
-    if classes and y.dtype != torch.long:  # cross-entropy wants int64 class indices
-        y = y.long()
-    if train_data is not None:
-        forward_check(model, first_samples(train_data, 2, "train_data", device=device)[0], "train_data", dtype)
-    return x, y, total, classes
+    name = getattr(criterion, "name", criterion)
+    method = "unit_scores" if units else "weight_scores"
+    what = f"criterion {name!r}" + ("" if isinstance(criterion, str) else f" ({type(criterion).__name__}.{method})")
+    if not isinstance(scores, dict):
+        raise TypeError(f"{what} returned {type(scores).__name__}; it must return {{layer name: tensor}}.")
+    missing = [l.name for l in layers if l.name not in scores]
+    if missing:
+        raise ValueError(f"{what} gave no scores for layers {missing}: it must score every layer in ctx.layers "
+                         f"(names {[l.name for l in layers]}).")
+    for l in layers:
+        s, shape = scores[l.name], (l.units,) if units else l.shape
+        if not isinstance(s, torch.Tensor) or s.is_complex() or tuple(s.shape) != tuple(shape):
+            got = f"shaped {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"{what} gave scores for layer {l.name!r} {got}, but they must be a real tensor "
+                             f"shaped {tuple(shape)} ({'one per output unit' if units else 'one per weight'}).")
+        bad = int((~torch.isfinite(s)).sum()) if s.is_floating_point() else 0
+        if bad:
+            raise ValueError(f"{what} gave {bad} non-finite scores (NaN or inf) of {s.numel()} for layer "
+                             f"{l.name!r}, so no ranking by them means anything. With taylor or attribution this "
+                             "comes from NaN or inf in the scoring data (train_data, else val_data) or in the loss: "
+                             "fix or drop those samples.")
+    return dict(scores)
 
 
 def check_weights(weights, base) -> dict:

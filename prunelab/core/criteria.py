@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .layers import Layer
+from .modes import untouched
 
 
 @dataclass
@@ -42,7 +43,10 @@ class Criterion:
 
     def unit_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         scores = self.weight_scores(ctx)
-        return {name: s.reshape(s.shape[0], -1).sum(1) for name, s in scores.items()}
+        if not isinstance(scores, dict):  # left for the caller's check to name
+            return scores
+        return {name: s.reshape(s.shape[0], -1).sum(1) if isinstance(s, torch.Tensor) else s
+                for name, s in scores.items()}
 
     def __call__(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         return self.weight_scores(ctx)
@@ -92,17 +96,15 @@ class Taylor(Criterion):
         weights = {l.name: l.module.weight for l in ctx.layers}
         total = {n: torch.zeros_like(w) for n, w in weights.items()}
         count = 0
-        was_training = ctx.model.training
         # Frozen weights (requires_grad=False) need their gradient too: without it a frozen layer
         # would score 0 and be pruned first, and a fully frozen model could not backpropagate.
         frozen = [w for w in weights.values() if not w.requires_grad]
-        ctx.model.eval()
         try:
             for w in frozen:
                 w.requires_grad_(True)
             for x, y in ctx.batches():
                 ctx.model.zero_grad(set_to_none=True)
-                with torch.enable_grad():
+                with untouched(ctx.model), torch.enable_grad():
                     ctx.loss(ctx.model(x), y).backward()
                 for n, w in weights.items():
                     if w.grad is not None:
@@ -112,7 +114,6 @@ class Taylor(Criterion):
             ctx.model.zero_grad(set_to_none=True)
             for w in frozen:
                 w.requires_grad_(False)
-            ctx.model.train(was_training)
         return {n: t / max(count, 1) for n, t in total.items()}
 
 
@@ -159,19 +160,17 @@ class Attribution(Criterion):
         layers = [l for l in ctx.layers if l.name in called]
         totals = {l.name: torch.zeros(l.units, device=l.module.weight.device) for l in layers}
         count = 0
-        was_training = ctx.model.training
-        ctx.model.eval()
         try:
             for x, y in ctx.batches():
                 for l in layers:  # one layer at a time keeps captum's hooks simple and memory flat
                     method = method_cls(ctx.model, l.module)
-                    a = method.attribute(x, target=y, **self.attribute_kwargs)
+                    with untouched(ctx.model):
+                        a = method.attribute(x, target=y, **self.attribute_kwargs)
                     a = a[0] if isinstance(a, (tuple, list)) else a
                     totals[l.name] += _per_unit(a.detach(), l)
                 count += 1
         finally:
             ctx.model.zero_grad(set_to_none=True)
-            ctx.model.train(was_training)
         units = {n: t / max(count, 1) for n, t in totals.items()}
         fallback = torch.stack([u.mean() for u in units.values()]).mean() if units else torch.tensor(1.0)
         for l in ctx.layers:
@@ -202,7 +201,7 @@ def _called_layers(ctx: ScoringContext) -> set[str]:
     hooks = [l.module.register_forward_hook(lambda m, i, o, n=l.name: called.add(n)) for l in ctx.layers]
     try:
         x, _ = next(iter(ctx.batches()))
-        with torch.no_grad():
+        with untouched(ctx.model), torch.no_grad():
             ctx.model(x[:1])
     finally:
         for h in hooks:

@@ -38,7 +38,7 @@ def materialize(data, what: str, *, max_samples: int | None = None, device=None,
         if len(x) != len(y):
             raise ValueError(f"{what}: {len(x)} inputs but {len(y)} targets; they must pair up one to one.")
     else:
-        loader = data if isinstance(data, DataLoader) else DataLoader(as_dataset(data, what), batch_size=1024)
+        loader = in_order(data) if isinstance(data, DataLoader) else DataLoader(as_dataset(data, what), batch_size=1024)
         xs, ys = [], []
         for batch in loader:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -60,6 +60,26 @@ def materialize(data, what: str, *, max_samples: int | None = None, device=None,
             raise ValueError(f"{what} lives on {x.device} and cannot be moved to the model's device "
                              f"{device} ({e}). Move the data to {device} first.") from None
     return x, y
+
+
+def in_order(loader: DataLoader) -> DataLoader:
+    """``loader`` itself, or, when it only shuffles (``shuffle=True``: a RandomSampler over the
+    whole dataset without replacement), a loader over the same dataset in index order with the
+    same batch size and collate function. So the same data and seed give the same samples (and
+    the same subset) whatever the shuffle.
+
+    Example:
+        >>> ds = TensorDataset(torch.arange(4.0), torch.arange(4))
+        >>> next(iter(in_order(DataLoader(ds, batch_size=4, shuffle=True))))[1].tolist()
+        [0, 1, 2, 3]
+    """
+    sampler = loader.sampler
+    shuffles = (type(sampler) is torch.utils.data.RandomSampler and not sampler.replacement
+                and sampler.num_samples == len(loader.dataset))
+    if not shuffles or loader.batch_size is None:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
+                      drop_last=loader.drop_last, num_workers=loader.num_workers)
 
 
 def stratified_subset(targets: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:

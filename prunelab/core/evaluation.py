@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import fx, nn
 
+from .checks import LOSS_FIX, METRIC_FIX, check_real
 from .layers import PRUNABLE_TYPES
+from .modes import forward_hooks, untouched
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int,
         acc, mean_loss, per_class, correct = classification_scores(outputs, targets, classes)
         return acc, mean_loss, per_class, wilson_interval(correct, len(targets))
     per_class = classification_scores(outputs, targets, classes)[2] if classes else ()
-    return (float(metric(outputs, targets)), None if loss is None else float(loss(outputs, targets)), per_class,
-            None)
+    value = check_real(metric(outputs, targets), f"the metric {getattr(metric, '__name__', '')}".rstrip(), METRIC_FIX)
+    return value, None if loss is None else check_real(loss(outputs, targets), "the loss", LOSS_FIX), per_class, None
 
 
 def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
@@ -142,16 +144,11 @@ def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str])
         counted._get_raw = True  # FlopCounterMode passes raw tensors to such formulas
         return counted
 
-    was_training = model.training
-    model.eval()
-    try:
-        # Grad enabled on purpose: under no_grad, eval-mode MultiheadAttention (and Transformer
-        # layers) take a fused fast path whose op FlopCounterMode does not count, hiding its FLOPs.
-        mapping = {op: attributing(f) for op, f in flop_registry.items()}
-        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-            model(example)
-    finally:
-        model.train(was_training)
+    # Grad enabled on purpose: under no_grad, eval-mode MultiheadAttention (and Transformer
+    # layers) take a fused fast path whose op FlopCounterMode does not count, hiding its FLOPs.
+    mapping = {op: attributing(f) for op, f in flop_registry.items()}
+    with untouched(model), torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(example)
     return int(counter.get_total_flops()), per_layer
 
 
@@ -199,7 +196,9 @@ def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
             name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             if any(k in name.lower() for k in _MATMUL_NAMES):
                 return None
-    names = {m: n for n, m in modules.items()}
+    # Each module's FLOPs go to the layer whose weight it uses (a tied module counts for its layer).
+    layer_of = {id(modules[n].weight): n for n in layer_names}
+    names = {m: layer_of.get(id(getattr(m, "weight", None)), n) for n, m in modules.items()}
     flops: dict[str, int] = {}
 
     def count(module, inputs, output):
@@ -211,13 +210,10 @@ def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
         flops[n] = flops.get(n, 0) + int(f)
 
     hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in PRUNABLE_TYPES]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with untouched(model), torch.no_grad():
             model(example)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return sum(flops.values()), {n: flops.get(n, 0) for n in layer_names}
@@ -242,18 +238,19 @@ class Evaluator:
 
     def _trace(self):
         self._graph = None
-        was_training = self.model.training
-        self.model.eval()
         try:
-            gm = fx.symbolic_trace(self.model)
+            with untouched(self.model):
+                gm = fx.symbolic_trace(self.model)
         except Exception:  # untraceable control flow: plain forward it is
             return
-        finally:
-            self.model.train(was_training)
         nodes = list(gm.graph.nodes)
         if sum(n.op == "placeholder" for n in nodes) != 1:
             return
         self._gm, self._nodes, self._graph = gm, nodes, gm.graph
+        # Modules the interpreter calls as modules: their hooks run. Hooks on modules traced
+        # through are baked into the graph as they were when traced; those on the root never run.
+        self._called = {n.target for n in nodes if n.op == "call_module"}
+        self._traced_hooks = self._graph_hooks()
         index = {n: i for i, n in enumerate(nodes)}
         # Which module each node reads parameters of ("" for none).
         self._reads = []
@@ -286,23 +283,39 @@ class Evaluator:
 
     @torch.no_grad()
     def outputs(self, changed: set[str] | None = None) -> torch.Tensor:
-        """Outputs for all inputs. ``changed``: modules whose parameters changed since the last
-        call (None: unknown, recompute everything)."""
+        """Outputs for all inputs, as ``model(x)`` gives them in eval mode. ``changed``: modules
+        whose parameters changed since the last call (None: unknown, recompute everything).
+
+        A model with forward hooks the traced graph would skip (on the root module, or on a
+        module fx traces through) runs its plain forward, so the hooks run. An error or a
+        KeyboardInterrupt part way drops every cached value, so the next call measures the
+        current state from scratch; nothing half-updated is served."""
         if self._outputs is not None and changed is not None and not changed:
             return self._outputs
-        was_training = self.model.training
-        self.model.eval()
         try:
-            if self._graph is None:
-                out = torch.cat([self.model(x) for x in self.inputs.split(self.batch_size)])
-            else:
-                start = 0 if (changed is None or self._outputs is None) else self.first_reader(changed)
-                out = torch.cat([self._run(b, x, start) for b, x in enumerate(self.inputs.split(self.batch_size))])
-                self._trim_caches()
-        finally:
-            self.model.train(was_training)
+            with untouched(self.model):
+                if self._graph is None or self._graph_hooks() != self._traced_hooks or {"", "*"} & set(self._traced_hooks):
+                    self._caches = []  # the traced caches are not kept up to date by a plain run
+                    out = torch.cat([self.model(x) for x in self.inputs.split(self.batch_size)])
+                else:
+                    start = 0 if (changed is None or self._outputs is None) else self.first_reader(changed)
+                    out = torch.cat([self._run(b, x, start)
+                                     for b, x in enumerate(self.inputs.split(self.batch_size))])
+                    self._trim_caches()
+        except BaseException:
+            self.forget()
+            raise
         self._outputs = out
         return out
+
+    def _graph_hooks(self) -> dict[str, tuple]:
+        """The forward hooks the traced graph cannot follow: global ones, on the root, and on the
+        modules it traces through."""
+        return {n: h for n, h in forward_hooks(self.model).items() if n not in self._called}
+
+    def forget(self) -> None:
+        """Drop the cached outputs and activations: the next call recomputes everything."""
+        self._outputs, self._caches = None, []
 
     def _run(self, b: int, x: torch.Tensor, start: int) -> torch.Tensor:
         if b >= len(self._caches):

@@ -101,6 +101,15 @@ class History:
         self._cursor += 1
         return self.current
 
+    def snapshot(self) -> tuple:
+        """What :meth:`restore` needs to undo a push, undo or redo that failed part way."""
+        return list(self._steps), self._cursor
+
+    def restore(self, snapshot: tuple) -> None:
+        """Put the steps and the cursor back as :meth:`snapshot` found them (tokens handed out
+        meanwhile stay used, so none is ever reused)."""
+        self._steps, self._cursor = list(snapshot[0]), snapshot[1]
+
     def view(self) -> "HistoryView":
         """A read-only view of this history."""
         return HistoryView(self)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .modes import untouched
+
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Modules whose per-channel parameters can be zeroed so that a removed channel outputs exactly 0.
 _CHANNEL_AFFINE = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -32,6 +34,7 @@ class Layer:
     shape: tuple[int, ...]
     params: int
     module: nn.Module = field(repr=False, compare=False)
+    param: str | None = field(default=None, repr=False, compare=False)  # its name when tied to another's
 
     @property
     def units(self) -> int:
@@ -40,8 +43,10 @@ class Layer:
 
     @property
     def weight_name(self) -> str:
-        """The weight's name in ``model.named_parameters()`` (the root module's is ``"weight"``)."""
-        return f"{self.name}.weight" if self.name else "weight"
+        """The weight's name in ``model.named_parameters()`` (the root module's is ``"weight"``; a
+        weight tied to an earlier module's, as a language model's head to its embedding, has that
+        module's name, since ``named_parameters`` lists a shared tensor once)."""
+        return self.param or (f"{self.name}.weight" if self.name else "weight")
 
     def describe(self) -> str:
         return f"{self.name} ({self.kind} {'x'.join(map(str, self.shape))}, {self.params:,} weights)"
@@ -82,15 +87,29 @@ class UnitGroup:
 
 
 def find_layers(model: nn.Module) -> tuple[list[Layer], dict[str, str]]:
-    """Prunable layers in module order, and ``{name: reason}`` for parameters that are not pruned."""
+    """Prunable layers in module order, and ``{name: reason}`` for parameters that are not pruned.
+
+    A weight shared by two prunable modules (``b.weight = a.weight``) is one layer, the first;
+    the second is listed in ``skipped``. A weight tied to a module that is not prunable (a
+    language model's head tied to its embedding) is the layer's, under the name
+    ``named_parameters`` gives it."""
     layers, skipped = [], {}
+    names = _param_names(model)
+    owner: dict[int, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
             weight = module.weight
             if isinstance(weight, nn.parameter.UninitializedParameter):
                 skipped[name] = "lazy layer not initialised yet: run one forward pass first"
                 continue
-            layers.append(Layer(name, type(module).__name__, tuple(weight.shape), weight.numel(), module))
+            if id(weight) in owner:
+                skipped[name] = f"its weight is tied to layer {owner[id(weight)]!r} (the same tensor): pruned as that layer"
+                continue
+            own = f"{name}.weight" if name else "weight"
+            tied = names.get(id(weight))
+            owner[id(weight)] = name
+            layers.append(Layer(name, type(module).__name__, tuple(weight.shape), weight.numel(), module,
+                                tied if tied not in (None, own) else None))
         elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
             skipped[f"{name}.in_proj_weight" if name else "in_proj_weight"] = (
                 "MultiheadAttention packs query, key and value into one tensor; "
@@ -99,6 +118,41 @@ def find_layers(model: nn.Module) -> tuple[list[Layer], dict[str, str]]:
         elif isinstance(module, (nn.RNNBase, nn.Embedding, nn.EmbeddingBag)):
             skipped[name] = f"{type(module).__name__} weights are not pruned (only Linear and Conv layers)"
     return layers, skipped
+
+
+def unmaskable(model: nn.Module) -> dict[str, str]:
+    """``{module name: what to do}`` for the Linear/Conv modules whose weight is computed from
+    other tensors rather than held as a Parameter: masks written into it would not hold.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2)); _ = torch.nn.utils.prune.l1_unstructured(m[0], "weight", 0.5)
+        >>> list(unmaskable(m))
+        ['0']
+    """
+    from torch.nn.utils import parametrize
+
+    out = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        label = f"the weight of module {name!r}" if name else "the root module's weight"
+        if parametrize.is_parametrized(module, "weight"):
+            kinds = [type(p).__name__ for p in module.parametrizations.weight]
+            out[name] = (f"{label} is parametrized ({', '.join(kinds)}; weight_norm and spectral_norm from "
+                         "torch.nn.utils.parametrizations are parametrizations): call "
+                         f"torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') first")
+        elif not isinstance(module.weight, nn.Parameter):
+            if hasattr(module, "weight_mask"):
+                how = "torch.nn.utils.prune (weight_orig * weight_mask): call torch.nn.utils.prune.remove(module, 'weight')"
+            elif hasattr(module, "weight_g"):
+                how = "torch.nn.utils.weight_norm (weight_g, weight_v): call torch.nn.utils.remove_weight_norm(module)"
+            elif hasattr(module, "weight_orig"):
+                how = ("torch.nn.utils.spectral_norm (weight_orig): call "
+                       "torch.nn.utils.remove_spectral_norm(module)")
+            else:
+                how = "something that sets it on each forward: make it a plain nn.Parameter"
+            out[name] = f"{label} is computed by {how} first"
+    return out
 
 
 def _param_names(model: nn.Module) -> dict[int, str]:
@@ -114,21 +168,22 @@ def find_unit_groups(
 
     names = _param_names(model)
     by_module = {l.module: l for l in layers}
-    # torch-pruning switches the model to eval mode while tracing and leaves it there: restore
-    # every module's own flag so the user's train/eval setting survives.
-    modes = {m: m.training for m in model.modules()}
+    # torch-pruning switches the model to eval mode while tracing and leaves it there: every
+    # module's own flag, and every buffer, are restored (modes.untouched).
     try:
-        with torch.enable_grad():
+        with untouched(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except Exception as e:  # structured pruning is then unavailable, with the reason; never a crash
         reason = f"torch-pruning could not build the model's dependency graph ({type(e).__name__}: {e})"
         return {}, {l.name: reason for l in layers}
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
     groups: dict[str, UnitGroup] = {}
     blocked: dict[str, str] = {}
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    tied = {i for i, n in owners.items() if n > 1}
     for layer in layers:
         if layer.name in groups or layer.name in blocked:
             continue
@@ -185,6 +240,9 @@ def find_unit_groups(
                 reason = f"it feeds a {type(target).__name__}, which prunelab cannot mask unit by unit"
                 break
         params = dict(model.named_parameters())
+        if reason is None and any(id(params[s.param]) in tied for s in slices):
+            reason = "a parameter it would shrink is tied to another module (one tensor used twice), whose units " \
+                     "would be cut along two axes: prune it unstructured"
         if reason is None and any(int(s.index.max()) >= params[s.param].shape[s.dim] for s in slices if len(s.index)):
             reason = "torch-pruning could not map its channel indices through the graph (a concatenation " \
                      "whose output is flattened, for example)"

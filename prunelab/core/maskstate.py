@@ -11,6 +11,12 @@ belongs to (structured pruning of its layer, or of a layer it reads from).
 Side effects: :meth:`MaskState.enter` and :meth:`MaskState.dense` change the model's parameter
 values in place (``.data`` is written; the Parameter objects stay the same). Modules whose
 parameters changed are collected for incremental evaluation (:meth:`MaskState.take_changed`).
+``enter`` is all or nothing: the masks are computed before the first write, and an error or a
+KeyboardInterrupt during the writes puts every parameter back as it was.
+
+Every write is noted with the parameter's identity and version counter, so a change made
+behind the state's back shows in :meth:`MaskState.outside`. The original buffers are kept once,
+for :meth:`MaskState.restore_buffers`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 
 from .layers import Layer, UnitGroup
+from .modes import param_versions
 
 
 class MaskState:
@@ -48,6 +55,48 @@ class MaskState:
         self._masks: dict[str, torch.Tensor] = {}  # param name -> effective keep-mask (absent: dense)
         self._kept: dict[str, int] = {}            # param name -> entries kept by its mask (counted once)
         self._changed: set[str] = set()            # modules changed since take_changed()
+        self._seen = param_versions(self.params)  # (identity, version) of each parameter as last written
+        self.original_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    # ------------------------------------------------------------------ outside changes
+
+    def outside(self) -> list[str]:
+        """Names of the parameters changed, or replaced, since this state last wrote them."""
+        now = dict(self.model.named_parameters())
+        if now.keys() != self.params.keys():
+            return sorted(set(now) ^ set(self.params))
+        return [n for n, seen in param_versions(now).items() if self._seen.get(n) != seen]
+
+    def rebind(self) -> bool:
+        """Follow the model's current Parameter objects (after ``load_state_dict(assign=True)``).
+
+        Returns: whether any object was replaced. Raises ValueError when names or shapes changed.
+        """
+        now = dict(self.model.named_parameters())
+        if now.keys() != self.params.keys() or any(now[n].shape != self.params[n].shape for n in now):
+            raise ValueError("the model's parameters changed names or shapes since the Pruner was made, so its "
+                             "masks cannot follow them; make a new Pruner on the model as it is now.")
+        replaced = any(now[n] is not self.params[n] for n in now)
+        self.params = now
+        return replaced
+
+    def restore_buffers(self) -> bool:
+        """Write the original buffers back, bit for bit (every buffer still present).
+
+        Returns: whether any buffer differed.
+        """
+        differed = False
+        with torch.no_grad():
+            for n, b in list(self.model.named_buffers()):
+                old = self.original_buffers.get(n)
+                if old is None or _same_bits(b, old):
+                    continue
+                if b.shape == old.shape and b.dtype == old.dtype:
+                    b.copy_(old)
+                else:
+                    setattr(self.model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2], old.clone())
+                differed = True
+        return differed
 
     # ------------------------------------------------------------------ reading
 
@@ -78,31 +127,47 @@ class MaskState:
 
     # ------------------------------------------------------------------ writing
 
-    def enter(self, old_plans: Mapping, plans: Mapping, weights: Mapping[str, torch.Tensor]) -> None:
+    def enter(self, old_plans: Mapping, plans: Mapping, weights: Mapping[str, torch.Tensor],
+              everything: bool = False) -> None:
         """Go from ``old_plans`` to ``plans`` over ``weights``, rewriting only the parameters that
-        a changed plan touches (all of them when the weights changed)."""
-        if weights is not self.weights:
+        a changed plan touches (all of them when the weights changed, or with ``everything``).
+        All or nothing: on any exception the parameters and masks are as before."""
+        if everything or weights is not self.weights:
             touched = set(self.params)
         else:
             touched = set()
             for n in set(old_plans) | set(plans):
                 if old_plans.get(n) is not plans.get(n):
                     touched |= self._plan_params(n, old_plans.get(n)) | self._plan_params(n, plans.get(n))
-        self.weights = weights
-        self._refresh(plans, touched)
+        fresh = self._fresh(plans, touched)  # may raise: nothing is written yet
+        saved = self.weights, dict(self._masks), dict(self._kept)
+        try:
+            self.weights = weights
+            for p in touched:
+                kept = int(fresh[p].count_nonzero()) if p in fresh else None
+                if kept is not None and kept < fresh[p].numel():
+                    self._masks[p], self._kept[p] = fresh[p], kept
+                else:
+                    self._masks.pop(p, None)
+                    self._kept.pop(p, None)
+                self._write(p)
+        except BaseException:
+            self.weights, self._masks, self._kept = saved
+            self._write_all(touched)
+            raise
+        self._changed |= {p.rpartition(".")[0] for p in touched}
 
     @contextlib.contextmanager
     def dense(self):
         """Load the unmasked weights into the model for the duration; the masks are written back
         after (even on an error)."""
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(self.weights[n])
         try:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(self.weights[n])
             yield self.model
         finally:
-            for n in self.params:
-                self._write(n)
+            self._write_all(self.params)
 
     def _plan_params(self, layer: str, plan) -> set[str]:
         if plan is None:
@@ -111,9 +176,8 @@ class MaskState:
             return self._unit_groups()[layer].params
         return {self._weight_of[layer]}
 
-    def _refresh(self, plans: Mapping, params: set[str]) -> None:
-        if not params:
-            return
+    def _fresh(self, plans: Mapping, params: set[str]) -> dict[str, torch.Tensor]:
+        """The effective masks of ``params`` under ``plans`` (absent: no plan touches it)."""
         fresh: dict[str, torch.Tensor] = {}
         seen_groups = set()
         for n, plan in plans.items():
@@ -129,20 +193,37 @@ class MaskState:
                 w = self._weight_of[n]
                 if w in params:
                     fresh[w] = fresh[w] & plan.keep if w in fresh else plan.keep.clone()
+        return fresh
+
+    def _write_all(self, params) -> None:
+        """Write every parameter in ``params``, even when one write is interrupted (it is tried
+        once more at the end), then raise the first error."""
+        failed, error = [], None
         for p in params:
-            kept = int(fresh[p].count_nonzero()) if p in fresh else None
-            if kept is not None and kept < fresh[p].numel():
-                self._masks[p], self._kept[p] = fresh[p], kept
-            else:
-                self._masks.pop(p, None)
-                self._kept.pop(p, None)
+            try:
+                self._write(p)
+            except BaseException as e:
+                failed.append(p)
+                error = error or e
+        for p in failed:
             self._write(p)
-            self._changed.add(p.rpartition(".")[0])
+        if error is not None:
+            raise error
 
     def _write(self, p: str) -> None:
+        param = self.params[p]
         with torch.no_grad():
             m = self._masks.get(p)
             if m is None:
-                self.params[p].copy_(self.weights[p])
+                param.copy_(self.weights[p])
             else:
-                torch.mul(self.weights[p], m, out=self.params[p].data)
+                torch.mul(self.weights[p], m, out=param.data)
+        self._seen.update(param_versions({p: param}))
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (NaN equals NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.detach().contiguous().reshape(-1).view(torch.uint8),
+                       b.detach().contiguous().reshape(-1).view(torch.uint8))

@@ -1,6 +1,11 @@
 """Measuring a Pruner's states: outputs on the fixed evaluation data (recomputed from the first
 changed module on, see :class:`~prunelab.core.evaluation.Evaluator`), FLOPs counted once, and
 :class:`~prunelab.core.evaluation.Metrics` cached per state (by its history token).
+
+Nothing stale is served: the caches hold only while the model's buffers and forward hooks are
+as they were when measured (:func:`~prunelab.core.modes.stamp`); a module whose buffers were
+written or whose hooks changed from outside counts as changed (the run resumes before it), and
+cached Metrics of every state are dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import torch
 from torch import nn
 
 from .evaluation import Evaluator, Metrics, count_flops, score_outputs
+from .modes import changed_modules, stamp
 
 
 class Meter:
@@ -36,10 +42,30 @@ class Meter:
         self.evaluator = Evaluator(model, inputs, batch_size=batch_size)
         self._flops: tuple[int, dict[str, int]] | None = None
         self._metrics: dict[int, Metrics] = {}
+        self._stamp = stamp(model)
+
+    def forget(self, retrace: bool = False) -> None:
+        """Drop every cached output and measurement (the model changed in a way not tracked);
+        ``retrace``: trace the model anew too (its Parameter objects were replaced)."""
+        if retrace:
+            self.evaluator = Evaluator(self.model, self.inputs, batch_size=self.evaluator.batch_size)
+        self.evaluator.forget()
+        self._metrics.clear()
+
+    def _outside(self) -> set[str] | None:
+        """Modules whose buffers or hooks changed since the last measurement (their cached
+        Metrics dropped); None when that cannot be placed (a global hook), so all is rerun."""
+        moved = changed_modules(self._stamp, stamp(self.model))
+        if moved:
+            self._metrics.clear()
+        return None if "*" in moved else moved
 
     def outputs(self, changed: set[str] | None) -> torch.Tensor:
         """Outputs on the inputs; ``changed``: modules changed since the last call (None: unknown)."""
-        return self.evaluator.outputs(changed)
+        outside = self._outside()
+        out = self.evaluator.outputs(None if outside is None or changed is None else changed | outside)
+        self._stamp = stamp(self.model)  # after the run: it restores any buffer the forward wrote
+        return out
 
     def flops(self) -> tuple[int, dict[str, int]]:
         """(FLOPs per sample of the dense model, FLOPs per prunable layer), counted on first use."""
@@ -63,7 +89,7 @@ class Meter:
         Returns:
             The state's :class:`~prunelab.core.evaluation.Metrics`.
         """
-        if token in self._metrics:
+        if self._outside() == set() and token in self._metrics:
             return self._metrics[token]
         y = self.targets
         acc, loss, per_class, interval = score_outputs(self.outputs(changed()), y, classes=self.classes,
@@ -79,5 +105,6 @@ class Meter:
             flops=total_flops, nonzero_flops=int(round(nonzero_flops)),
             metric_name="accuracy" if metric is None else getattr(metric, "__name__", "metric"),
             accuracy_interval=interval)
+        self._stamp = stamp(self.model)
         self._metrics[token] = metrics
         return metrics

@@ -9,12 +9,13 @@ Nothing is committed when a request is invalid: every check runs before any plan
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import torch
 
-from .checks import GRANULARITIES, check_fraction, check_layer_names, check_threshold
+from .checks import GRANULARITIES, SCOPES, check_choice, check_fraction, check_layer_names, check_threshold
 from .criteria import get_criterion
 from .layers import UnitGroup
 from .masks import fits_n_of_m, n_of_m_mask, row_length
@@ -76,6 +77,26 @@ def _pruned(keep: torch.Tensor) -> float:
     return 1 - int(keep.sum()) / keep.numel()
 
 
+def requested_plans(pruner, amount, threshold, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
+    """Plans for what ``pruner.prune`` was asked, every argument checked first.
+
+    Returns:
+        ``{layer name: Plan or None}``, from :func:`amount_plans` or :func:`threshold_plans`.
+
+    Example:
+        >>> requested_plans(pruner, 0.5, None, "magnitude", "unstructured", "global")  # doctest: +SKIP
+    """
+    check_choice(granularity, GRANULARITIES, "granularity")
+    check_choice(scope, SCOPES, "scope")
+    get_criterion(criterion)
+    if (amount is None) == (threshold is None):
+        raise ValueError("give either amount (a fraction to prune) or threshold (an absolute |w|), not "
+                         f"{'both' if amount is not None else 'neither'}.")
+    if threshold is not None:
+        return threshold_plans(pruner, threshold, criterion, granularity)
+    return amount_plans(pruner, amount, criterion, granularity, scope)
+
+
 def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
     """Plans pruning ``amount`` (a fraction, or ``{layer: fraction}``), as ``pruner.prune`` does.
 
@@ -135,7 +156,8 @@ def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dic
 
 def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict[str, Plan | None]:
     """2:4 plans: ``amounts`` is 0.5 (apply) or 0 (clear) per layer. Layers whose rows are not a
-    multiple of 4 are an error when ``strict`` (named by the user), else left out.
+    multiple of 4 are an error when ``strict`` (named by the user), else left out with a warning
+    that names each of them and its row length.
 
     Returns:
         ``{layer name: Plan or None}``.
@@ -148,15 +170,20 @@ def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict
         raise ValueError(f"2:4 sparsity removes exactly half of the weights, so its amount is 0.5 (or 0 to "
                          f"undo it); got {bad[0]}. Use granularity='unstructured' for other amounts.")
     name = get_criterion(criterion).name
+    misfits = {n: row_length(pruner.layer(n).shape) for n in amounts if not fits_n_of_m(pruner.layer(n).shape)}
+    if misfits and strict:
+        n, rows = next(iter(misfits.items()))
+        raise ValueError(f"layer {n!r} has rows of {rows} weights; 2:4 needs a multiple of 4. Leave it out of the "
+                         "dict, or use granularity='unstructured' for it.")
+    if misfits and any(amounts.values()):
+        listed = ", ".join(f"{n!r} (rows of {r})" for n, r in misfits.items())
+        warnings.warn(f"2:4 left {len(misfits)} layer(s) dense, whose rows are not a multiple of 4: {listed}. "
+                      "Prune them with granularity='unstructured' if they should be sparse too.", stacklevel=5)
     plans: dict[str, Plan | None] = {}
     scores = pruner.scores(criterion) if any(amounts.values()) else {}
     for n, a in amounts.items():
-        shape = pruner.layer(n).shape
-        if not fits_n_of_m(shape):
-            if strict:
-                raise ValueError(f"layer {n!r} has rows of {row_length(shape)} weights; 2:4 needs a multiple of 4.")
-            continue
-        plans[n] = Plan("2:4", name, 0.5, None, n_of_m_mask(scores[n])) if a else None
+        if n not in misfits:
+            plans[n] = Plan("2:4", name, 0.5, None, n_of_m_mask(scores[n])) if a else None
     return plans
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from .checks import check_scores
 from .criteria import Criterion, ScoringContext, get_criterion
 from .data import batches, first_samples
 from .layers import UnitGroup
@@ -78,14 +79,16 @@ def scoring_context(pruner, x: torch.Tensor, y: torch.Tensor) -> ScoringContext:
 
 def score_dense(pruner, criterion: Criterion, units: bool) -> dict[str, torch.Tensor]:
     """``criterion``'s weight (or unit) scores on ``pruner``'s dense model (its unmasked weights
-    loaded for the call, the masks written back after).
+    loaded for the call, the masks written back after), checked (:func:`~prunelab.core.checks.check_scores`:
+    every layer, its shape, finite) before anything is cached or planned from them.
 
     Example:
         >>> score_dense(pruner, Magnitude(), units=True)["0"].shape
     """
     with pruner.dense():
         ctx = pruner.scoring_context()
-        return criterion.unit_scores(ctx) if units else criterion.weight_scores(ctx)
+        scores = criterion.unit_scores(ctx) if units else criterion.weight_scores(ctx)
+    return check_scores(scores, pruner.layers, criterion, units)
 
 
 def _missing_loss(outputs, targets):

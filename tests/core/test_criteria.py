@@ -103,8 +103,10 @@ def test_taylor_prunes_with_the_users_loss(mlp_data):
         calls.append(len(target))
         return nn.functional.cross_entropy(out, target)
 
-    Pruner(make_mlp(), (x, y), loss=loss).prune(0.5, criterion="taylor")
-    assert calls == [48]
+    pruner = Pruner(make_mlp(), (x, y), loss=loss)
+    assert calls == [2]  # tried once at construction: it must return a scalar
+    pruner.prune(0.5, criterion="taylor")
+    assert calls == [2, 48]
 
 
 def test_attribution_unit_scores_are_mean_absolute_layer_attributions(mlp_data):

@@ -1,0 +1,141 @@
+"""Checks of the data against the model, each written once: the inputs run through the model
+(and say why not when they do not), the targets fit its outputs, the inputs are finite, and a
+user's loss returns a scalar. Value checks (fractions, counts, names) are in :mod:`.checks`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .checks import LOSS_FIX, check_count, check_real
+from .data import first_samples, materialize
+from .modes import untouched
+
+
+def forward_check(model: nn.Module, x: torch.Tensor, what: str, dtype: torch.dtype | None = None):
+    """The model's outputs on the first two of ``x`` in eval mode (every module's mode and every
+    buffer restored after, see :func:`~prunelab.core.modes.untouched`), or a
+    ValueError saying why ``what`` does not fit the model.
+
+    Args:
+        model: the model.
+        x: a batch of inputs.
+        what: the data's name for the message ("val_data", "train_data").
+        dtype: the dtype the message says the model expects (default: its first parameter's).
+
+    Returns:
+        The model's outputs on ``x[:2]``.
+
+    Example:
+        >>> forward_check(torch.nn.Linear(4, 2), torch.zeros(3, 4), "val_data").shape
+        torch.Size([2, 2])
+    """
+    try:
+        with untouched(model), torch.no_grad():
+            return model(x[:2])
+    except Exception as e:
+        if dtype is None:
+            dtype = next((p.dtype for p in model.parameters()), None)
+        raise ValueError(
+            f"{what} does not fit the model: a batch of inputs shaped {tuple(x.shape[1:])} "
+            f"({x.dtype}, on {x.device}) failed in {type(model).__name__}.forward with: {e}. "
+            "Check the input shape the model expects, and that the inputs have the model's dtype "
+            f"({dtype})."
+        ) from None
+
+
+def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, dtype: torch.dtype | None = None) -> int:
+    """Check that labelled data fits the model, and whether it is classification.
+
+    Args:
+        model: the model; it must return one tensor.
+        x, y: inputs and targets.
+        metric: the user's metric, or None for top-1 accuracy (then targets must be class indices).
+        dtype: as for :func:`forward_check`.
+
+    Returns:
+        The number of classes (the model's outputs) when the targets are class indices, else 0.
+
+    Example:
+        >>> check_fit(torch.nn.Linear(4, 3), torch.zeros(5, 4), torch.zeros(5, dtype=torch.long), None)
+        3
+    """
+    out = forward_check(model, x, "val_data", dtype)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model returned {type(out).__name__}; prunelab needs a model that returns "
+                         "one tensor of outputs. Wrap it in a module that picks the output tensor.")
+    is_class = (not y.dtype.is_floating_point and not y.is_complex() and y.dim() == 1
+                and out.dim() == 2 and y.dtype != torch.bool)
+    if is_class:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= out.shape[1]:
+            raise ValueError(f"targets range over [{lo}, {hi}] but the model has {out.shape[1]} outputs: "
+                             "class-index targets must lie in [0, outputs).")
+        return int(out.shape[1])
+    if metric is None:
+        raise ValueError(
+            f"targets of dtype {y.dtype} and shape {tuple(y.shape)} are not class indices (a 1-D integer "
+            "tensor), so accuracy is undefined. Pass metric=f(outputs, targets) -> float (and loss= for "
+            "taylor scoring and fine-tuning)."
+        )
+    return 0
+
+
+def check_finite_inputs(x: torch.Tensor, what: str) -> None:
+    """A ValueError when floating-point inputs ``x`` hold NaN or inf, with the count of bad rows:
+    such rows give NaN outputs, whose argmax counts as class 0, so the accuracy would be wrong.
+
+    Example:
+        >>> check_finite_inputs(torch.zeros(3, 2), "val_data")
+    """
+    if not x.is_floating_point() or len(x) == 0:
+        return
+    bad = ~torch.isfinite(x).reshape(len(x), -1).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise ValueError(f"{what} has {int(bad.sum())} of {len(x)} rows with NaN or inf inputs (rows "
+                         f"{rows[:5].tolist()}{'...' if len(rows) > 5 else ''}): their outputs would be NaN and count "
+                         "as class 0, so every number measured on them would be wrong. Drop or fix those rows.")
+
+
+def check_data(model: nn.Module, val_data, train_data=None, *, metric=None, eval_samples: int | None = None,
+               device=None, seed: int = 0, dtype: torch.dtype | None = None, loss=None):
+    """Validation data as tensors on ``device``, checked against the model (and train_data's
+    first samples too, so a misfit fails now rather than at the first scoring).
+
+    Args:
+        model: the model.
+        val_data, train_data: as the Pruner takes them.
+        metric: the user's metric, or None (then the targets must be class indices).
+        eval_samples: keep a fixed class-stratified subset of this size (None: all).
+        device, seed: where the tensors go; the subset's seed.
+        dtype: the model's weight dtype, for messages.
+        loss: the user's loss, tried once on two samples (it must return a scalar), or None.
+
+    Returns:
+        ``(inputs, targets, total samples before the subset, classes)``; classes is 0 when the
+        targets are not class indices, and class targets come back as int64.
+
+    Example:
+        >>> x, y, total, classes = check_data(model, (inputs, targets))  # doctest: +SKIP
+    """
+    eval_samples = check_count(eval_samples, "eval_samples", allow_none=True)
+    x, y = materialize(val_data, "val_data")
+    total = len(x)
+    x, y = materialize((x, y), "val_data", max_samples=eval_samples, device=device, seed=seed)
+    check_finite_inputs(x, "val_data")
+    classes = check_fit(model, x, y, metric, dtype)
+    if loss is not None:
+        with untouched(model), torch.no_grad():
+            out = model(x[:2])
+        try:
+            value = loss(out, y[:2].long() if classes else y[:2])
+        except Exception as e:
+            raise ValueError(f"the loss failed on two validation samples ({type(e).__name__}: {e}); {LOSS_FIX}.") from None
+        check_real(value, "the loss", LOSS_FIX)
+    if classes and y.dtype != torch.long:  # cross-entropy wants int64 class indices
+        y = y.long()
+    if train_data is not None:
+        forward_check(model, first_samples(train_data, 2, "train_data", device=device)[0], "train_data", dtype)
+    return x, y, total, classes
