@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .checks import LOSS_FIX, check_count, check_real
-from .data import first_samples, materialize
+from .data import check_class_targets, first_samples, materialize
 from .modes import untouched
 
 
@@ -68,10 +68,7 @@ def check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, dtype:
     is_class = (not y.dtype.is_floating_point and not y.is_complex() and y.dim() == 1
                 and out.dim() == 2 and y.dtype != torch.bool)
     if is_class:
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= out.shape[1]:
-            raise ValueError(f"targets range over [{lo}, {hi}] but the model has {out.shape[1]} outputs: "
-                             "class-index targets must lie in [0, outputs).")
+        check_class_targets(y, int(out.shape[1]), "val_data")
         return int(out.shape[1])
     if metric is None:
         raise ValueError(

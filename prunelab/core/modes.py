@@ -55,7 +55,9 @@ def untouched(model: nn.Module, train: bool = False):
             for m, name, b, version, value in saved:
                 if getattr(m, name, None) is not b:
                     setattr(m, name, b)
-                if b._version != version:
+                # BatchNorm's kernel updates its running statistics without moving the version
+                # counter, so compare values too; copy only what changed (a copy moves the counter)
+                if b._version != version or not torch.equal(b, value):
                     b.copy_(value)
 
 

@@ -29,11 +29,12 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from ..core.modes import untouched
 from .batches import Batches
 from .settings import check_optimizer, check_whole
 
 __all__ = ["Batches", "Cancelled", "Hooks", "apply_masks", "check_scalar_loss", "checked_loss", "console_progress",
-           "held", "keeps_statistics", "make_optimizer", "train_masked", "trained_weights", "training_mode"]
+           "keeps_statistics", "make_optimizer", "train_masked", "trained_weights", "training_mode"]
 
 
 class Cancelled(Exception):
@@ -136,29 +137,6 @@ def make_optimizer(optimizer, params: list[nn.Parameter], lr: float) -> torch.op
 
 # ---------------------------------------------------------------------- training with masks held
 
-@contextlib.contextmanager
-def held(model: nn.Module):
-    """Whatever runs inside may change flags and buffers: on the way out, however it ends, every
-    module's own train/eval flag and every buffer are put back as they were (bit for bit).
-
-    Example:
-        >>> model = nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)).eval(); model[0].train()
-        >>> with held(model):
-        ...     _ = model.train()(torch.randn(4, 2))
-        >>> model[0].training, model[1].training, int(model[1].num_batches_tracked)
-        (True, False, 0)
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-
 
 def keeps_statistics(module: nn.Module) -> bool:
     """Whether ``module`` normalizes with running statistics (BatchNorm, InstanceNorm with
@@ -169,7 +147,7 @@ def keeps_statistics(module: nn.Module) -> bool:
 @contextlib.contextmanager
 def training_mode(model: nn.Module):
     """Train mode (dropout active) with running statistics frozen (:func:`keeps_statistics` in eval
-    mode); every flag and buffer comes back as it was after (:func:`held`).
+    mode); every flag and buffer comes back as it was after (:func:`prunelab.core.modes.untouched`).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval()
@@ -177,8 +155,7 @@ def training_mode(model: nn.Module):
         ...     print(model[0].training, model[1].training)
         True False
     """
-    with held(model):
-        model.train()
+    with untouched(model, train=True):
         for m in model.modules():
             if keeps_statistics(m):
                 m.eval()

@@ -20,7 +20,8 @@ from torch import nn
 from ..core.copies import PrunerCopy
 from ..core.data import first_samples
 from .batches import Batches
-from .loop import check_scalar_loss, held, make_optimizer
+from ..core.modes import untouched
+from .loop import check_scalar_loss, make_optimizer
 from .settings import TrainingSettings, require_training
 
 
@@ -78,8 +79,7 @@ def rehearse(copy: PrunerCopy, settings: TrainingSettings) -> None:
     model = copy.model
     device = next(model.parameters()).device
     x, y = first_samples(copy.train_data, 2, "train_data", device=device)
-    with held(model), torch.enable_grad():
-        model.eval()
+    with untouched(model), torch.enable_grad():
         check_scalar_loss(copy.loss(model(x), y))
         model.zero_grad(set_to_none=True)
     make_optimizer(settings.optimizer, check_trainable(model), settings.lr)

@@ -130,7 +130,7 @@ def test_timing_times_every_stage(mlp_demo_pruner, mlp_demo):
     stages = table.column("stage")
     assert stages == ["score (magnitude)", "prune to 50%", "measure", "fine-tune (per epoch)", "export sparse"]
     assert all(s > 0 for s in table.column("seconds"))
-    no_training = Pruner(mlp_demo.model, mlp_demo.val).report("timing", formats=())
+    no_training = Pruner(copy.deepcopy(mlp_demo.model), mlp_demo.val).report("timing", formats=())
     assert no_training[3]["seconds"] is None and "no train_data" in no_training[3]["note"]
 
 

@@ -13,7 +13,8 @@ import prunelab as pl
 from prunelab import retrain
 from prunelab.core.copies import PrunerCopy
 from prunelab.retrain import FinetuneSettings, Hooks, IterateJob, IterateSettings
-from prunelab.retrain.loop import held, training_mode
+from prunelab.core.modes import untouched
+from prunelab.retrain.loop import training_mode
 
 from core_models import CLASSES, VECTOR, assert_same_state, random_data, state_of
 
@@ -51,8 +52,7 @@ def assert_unchanged(p, before: dict) -> None:
 
 def plain_accuracy(p) -> float:
     """Accuracy of ``model(x)`` in a plain loop, beside the Pruner's own measurement."""
-    with torch.no_grad(), held(p.model):
-        p.model.eval()
+    with torch.no_grad(), untouched(p.model):
         return float((p.model(p.val_inputs).argmax(1) == p.val_targets).float().mean())
 
 
