@@ -1,8 +1,8 @@
 """Interpretability: what the model looks at, before and after pruning.
 
-captum IntegratedGradients attributions for a few validation samples (one per class), the
-original model beside the current pruned one: 2-D inputs as images, 1-D and tabular inputs as
-bars. The drift score says how far the explanations moved; per-class accuracy change says
+captum IntegratedGradients attributions for a few validation samples (the first of each class,
+six at most), the original model beside the current pruned one: 2-D inputs as images, 1-D and
+tabular inputs as bars. The drift score says how far the explanations moved; per-class accuracy change says
 where the accuracy went. Attributions are recomputed when changes settle (or on request) and
 marked stale meanwhile; per-class accuracy is measured with every change.
 """
