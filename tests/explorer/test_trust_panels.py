@@ -34,3 +34,32 @@ def test_quickstart_says_how_many_digits_interpretability_shows(explorer):
     ex = explorer.wait().state.explanations
     assert len(ex.samples) == 6 and "six validation digits" in text
     assert sorted(int(t) for t in ex.targets) == [0, 1, 2, 3, 4, 5] and "0 to 5" in text
+
+
+def test_fine_tune_panel_before_its_first_run_says_what_to_do(mlp_demo_pruner):
+    panel = TrainingPanel(mlp_demo_pruner)
+    assert panel.history_row.layout.display == "none"  # no blank plot, no bare table header
+    assert panel.history_empty.layout.display != "none"
+    assert "run <b>Fine-tune</b> or <b>Iterate</b> to see" in panel.history_empty.value
+    section = panel.sensitivity
+    assert section.plot.layout.display == "none" and "Analyse sensitivity" in section.empty.value
+    assert section.allocate_button.disabled
+    assert "press Analyse sensitivity first" in section.why_disabled.value
+    assert "press Analyse sensitivity first" in section.allocate_button.tooltip
+    panel.close()
+
+
+def test_iterate_uses_the_explorers_granularity(explorer):
+    panel = explorer.panels["Fine-tune"]
+    assert panel.granularity.value == "unstructured"
+    explorer.controls.granularity.value = "structured"
+    explorer.wait()
+    assert panel.granularity.value == "structured"  # what Iterate will prune by
+    explorer.controls.granularity.value = "2:4"  # one sparsity only: iterate keeps the last it can take
+    explorer.wait()
+    assert panel.granularity.value == "structured"
+    explorer.controls.granularity.value = "structured"
+    explorer.wait()
+    fresh = TrainingPanel(explorer.pruner, explorer.state, panel.post)  # made while structured is chosen
+    assert fresh.granularity.value == "structured"
+    fresh.close()

@@ -109,6 +109,9 @@ class SensitivitySection(widgets.VBox):
         fig.legend.location = "bottom_left"
         fig.legend.label_text_font_size = "8pt"
         self.plot = BokehModel(fig)
+        self.plot.layout.display = "none"  # shown with the first curves; until then, what to do
+        self.empty = widgets.HTML("<i style='color:#555'>Press <b>Analyse sensitivity</b> to see one accuracy "
+                                  "curve per layer (each layer pruned alone), then Allocate from them.</i>")
         self.allocate_mode = widgets.ToggleButtons(options=[("target sparsity", "target"), ("max drop", "drop")],
                                                    value="target", style={"button_width": "110px"})
         self.allocate_value = widgets.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01, readout_format=".0%",
@@ -117,6 +120,8 @@ class SensitivitySection(widgets.VBox):
                                               tooltip="choose per-layer sparsities from the curves and apply them")
         self.allocate_button.add_class("prunelab-training-allocate")
         self.allocation_html = widgets.HTML("")
+        self.why_disabled = widgets.HTML("")  # why Allocate cannot run now, beside it
+        self.why_disabled.add_class("prunelab-training-allocate-why")
         self.button.on_click(lambda _: post("training:sensitivity", self.start_sensitivity))
         self.allocate_button.on_click(lambda _: post("training:allocate", self.allocate))
         self.allocate_mode.observe(self._on_allocate_mode, "value")
@@ -126,8 +131,9 @@ class SensitivitySection(widgets.VBox):
         super().__init__([
             widgets.HTML("<b>Sensitivity per layer</b>"),
             row(self.sparsities, self.button),
-            row(self.plot, widgets.VBox([self.marks, self.allocate_mode, row(self.allocate_value, self.allocate_button),
-                                         self.allocation_html])),
+            row(self.empty, self.plot,
+                widgets.VBox([self.marks, self.allocate_mode, row(self.allocate_value, self.allocate_button),
+                              self.why_disabled, self.allocation_html])),
         ])
         self.refresh_availability()
 
@@ -135,6 +141,10 @@ class SensitivitySection(widgets.VBox):
         """Enable the buttons that can run now (none while the panel is busy)."""
         self.button.disabled = self.runner.busy
         self.allocate_button.disabled = self.runner.busy or self.table is None
+        why = (f"Allocate waits: {self.runner.job} is running." if self.runner.busy else
+               "Allocate needs sensitivity curves: press Analyse sensitivity first." if self.table is None else "")
+        self.allocate_button.tooltip = why or "choose per-layer sparsities from the curves and apply them"
+        self.why_disabled.value = f"<span style='color:#555; font-size:11px'>{html.escape(why)}</span>" if why else ""
 
     def _on_revision(self, _change):
         if self.table is not None and self._table_version != self.pruner.weights_version:
@@ -187,6 +197,8 @@ class SensitivitySection(widgets.VBox):
             else:
                 src.data = dict(sparsity=[], accuracy=[])
         self.marks.value = self._marks_html()
+        self.empty.layout.display = "none"
+        self.plot.layout.display = None
         self.refresh_availability()
         for cb in list(self._listeners):
             cb(table)
