@@ -63,3 +63,23 @@ def test_iterate_uses_the_explorers_granularity(explorer):
     fresh = TrainingPanel(explorer.pruner, explorer.state, panel.post)  # made while structured is chosen
     assert fresh.granularity.value == "structured"
     fresh.close()
+
+
+def test_one_format_for_accuracy_drops_in_the_readout_and_the_allocation_table(explorer):
+    import re
+
+    from prunelab.explorer.panels.sensitivity import allocation_html
+    from prunelab.explorer.views.metrics import points
+    from prunelab.sensitivity import Allocation
+
+    assert points(-0.289) == "-28.9 pts" and points(0.6) == "+60.0 pts"
+    explorer.pruner.prune(0.97)
+    explorer.wait()
+    m, base = explorer.state.metrics, explorer.state.baseline
+    readout = explorer.views["metrics"].readout.value
+    assert points(m.accuracy - base.accuracy) in readout
+    result = Allocation(sparsities={"0": 0.9, "2": 0.5}, single_drops={"0": 0.6, "2": 0.01}, predicted_drop=0.61,
+                        baseline=0.95, accuracy=0.30, sparsity=0.8, overall_sparsity=0.8, granularity="unstructured")
+    text = allocation_html(result)
+    assert "-60.0 pts" in text and "-1.0 pts" in text and "-61.0 pts" in text and "-65.0 pts vs dense" in text
+    assert not re.search(r"\d pt\b", text) and "+60" not in text  # not a second format (drops as "+60 pt")

@@ -13,8 +13,10 @@ from typing import Callable
 
 import ipywidgets as widgets
 
+from ...core.tables import Table, percent
 from ...retrain import resolve_defaults
 from ...sensitivity import DEFAULT_SPARSITIES, SensitivityJob, SensitivityTable, allocate
+from ..views.metrics import points
 from .runner import BackgroundRun
 
 SAFE_DROP = 0.01  # a layer is marked safe up to the highest sparsity within one point of accuracy
@@ -241,7 +243,27 @@ class SensitivitySection(widgets.VBox):
         except ValueError as e:
             self.runner.say(f"allocate: {e}", error=True)
             return None
-        self.allocation_html.value = result._repr_html_()
-        self.runner.say(f"allocated: accuracy {result.accuracy:.1%} measured jointly; the single-layer drops sum to "
-                        f"{100 * result.predicted_drop:+.1f} pt")
+        self.allocation_html.value = allocation_html(result)
+        self.runner.say(f"allocated: accuracy {result.accuracy:.1%} measured jointly ({points(-result.drop)} vs dense); "
+                        f"the single-layer changes sum to {points(-result.predicted_drop)}")
         return result
+
+
+def allocation_html(result) -> str:
+    """An Allocation as HTML with accuracy changes in the explorer's one format (``points``:
+    "-28.9 pts", negative for accuracy lost), as the readout shows them.
+
+    Args:
+        result: a :class:`prunelab.sensitivity.Allocation`.
+
+    Returns:
+        The table and a line with the joint measurement.
+    """
+    rows = [dict(layer=n, sparsity=s, change=-result.single_drops[n]) for n, s in result.sparsities.items()]
+    table = Table(("layer", "sparsity", "change"), rows, title="allocation",
+                  headers={"change": "accuracy change, that layer alone"},
+                  formats={"sparsity": percent(1), "change": points})
+    return table._repr_html_() + (
+        f"<p>single-layer changes sum to {points(-result.predicted_drop)}; measured jointly: accuracy "
+        f"{result.accuracy:.2%} ({points(-result.drop)} vs dense {result.baseline:.2%}) at "
+        f"{result.overall_sparsity:.1%} overall sparsity</p>")

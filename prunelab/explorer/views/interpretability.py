@@ -87,7 +87,7 @@ class InterpretabilityView(View):
                         text_baseline="middle", text_color="color")
 
         self.classes = figure(width=int(self.size[0] * 0.3), height=self.size[1], tools="save",
-                              toolbar_location=None, title="Δ accuracy per class (points)",
+                              toolbar_location=None, title="Δ accuracy per class (pts)",
                               x_range=Range1d(-1, 1), y_range=FactorRange(), min_border=4)
         self.classes.title.text_font_size = "11px"
         self.classes.title.text_font_style = "normal"
@@ -95,7 +95,7 @@ class InterpretabilityView(View):
         cls = self.classes.hbar(y="cls", right="delta", height=0.7, source=self.class_src, fill_color="color",
                                 line_color=None)
         self.classes.add_tools(HoverTool(renderers=[cls], tooltips=[("class", "@cls"), ("dense", "@before{0.0%}"),
-                                                                    ("now", "@now{0.0%}"), ("change", "@delta{+0.0}")])
+                                                                    ("now", "@now{0.0%}"), ("change", "@delta{+0.0} pts")])
                                )
         self.classes.ygrid.visible = False
         return row(self.tiles, self.classes)
