@@ -26,7 +26,8 @@ class Action:
         kind: one of :data:`KINDS`: ``"global"`` (the global slider), ``"layer"`` (one layer's
             slider), ``"layers"`` (every layer's slider again, under a new choice),
             ``"threshold"`` (the |w| slider), ``"reset"``, ``"undo"``, ``"redo"``.
-        run: the function that changes the Pruner, without arguments.
+        run: the function that changes the Pruner, without arguments; it may return False to say
+            that nothing changed (a gesture that changes nothing adds no history step).
         layer: the layer a ``"layer"`` action prunes (None for the others).
 
     Returns:
@@ -39,7 +40,7 @@ class Action:
     """
 
     kind: str
-    run: Callable[[], None]
+    run: Callable[[], object]
     layer: str | None = None
 
     def __post_init__(self):

@@ -193,12 +193,14 @@ class Explorer(w.VBox):
         self._pending = None
         self.state.action = action
         try:
-            action.run()
+            changed = action.run()
         except (ValueError, TypeError) as e:
             self.controls.show_message(str(e), error=True)
             self._scheduler.soon("refresh", self.refresh)  # put the controls back where the Pruner is
         else:
             self.controls.show_message("")
+            if changed is False:  # nothing to measure: no change follows, so none is waiting
+                self.state.action = None
 
     def _prefetch(self):
         """Start computing the scores the chosen criterion will need before the first drag."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import math
 import threading
 from typing import Callable
 
@@ -21,7 +20,9 @@ import numpy as np
 
 from ..core.checks import GRANULARITIES
 from ..core.masks import fits_n_of_m, row_length
+from ..core.planning import amount_plans, threshold_plans
 from .actions import Action
+from .slider_values import same_plans, short_name, slider_fraction, threshold_range
 from .state import CRITERION_ORDER, MODES
 from .views.metrics import si
 
@@ -75,9 +76,13 @@ class Controls:
                                            tooltip="fraction of all prunable weights (units, for structured) removed",
                                            style={"description_width": "60px"}, **slider)
         self.global_slider.add_class("prunelab-global-slider")
-        top = max(float(l.module.weight.detach().abs().max()) for l in pruner.layers) or 1.0
-        self.threshold_slider = w.FloatLogSlider(value=top * 1e-4, base=10, min=math.log10(top) - 4,
-                                                 max=math.log10(top), step=0.01, description="|w| <",
+        self.global_note = w.HTML()  # the other quantity, beside the one the slider shows
+        self.global_note.add_class("prunelab-global-note")
+        lo, hi, step, at = threshold_range(pruner, state.reference) if state.reference is not None \
+            else (-4.0, 0.0, 0.01, -4.0)
+        self._ranged_version = pruner.weights_version
+        self.threshold_slider = w.FloatLogSlider(value=10 ** at, base=10, min=lo, max=hi, step=step,
+                                                 description="|w| <",
                                                  readout_format=".3g", continuous_update=True, layout=wide,
                                                  style={"description_width": "60px"},
                                                  tooltip="prune every weight whose magnitude is below this")
@@ -103,8 +108,9 @@ class Controls:
         self.layer_labels: dict[str, w.HTML] = {}
         rows = []
         for l in pruner.layers:
-            s = w.FloatSlider(value=0.0, description=l.name or "(root)", layout=w.Layout(width="215px"),
-                              style={"description_width": "56px"},
+            # a long name (features.0.block.1) is shortened in the middle; the tooltip has it whole
+            s = w.FloatSlider(value=0.0, description=short_name(l.name), layout=w.Layout(width="215px"),
+                              style={"description_width": "62px"},
                               tooltip=f"{l.describe()}: fraction of its weights (units, for structured) removed",
                               **slider)
             s.add_class("prunelab-layer-slider")
@@ -136,7 +142,7 @@ class Controls:
             button.on_click(lambda _, action=action: self.post(action.kind, lambda: self.apply(action)))
 
         heading = lambda text: w.HTML(f'<div style="{SMALL}; font-weight:600; margin-top:6px">{text}</div>')  # noqa
-        self.amount_box = w.VBox([self.global_slider])
+        self.amount_box = w.VBox([self.global_slider, self.global_note])
         self.widget = w.VBox([
             heading("Prune by"), self.criterion, self.granularity, self.mode, self.amount_box,
             w.HBox([self.reset, self.undo, self.redo]),
@@ -171,11 +177,8 @@ class Controls:
         if gran == "2:4":
             value = self._snap(self.global_slider, value)
 
-        def run():
-            self._clear_uncovered(gran)
-            self.pruner.prune(value, criterion=crit, granularity=gran)
-
-        self.apply(Action(kind="global", run=run))
+        self.apply(Action(kind="global", run=lambda: self._commit(
+            {**self._uncovered_cleared(gran), **amount_plans(self.pruner, value, crit, gran, "global")})))
 
     def _layer_moved(self, name: str, value: float):
         if self._syncing:
@@ -184,15 +187,26 @@ class Controls:
         if gran == "2:4":
             value = self._snap(self.layer_sliders[name], value)
         self.apply(Action(kind="layer", layer=name,
-                          run=lambda: self.pruner.prune({name: value}, criterion=crit, granularity=gran)))
+                          run=lambda: self._commit(amount_plans(self.pruner, {name: value}, crit, gran, "global"))))
 
     def _threshold_moved(self, value: float):
         if self._syncing or self.state.mode != "threshold":
             return
         gran = self.state.granularity
         self.state.threshold = value
-        self.apply(Action(kind="threshold",
-                          run=lambda: self.pruner.prune(threshold=value, criterion="magnitude", granularity=gran)))
+        self.apply(Action(kind="threshold", run=lambda: self._commit(
+            {**self._uncovered_cleared(gran), **threshold_plans(self.pruner, value, "magnitude", gran)})))
+
+    def _commit(self, changes: dict) -> bool:
+        """Apply one gesture's plan changes as one step of history; none when nothing would change.
+
+        Returns:
+            True when the Pruner changed (``Explorer.apply`` clears ``state.action`` otherwise).
+        """
+        if same_plans(self.pruner.plans, changes):
+            return False
+        self.pruner.set_plans(changes)
+        return True
 
     def _snap(self, slider: w.FloatSlider, value: float) -> float:
         """2:4 removes exactly half: the slider snaps to 0 or 50%."""
@@ -222,13 +236,12 @@ class Controls:
                     for l in self.pruner.layers if not fits_n_of_m(l.shape)}
         return {}
 
-    def _clear_uncovered(self, granularity: str):
-        """Layers the new granularity cannot prune but that are pruned another way become dense,
-        so that one granularity rules the state a global slider shows."""
-        stale = [n for n, p in self.pruner.plans.items()
-                 if n in self.uncovered(granularity) and p.granularity != granularity]
-        if stale:
-            self.pruner.prune(dict.fromkeys(stale, 0.0))
+    def _uncovered_cleared(self, granularity: str) -> dict:
+        """Layers the new granularity cannot prune but that are pruned another way become dense
+        (``{layer: None}``), in the same step as the rest of the gesture, so that one granularity
+        rules the state a global slider shows."""
+        blocked = self.uncovered(granularity)
+        return {n: None for n, p in self.pruner.plans.items() if n in blocked and p.granularity != granularity}
 
     def _choice(self, name: str, value: str):
         """A new criterion, granularity or mode: re-apply what is set now under the new choice."""
@@ -241,9 +254,7 @@ class Controls:
         if name == "granularity" and value == "2:4" and self.state.mode == "threshold":
             self.state.mode = "amount"
         if name == "mode" and value == "threshold":
-            with self._quiet():  # start from the |w| that gives the sparsity in effect now
-                t = max(self._equivalent_threshold(), 10 ** self.threshold_slider.min)
-                self.threshold_slider.value = 10 ** on_step(math.log10(t))
+            self._fit_threshold_range()
         if self.state.mode == "threshold":
             self._threshold_moved(self.threshold_slider.value)
         elif self.state.driver == "layers" and name != "mode":
@@ -252,14 +263,24 @@ class Controls:
             amounts = {n: (0.5 if gran == "2:4" else s.value) for n, s in self.layer_sliders.items()
                        if s.value > 0 and n not in skip}
 
-            def run():
-                self._clear_uncovered(gran)
-                if amounts:
-                    self.pruner.prune(amounts, criterion=crit, granularity=gran)
-
-            self.apply(Action(kind="layers", run=run))
+            self.apply(Action(kind="layers", run=lambda: self._commit(
+                {**self._uncovered_cleared(gran), **(amount_plans(self.pruner, amounts, crit, gran, "global")
+                                                     if amounts else {})})))
         elif self.global_slider.value > 0 or self.pruner.plans:
             self._global_moved(self.global_slider.value)
+
+    def _fit_threshold_range(self):
+        """The |w| slider's range from the weights kept now, starting at the |w| that gives the
+        sparsity in effect (slider_values.threshold_range)."""
+        if self.state.reference is None:
+            return
+        lo, hi, step, at = threshold_range(self.pruner, self.state.reference, start=self._equivalent_threshold())
+        s = self.threshold_slider
+        with self._quiet():
+            s.min, s.max = min(lo, s.min), max(hi, s.max)  # widen first: the value must stay inside
+            s.step, s.value = step, 10 ** at
+            s.min, s.max = lo, hi
+        self._ranged_version = self.pruner.weights_version
 
     def _equivalent_threshold(self) -> float:
         """The |w| below which the current overall sparsity's share of weights lies."""
@@ -290,7 +311,12 @@ class Controls:
 
     def _show_mode(self):
         threshold = self.state.mode == "threshold"
-        self.amount_box.children = [self.threshold_slider if threshold else self.global_slider]
+        self.amount_box.children = [self.threshold_slider] if threshold else [self.global_slider, self.global_note]
+        structured = self.state.granularity == "structured"
+        self.global_slider.tooltip = ("fraction of the units that can go removed (whole rows and filters)" if structured
+                                      else "fraction of all prunable weights removed")
+        self.global_note.value = (f'<div style="{SMALL}; margin-left:64px">of units (whole rows, filters) · '
+                                  f'<b>{self.pruner.overall_sparsity():.1%}</b> of weights</div>' if structured else "")
         self.criterion.disabled = threshold  # an absolute |w| threshold is a magnitude criterion
         blocked = self.uncovered(self.state.granularity)
         for name, s in self.layer_sliders.items():
@@ -314,8 +340,8 @@ class Controls:
         if origin in (None, "reset", "undo", "redo"):  # a state made elsewhere: show how it was pruned
             self._adopt_choices(plans)
         with self._quiet():
-            if origin != "global":  # the value a person dragged to stays (structured counts units)
-                self.global_slider.value = on_step(self.pruner.overall_sparsity())
+            if origin != "global":  # the value a person dragged to stays
+                self.global_slider.value = on_step(slider_fraction(self.pruner, self.state.granularity))
             for l in self.pruner.layers:
                 plan = plans.get(l.name)
                 self.layer_sliders[l.name].value = on_step(plan.amount) if plan and plan.amount is not None else 0.0
@@ -325,6 +351,8 @@ class Controls:
                     f'{"×".join(map(str, l.shape))}<br>{si(l.params).replace(" ", "")} · <b>{zero:.0%}</b> zero</div>')
         self.undo.disabled = not self.pruner.can_undo
         self.redo.disabled = not self.pruner.can_redo
+        if self.state.mode == "threshold" and self._ranged_version != self.pruner.weights_version:
+            self._fit_threshold_range()  # new weights (a fine-tune): a range of theirs
         self._show_mode()
 
     def _adopt_choices(self, plans):

@@ -13,8 +13,10 @@ from typing import Callable
 
 import ipywidgets as widgets
 
+from ...core.tables import Table, percent
 from ...retrain import resolve_defaults
 from ...sensitivity import DEFAULT_SPARSITIES, SensitivityJob, SensitivityTable, allocate
+from ..views.metrics import points
 from .runner import BackgroundRun
 
 SAFE_DROP = 0.01  # a layer is marked safe up to the highest sparsity within one point of accuracy
@@ -109,6 +111,9 @@ class SensitivitySection(widgets.VBox):
         fig.legend.location = "bottom_left"
         fig.legend.label_text_font_size = "8pt"
         self.plot = BokehModel(fig)
+        self.plot.layout.display = "none"  # shown with the first curves; until then, what to do
+        self.empty = widgets.HTML("<i style='color:#555'>Press <b>Analyse sensitivity</b> to see one accuracy "
+                                  "curve per layer (each layer pruned alone), then Allocate from them.</i>")
         self.allocate_mode = widgets.ToggleButtons(options=[("target sparsity", "target"), ("max drop", "drop")],
                                                    value="target", style={"button_width": "110px"})
         self.allocate_value = widgets.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01, readout_format=".0%",
@@ -117,6 +122,8 @@ class SensitivitySection(widgets.VBox):
                                               tooltip="choose per-layer sparsities from the curves and apply them")
         self.allocate_button.add_class("prunelab-training-allocate")
         self.allocation_html = widgets.HTML("")
+        self.why_disabled = widgets.HTML("")  # why Allocate cannot run now, beside it
+        self.why_disabled.add_class("prunelab-training-allocate-why")
         self.button.on_click(lambda _: post("training:sensitivity", self.start_sensitivity))
         self.allocate_button.on_click(lambda _: post("training:allocate", self.allocate))
         self.allocate_mode.observe(self._on_allocate_mode, "value")
@@ -126,8 +133,9 @@ class SensitivitySection(widgets.VBox):
         super().__init__([
             widgets.HTML("<b>Sensitivity per layer</b>"),
             row(self.sparsities, self.button),
-            row(self.plot, widgets.VBox([self.marks, self.allocate_mode, row(self.allocate_value, self.allocate_button),
-                                         self.allocation_html])),
+            row(self.empty, self.plot,
+                widgets.VBox([self.marks, self.allocate_mode, row(self.allocate_value, self.allocate_button),
+                              self.why_disabled, self.allocation_html])),
         ])
         self.refresh_availability()
 
@@ -135,6 +143,10 @@ class SensitivitySection(widgets.VBox):
         """Enable the buttons that can run now (none while the panel is busy)."""
         self.button.disabled = self.runner.busy
         self.allocate_button.disabled = self.runner.busy or self.table is None
+        why = (f"Allocate waits: {self.runner.job} is running." if self.runner.busy else
+               "Allocate needs sensitivity curves: press Analyse sensitivity first." if self.table is None else "")
+        self.allocate_button.tooltip = why or "choose per-layer sparsities from the curves and apply them"
+        self.why_disabled.value = f"<span style='color:#555; font-size:11px'>{html.escape(why)}</span>" if why else ""
 
     def _on_revision(self, _change):
         if self.table is not None and self._table_version != self.pruner.weights_version:
@@ -187,6 +199,8 @@ class SensitivitySection(widgets.VBox):
             else:
                 src.data = dict(sparsity=[], accuracy=[])
         self.marks.value = self._marks_html()
+        self.empty.layout.display = "none"
+        self.plot.layout.display = None
         self.refresh_availability()
         for cb in list(self._listeners):
             cb(table)
@@ -229,7 +243,27 @@ class SensitivitySection(widgets.VBox):
         except ValueError as e:
             self.runner.say(f"allocate: {e}", error=True)
             return None
-        self.allocation_html.value = result._repr_html_()
-        self.runner.say(f"allocated: accuracy {result.accuracy:.1%} measured jointly; the single-layer drops sum to "
-                        f"{100 * result.predicted_drop:+.1f} pt")
+        self.allocation_html.value = allocation_html(result)
+        self.runner.say(f"allocated: accuracy {result.accuracy:.1%} measured jointly ({points(-result.drop)} vs dense); "
+                        f"the single-layer changes sum to {points(-result.predicted_drop)}")
         return result
+
+
+def allocation_html(result) -> str:
+    """An Allocation as HTML with accuracy changes in the explorer's one format (``points``:
+    "-28.9 pts", negative for accuracy lost), as the readout shows them.
+
+    Args:
+        result: a :class:`prunelab.sensitivity.Allocation`.
+
+    Returns:
+        The table and a line with the joint measurement.
+    """
+    rows = [dict(layer=n, sparsity=s, change=-result.single_drops[n]) for n, s in result.sparsities.items()]
+    table = Table(("layer", "sparsity", "change"), rows, title="allocation",
+                  headers={"change": "accuracy change, that layer alone"},
+                  formats={"sparsity": percent(1), "change": points})
+    return table._repr_html_() + (
+        f"<p>single-layer changes sum to {points(-result.predicted_drop)}; measured jointly: accuracy "
+        f"{result.accuracy:.2%} ({points(-result.drop)} vs dense {result.baseline:.2%}) at "
+        f"{result.overall_sparsity:.1%} overall sparsity</p>")

@@ -33,6 +33,8 @@ from .runner import BackgroundRun
 from .sensitivity import SensitivitySection, fraction_figure, layer_colours
 
 INITIAL_TARGET = 0.9  # where the target slider starts (iterate has no default target)
+EMPTY_HISTORY = ("<i style='color:#555'>Nothing run yet: run <b>Fine-tune</b> or <b>Iterate</b> to see the accuracy "
+                 "they reach (Iterate's steps are plotted and tabled here).</i>")
 
 __all__ = ["TrainingPanel", "layer_colours"]
 
@@ -81,6 +83,8 @@ class TrainingPanel(Panel):
         self.progress, self.status, self.cancel_button = self.runner.progress, self.runner.status, \
             self.runner.cancel_button
         _, granularity = resolve_defaults(pruner)
+        if self.state.granularity in VARIABLE_GRANULARITIES:  # the explorer's choice, when iterate can take it
+            granularity = self.state.granularity
         layout = widgets.Layout(width="150px")
         style = {"description_width": "70px"}
         fine, it = FinetuneSettings, IterateSettings  # the defaults, written once there
@@ -116,6 +120,8 @@ class TrainingPanel(Panel):
         # history
         self.history_html = widgets.HTML(self.history._repr_html_())
         self.history_source, history_fig = self._history_figure()
+        self.history_empty = widgets.HTML(EMPTY_HISTORY)  # what to do, instead of an empty plot and table
+        self.history_empty.add_class("prunelab-training-empty")
         # sensitivity and allocation
         self.sensitivity = SensitivitySection(pruner, self.runner, self.granularity, post=self.post,
                                               watch=self.watch, executor=self.executor)
@@ -126,8 +132,11 @@ class TrainingPanel(Panel):
         self.finetune_button.on_click(lambda _: self.post("training:finetune", self.start_finetune))
         self.iterate_button.on_click(lambda _: self.post("training:iterate", self.start_iterate))
         self.runner.on_busy(self._refresh_availability)
+        self.watch(self._follow_granularity, "granularity")
 
         row = lambda *c: widgets.HBox(list(c), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        self.history_row = row(self.history_plot, self.history_html)
+        self.history_row.layout.display = "none"  # shown with the first step
         section = lambda text: widgets.HTML(f"<b>{html.escape(text)}</b>")
         return [
             section("Fine-tune (masks held)"),
@@ -136,7 +145,7 @@ class TrainingPanel(Panel):
             row(self.target, self.granularity, self.schedule),
             row(self.steps, self.epochs_per_step, self.final_epochs, self.regrow, self.iterate_button),
             row(self.progress, self.cancel_button, self.status),
-            row(self.history_plot, self.history_html),
+            self.history_empty, self.history_row,
             self.sensitivity,
         ]
 
@@ -154,6 +163,12 @@ class TrainingPanel(Panel):
         return source, fig
 
     # ------------------------------------------------------------------ state
+
+    def _follow_granularity(self, change):
+        """Iterate prunes as the explorer does: its granularity follows the hub's (not 2:4, which
+        has one sparsity only), unless a run is in progress."""
+        if change["new"] in VARIABLE_GRANULARITIES and not self.busy:
+            self.granularity.value = change["new"]
 
     @property
     def busy(self) -> bool:
@@ -236,6 +251,8 @@ class TrainingPanel(Panel):
         self.history_html.value = self.history._repr_html_()
         self.history_source.stream(dict(step=[row["step"]], sparsity=[row["sparsity"]],
                                         before=[row["accuracy_before"]], after=[row["accuracy_after"]]))
+        self.history_empty.layout.display = "none"
+        self.history_row.layout.display = None
 
     # ------------------------------------------------------------------ sensitivity (see .sensitivity)
 

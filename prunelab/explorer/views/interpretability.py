@@ -1,8 +1,8 @@
 """Interpretability: what the model looks at, before and after pruning.
 
-captum IntegratedGradients attributions for a few validation samples (one per class), the
-original model beside the current pruned one: 2-D inputs as images, 1-D and tabular inputs as
-bars. The drift score says how far the explanations moved; per-class accuracy change says
+captum IntegratedGradients attributions for a few validation samples (the first of each class,
+six at most), the original model beside the current pruned one: 2-D inputs as images, 1-D and
+tabular inputs as bars. The drift score says how far the explanations moved; per-class accuracy change says
 where the accuracy went. Attributions are recomputed when changes settle (or on request) and
 marked stale meanwhile; per-class accuracy is measured with every change.
 """
@@ -87,7 +87,7 @@ class InterpretabilityView(View):
                         text_baseline="middle", text_color="color")
 
         self.classes = figure(width=int(self.size[0] * 0.3), height=self.size[1], tools="save",
-                              toolbar_location=None, title="Δ accuracy per class (points)",
+                              toolbar_location=None, title="Δ accuracy per class (pts)",
                               x_range=Range1d(-1, 1), y_range=FactorRange(), min_border=4)
         self.classes.title.text_font_size = "11px"
         self.classes.title.text_font_style = "normal"
@@ -95,7 +95,7 @@ class InterpretabilityView(View):
         cls = self.classes.hbar(y="cls", right="delta", height=0.7, source=self.class_src, fill_color="color",
                                 line_color=None)
         self.classes.add_tools(HoverTool(renderers=[cls], tooltips=[("class", "@cls"), ("dense", "@before{0.0%}"),
-                                                                    ("now", "@now{0.0%}"), ("change", "@delta{+0.0}")])
+                                                                    ("now", "@now{0.0%}"), ("change", "@delta{+0.0} pts")])
                                )
         self.classes.ygrid.visible = False
         return row(self.tiles, self.classes)

@@ -36,6 +36,23 @@ def si(n: float, unit: str = "") -> str:
     return f"{n:.3g} {unit}".rstrip()
 
 
+def points(change: float) -> str:
+    """An accuracy change in percentage points: the explorer's one format for drops, in the
+    readout and in every table and line it writes (negative: accuracy lost).
+
+    Args:
+        change: accuracy now minus accuracy before, as a fraction (-0.289 for 28.9 points lost).
+
+    Returns:
+        The text, e.g. ``'-28.9 pts'``.
+
+    Example:
+        >>> points(-0.289)
+        '-28.9 pts'
+    """
+    return f"{change * 100:+.1f} pts"
+
+
 def format_value(m: Metrics, value: float) -> str:
     return f"{value:.1%}" if m.metric_name == "accuracy" else f"{value:.4g}"
 
@@ -50,7 +67,7 @@ def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
     delta = ""
     if baseline is not None:
         d = m.accuracy - baseline.accuracy
-        pts = f"{d * 100:+.1f} pts" if m.metric_name == "accuracy" else f"{d:+.4g}"
+        pts = points(d) if m.metric_name == "accuracy" else f"{d:+.4g}"
         colour = "#c0392b" if d < -1e-9 else ("#3a9a5b" if d > 1e-9 else "#666")
         delta = (f' · <span style="color:{colour}">{pts}</span> vs dense '
                  f"{format_value(baseline, baseline.accuracy)}")
