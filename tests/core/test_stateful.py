@@ -22,6 +22,7 @@ Examples and seed come from the hypothesis profile in tests/conftest.py (derando
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import warnings
@@ -44,6 +45,17 @@ fractions = st.floats(0, 1, allow_nan=False)
 criteria = st.sampled_from(["magnitude", "random", "taylor"])
 
 
+def step(method):
+    """A rule: it marks the machine unchecked until the invariants have passed after it, so the
+    final reset check in teardown runs only on a run that has not already failed (one error per
+    failing example keeps hypothesis's shrinking quick and its replays consistent)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        self.checked = False
+        return method(self, *args, **kwargs)
+    return run
+
+
 def fits_2_4(layer) -> bool:
     return layer.module.weight[0].numel() % 4 == 0
 
@@ -56,6 +68,8 @@ class PrunerMachine(RuleBasedStateMachine):
         self.pruner = None
         self.tmp = Path(tempfile.mkdtemp(prefix="prunelab-stateful-"))
         self.files = 0
+        self.structured_exported = False
+        self.checked = False
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -110,10 +124,11 @@ class PrunerMachine(RuleBasedStateMachine):
         check_weights_are_base_times_mask(p)
         check_sparsity(p)
         check_evaluate(p, self.x, self.y)
+        self.checked = True
 
     def teardown(self):
         try:
-            if self.pruner is not None:
+            if self.pruner is not None and self.checked:
                 self.pruner.reset()
                 assert_state_equal(self.pruner.model.state_dict(), self.initial, "the final reset()")
         finally:
@@ -123,6 +138,7 @@ class PrunerMachine(RuleBasedStateMachine):
 
     @rule(amount=fractions, criterion=criteria, granularity=st.sampled_from(["unstructured", "structured", "2:4"]),
           scope=st.sampled_from(["global", "layer"]))
+    @step
     def prune(self, amount, criterion, granularity, scope):
         p = self.pruner
         if granularity == "2:4":
@@ -148,6 +164,7 @@ class PrunerMachine(RuleBasedStateMachine):
                     assert bool((kept <= 2).all()) if amount else True, f"layer {l.name}: not 2 of every 4"
 
     @rule(data=st.data(), granularity=st.sampled_from(["unstructured", "structured", "2:4"]), criterion=criteria)
+    @step
     def prune_layers(self, data, granularity, criterion):
         p = self.pruner
         if granularity == "structured":
@@ -173,6 +190,7 @@ class PrunerMachine(RuleBasedStateMachine):
             assert int((~plan.keep).sum()) == round(a * units), f"layer {n}: its plan does not prune {a}"
 
     @rule(fraction=st.floats(0, 0.6), granularity=st.sampled_from(["unstructured", "structured"]))
+    @step
     def prune_threshold(self, fraction, granularity):
         p = self.pruner
         if granularity == "structured" and not p.unit_groups():
@@ -190,6 +208,7 @@ class PrunerMachine(RuleBasedStateMachine):
 
     @rule(request=st.sampled_from(["amount 1.5", "negative threshold", "unknown layer", "2:4 at 0.3", "both",
                                    "unknown criterion", "unknown granularity", "threshold with taylor"]))
+    @step
     def refused(self, request):
         p = self.pruner
         calls = {"amount 1.5": lambda: p.prune(1.5), "negative threshold": lambda: p.prune(threshold=-1.0),
@@ -205,6 +224,7 @@ class PrunerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ history
 
     @rule()
+    @step
     def undo(self):
         moved = self.pruner.undo()
         assert moved == (self.cursor > 0), "undo() said it moved" if moved else "undo() did not move"
@@ -213,6 +233,7 @@ class PrunerMachine(RuleBasedStateMachine):
         assert_same_snapshot(self.pruner, self.shadow[self.cursor], "undo() did not restore the step before")
 
     @rule()
+    @step
     def redo(self):
         moved = self.pruner.redo()
         assert moved == (self.cursor + 1 < len(self.shadow))
@@ -221,6 +242,7 @@ class PrunerMachine(RuleBasedStateMachine):
         assert_same_snapshot(self.pruner, self.shadow[self.cursor], "redo() did not restore the step after")
 
     @rule()
+    @step
     def reset(self):
         p = self.pruner
         p.reset()
@@ -232,6 +254,7 @@ class PrunerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ new weights
 
     @rule()
+    @step
     def finetune(self):
         p = self.pruner
         masks = p.masks()
@@ -243,6 +266,7 @@ class PrunerMachine(RuleBasedStateMachine):
         assert result.accuracy_after == p.evaluate().accuracy
 
     @rule(data=st.data(), scale=st.floats(-2, 2, allow_nan=False), shift=st.floats(-0.5, 0.5, allow_nan=False))
+    @step
     def set_weights(self, data, scale, shift):
         p = self.pruner
         name = data.draw(st.sampled_from(sorted(self._base())), label="parameter")
@@ -258,6 +282,7 @@ class PrunerMachine(RuleBasedStateMachine):
         assert torch.equal(self._base()[name], new), "set_weights kept a reference to the caller's tensor"
 
     @rule()
+    @step
     def dense_view(self):
         check_dense_view(self.pruner, self.shadow[self.cursor])
         self._unchanged("dense()")
@@ -265,6 +290,7 @@ class PrunerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ exports and loads
 
     @rule(sparse=st.booleans())
+    @step
     def export_weights(self, sparse):
         p = self.pruner
         fmt = "sparse" if sparse else "state_dict"
@@ -281,9 +307,19 @@ class PrunerMachine(RuleBasedStateMachine):
         fresh.load_state_dict(loaded)
         assert torch.equal(plain_outputs(fresh, self.x, 7), plain_outputs(p.model, self.x, 7))
 
+    def _structured_export_due(self) -> bool:
+        # torch.export makes this the slowest step by far (~0.2 s): once per run, when there are units
+        # to remove (structured plans, or sparsity high enough to leave silent units)
+        p = self.pruner
+        return not self.structured_exported and (p.overall_sparsity() >= 0.8 or any(
+            plan.granularity == "structured" for plan in p.plans.values()))
+
+    @precondition(lambda self: self.pruner is not None and self._structured_export_due())
     @rule(program=st.booleans())
+    @step
     def export_structured(self, program):
         p = self.pruner
+        self.structured_exported = True
         path = self._path("")
         exported = p.export(path, format="structured")
         self._unchanged("export structured")
@@ -300,6 +336,7 @@ class PrunerMachine(RuleBasedStateMachine):
                 outputs_close(module(self.x), want, "structured export's .pt2 program")
 
     @rule()
+    @step
     def export_recipe(self):
         p = self.pruner
         path = self._path(".json")
@@ -320,5 +357,24 @@ class PrunerMachine(RuleBasedStateMachine):
             assert caught, "a recipe with unrecorded weights replayed without a warning"
 
 
-PrunerMachine.TestCase.settings = settings(stateful_step_count=STEPS, suppress_health_check=[HealthCheck.too_slow])
+PrunerMachine.TestCase.settings = settings(stateful_step_count=STEPS, report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow])
 TestPrunerNeverLies = pytest.mark.slow(PrunerMachine.TestCase)
+
+
+# ---------------------------------------------------------------------------- known lies, pinned
+# The machine above builds every model fully in eval mode; a model whose modules do not all share
+# one train flag is left out of it (the Pruner would fail the flag check at once), and pinned here.
+
+@pytest.mark.xfail(strict=True, reason="issue 10 case 8: model.train(was) after tracing/evaluating sets every "
+                   "module to the root's flag, so a submodule kept in eval mode is switched to train mode")
+def test_every_module_keeps_its_own_train_flag():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                                torch.nn.Linear(6, 3))
+    model.train()
+    model[1].eval()  # e.g. frozen BatchNorm statistics while the rest trains
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+    pruner = pl.Pruner(model, (x, y))
+    pruner.prune(0.5)
+    pruner.evaluate()
+    assert [m.training for m in model] == [True, False, True, True]
