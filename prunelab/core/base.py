@@ -126,9 +126,10 @@ class BasePruner:
         """Fraction of all prunable weights that are masked (e.g. 0.9 after ``prune(0.9)``)."""
         return self._overall(self.sparsity())
 
+    unit_sparsity = planning.unit_sparsity  # fraction of the removable units removed now (a method)
+
     def _overall(self, sparsity: Mapping[str, float]) -> float:
-        total = sum(l.params for l in self.layers)
-        return sum(s * l.params for s, l in zip(sparsity.values(), self.layers)) / total
+        return sum(s * l.params for s, l in zip(sparsity.values(), self.layers)) / sum(l.params for l in self.layers)
 
     def mask(self, layer: str) -> torch.Tensor:
         """The effective keep-mask of a layer's weight.

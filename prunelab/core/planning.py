@@ -291,3 +291,30 @@ def merge_plans(plans: Mapping[str, Plan], changes: Mapping[str, Plan | None],
         if plan is not None:
             merged[n] = plan
     return merged
+
+
+def unit_sparsity(pruner) -> float:
+    """Fraction of the removable units (filters, output units) removed now, counted once per group
+    of coupled layers, as ``pruner.prune(amount, granularity="structured")`` counts them.
+
+    Layers in ``pruner.structured_blocked`` are left out; layers pruned another way (unstructured,
+    2:4) keep their units. The explorer's structured slider and ``iterate``'s schedule both read this.
+
+    Args:
+        pruner: a Pruner.
+
+    Returns:
+        A fraction in [0, 1] (0 when no layer can lose units).
+
+    Example:
+        >>> unit_sparsity(pruner.prune(0.5, granularity="structured"))
+        0.5
+    """
+    groups, plans = pruner.unit_groups(), pruner.plans
+    removed = total = 0
+    for root in dict.fromkeys(g.layers[0] for g in groups.values()):
+        total += groups[root].units
+        plan = plans.get(root)
+        if plan is not None and plan.granularity == "structured":
+            removed += int((~plan.keep).sum())
+    return removed / total if total else 0.0

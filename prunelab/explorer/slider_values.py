@@ -19,37 +19,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..core.planning import unit_sparsity
+
 LOG_STEPS = 400  # at most this many steps over the |w| slider's range
 FIRST_STEPS = 10  # the |w| slider's first steps spread the lowest 2% of the kept weights
-
-
-def unit_fraction(pruner) -> float:
-    """Fraction of the units that structured pruning may remove which are removed now.
-
-    Units are counted once per group of coupled layers, over the layers not in
-    ``pruner.structured_blocked``, as ``pruner.prune(amount, granularity="structured")`` counts
-    them; layers pruned another way (unstructured, 2:4) count as keeping their units.
-
-    Args:
-        pruner: a Pruner.
-
-    Returns:
-        A fraction in [0, 1] (0 when no layer can lose units).
-
-    Example:
-        >>> unit_fraction(pruner.prune(0.5, granularity="structured"))
-        0.5
-    """
-    blocked = pruner.structured_blocked
-    groups = pruner.unit_groups()
-    plans = pruner.plans
-    removed = total = 0
-    for root in dict.fromkeys(groups[l.name].layers[0] for l in pruner.layers if l.name not in blocked):
-        total += groups[root].units
-        plan = plans.get(root)
-        if plan is not None and plan.granularity == "structured":
-            removed += int((~plan.keep).sum())
-    return removed / total if total else 0.0
 
 
 def slider_fraction(pruner, granularity: str) -> float:
@@ -66,7 +39,7 @@ def slider_fraction(pruner, granularity: str) -> float:
         >>> slider_fraction(pruner.prune(0.5), "unstructured")
         0.5
     """
-    return unit_fraction(pruner) if granularity == "structured" else pruner.overall_sparsity()
+    return unit_sparsity(pruner) if granularity == "structured" else pruner.overall_sparsity()
 
 
 def same_plans(now: Mapping[str, object], changes: Mapping[str, object]) -> bool:

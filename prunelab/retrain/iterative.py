@@ -24,6 +24,7 @@ import torch
 
 from ..core.base import BasePruner
 from ..core.copies import PrunerCopy
+from ..core.planning import unit_sparsity
 from ..core.tables import Table, count, percent, seconds
 from .loop import Hooks, console_progress, train_masked, trained_weights
 from .preflight import preflight, rehearse
@@ -72,12 +73,7 @@ def current_amount(pruner: BasePruner, granularity: str) -> float:
         >>> current_amount(pruner, "unstructured") == pruner.overall_sparsity()  # doctest: +SKIP
         True
     """
-    if granularity != "structured":
-        return pruner.overall_sparsity()
-    blocked = pruner.structured_blocked
-    units = sum(l.units for l in pruner.layers if l.name not in blocked)
-    pruned = sum(int((~p.keep).sum()) for n, p in pruner.plans.items() if p.granularity == "structured")
-    return pruned / units if units else 0.0
+    return unit_sparsity(pruner) if granularity == "structured" else pruner.overall_sparsity()
 
 
 def scheduled_amounts(pruner: BasePruner, s: IterateSettings) -> tuple[float, list]:

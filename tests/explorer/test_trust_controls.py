@@ -6,7 +6,8 @@ import math
 import pytest
 
 from prunelab.explorer.controls import on_step
-from prunelab.explorer.slider_values import short_name, unit_fraction
+from prunelab.core.planning import unit_sparsity
+from prunelab.explorer.slider_values import short_name
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_structured_global_slider_shows_units_after_python_undo_and_redo(ex):
     ex.wait()
     shown_after_drag = c.global_slider.value
     assert shown_after_drag == pytest.approx(0.4)
-    assert unit_fraction(ex.pruner) == pytest.approx(0.4, abs=0.01)
+    assert unit_sparsity(ex.pruner) == pytest.approx(0.4, abs=0.01)
     weights = ex.pruner.overall_sparsity()
     assert abs(weights - 0.4) > 0.02  # units and weights differ here, so showing the wrong one shows
     assert f"{weights:.1%}</b> of weights" in c.global_note.value
@@ -48,7 +49,7 @@ def test_structured_global_slider_shows_units_after_python_undo_and_redo(ex):
     # the next key press moves one step from what is shown: no jump
     c.global_slider.value = on_step(c.global_slider.value + 0.01)
     ex.wait()
-    assert unit_fraction(ex.pruner) == pytest.approx(0.31, abs=0.01)
+    assert unit_sparsity(ex.pruner) == pytest.approx(0.31, abs=0.01)
 
 
 def test_switching_granularity_is_one_history_step_and_undo_shows_the_state_before(ex):
