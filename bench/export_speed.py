@@ -117,11 +117,11 @@ class OnnxRuntime(nn.Module):
 
         import onnxruntime as ort
 
-        from prunelab.export.onnx_export import _to_onnx
+        from prunelab.export.onnx_export import to_onnx
 
         super().__init__()
         buffer = io.BytesIO()
-        proto = _to_onnx(model.cpu().eval(), example).model_proto
+        proto = to_onnx(model.cpu().eval(), example).model_proto
         buffer.write(proto.SerializeToString())
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -50,7 +50,7 @@ def save_onnx(pruner, path) -> tuple[Path, dict]:
         network = "masked (removing units would change the outputs)"
     model = model.cpu().eval()
     example = example_inputs(pruner).cpu()
-    program = _to_onnx(model, example)
+    program = to_onnx(model, example)
     path = Path(path)
     with atomic_paths(path) as (tmp,):
         program.save(tmp, external_data=False)
@@ -59,7 +59,15 @@ def save_onnx(pruner, path) -> tuple[Path, dict]:
     return path, {"network": network, "max_abs_diff": diff, "checked": len(x)}
 
 
-def _to_onnx(model, example):
+def to_onnx(model, example):
+    """``model`` exported to ONNX on ``example`` (torch.onnx, dynamic batch), its progress lines quiet.
+
+    Returns:
+        torch's ONNXProgram (``.model_proto`` holds the ONNX model).
+
+    Example:
+        >>> to_onnx(model.eval(), torch.randn(1, 64)).model_proto  # doctest: +SKIP
+    """
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its progress lines and torchvision notices are noise here
