@@ -59,7 +59,7 @@ def main():
     names = pruner.layer_names
     positions = {"early": names[0], "middle": names[len(names) // 2], "late": names[-2]}
     print(f"model: {len(names)} prunable layers, {params / 1e6:.2f}M parameters, {SAMPLES} evaluation samples, "
-          f"incremental evaluation: {pruner._evaluator.incremental}")
+          f"incremental evaluation: {pruner.incremental}")
     pruner.evaluate()  # first evaluation fills the caches, as opening the explorer does
     for layer in positions.values():  # score once per layer, as the first slider touch would
         pruner.prune({layer: 0.1})
