@@ -13,6 +13,7 @@ from typing import Mapping
 
 from . import export, recipe, reports, retrain, sensitivity
 from .core.base import BasePruner
+from .reports.flipped import flipped as _flipped
 from .retrain import FinetuneSettings as _F, IterateSettings as _I
 
 
@@ -112,6 +113,26 @@ class Pruner(BasePruner):
             >>> print(pruner.report("sparsity", sparsities=[0, 0.5, 0.9]))
         """
         return reports.report(self, kind, **options)
+
+    def flipped(self, *, by_class: bool = False):
+        """The evaluation samples whose predicted class changed between the dense model (the
+        original weights, on a private copy) and the current one; the Pruner is left as it was
+        (see :mod:`prunelab.reports.flipped`). Classifiers only.
+
+        Args:
+            by_class: False: one row per changed sample (``index``, ``label``, ``before``,
+                ``after``, ``confidence_before``, ``confidence_after``: the softmax probability
+                of each predicted class). True: one row per class (``samples``, ``flipped``,
+                ``rate``, ``share``, ``into``, ``broken``, ``fixed``, accuracy before and after), the
+                classes with the most changed samples first.
+
+        Returns:
+            A :class:`prunelab.Table`; ``index`` is the position in ``pruner.val_inputs``.
+
+        Example:
+            >>> pruner.prune(0.9).flipped().column("index")
+        """
+        return _flipped(self, by_class=by_class)
 
     def sensitivity(self, sparsities=None, layers=None, criterion="magnitude", granularity: str = "unstructured",
                     executor=None):
