@@ -12,6 +12,7 @@ history; an error or a KeyboardInterrupt before that leaves the Pruner exactly a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from ..core.base import BasePruner
 from ..core.checks import check_fraction
@@ -130,6 +131,26 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
         {'0': 0.86, '2': 0.79, '4': 0.3}
     """
     check_request(target_sparsity, max_drop)
+    total = sum(table.weights[l] for l in table.layers)
+    need = None if target_sparsity is None else target_sparsity * total
+    chosen, drops, pruned = advance(table, table.weights, need=need, max_drop=max_drop)
+    if need is not None and pruned < need - 1e-9:
+        reach = pruned / total
+        raise ValueError(f"the curves reach at most {reach:.1%} sparsity (every layer at its highest measured "
+                         f"sparsity), short of the target {target_sparsity:.1%}: measure higher sparsities, e.g. "
+                         "sensitivity(sparsities=[..., 0.95, 0.98, 0.99]).")
+    return chosen, drops
+
+
+def advance(table: SensitivityTable, costs: Mapping[str, float], *, need: float | None = None,
+            max_drop: float | None = None) -> tuple[dict[str, float], dict[str, float], float]:
+    """Advance layers along their curves, cheapest drop per unit of ``costs`` first, until
+    ``need`` units are removed (``costs[layer] * sparsity`` per layer: weights, units, FLOPs or
+    parameters) or the summed drop reaches ``max_drop``.
+
+    Returns:
+        ``(sparsities, drops, removed)``; ``removed`` falls short of ``need`` when the curves end.
+    """
     segments = []
     for order, layer in enumerate(table.layers):
         s, d = table.curve(layer)
@@ -138,23 +159,23 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
             worst = max(worst, di, 0.0)
             if si > 0:
                 pts.append((si, worst))
-        w = table.weights[layer]
+        w = costs[layer]
+        if w <= 0:
+            continue  # pruning this layer removes nothing that counts: leave it dense
         hull = _hull(pts)
         for (s0, d0), (s1, d1) in zip(hull, hull[1:]):
             segments.append(((d1 - d0) / (w * (s1 - s0)), order, layer, s0, s1, d0, d1, w))
     segments.sort(key=lambda seg: (seg[0], seg[1], seg[3]))
-    total = sum(table.weights[l] for l in table.layers)
     chosen = {l: 0.0 for l in table.layers}
     drops = {l: 0.0 for l in table.layers}
-    need = None if target_sparsity is None else target_sparsity * total
     pruned, spent = 0.0, 0.0
     for _, _, layer, s0, s1, d0, d1, w in segments:
         gain, cost = w * (s1 - s0), d1 - d0
         if need is not None:
             if pruned + gain >= need - 1e-12:
-                f = (need - pruned) / gain
+                f = max(need - pruned, 0.0) / gain
                 chosen[layer], drops[layer] = s0 + f * (s1 - s0), d0 + f * cost
-                pruned = need
+                pruned = max(need, pruned)
                 break
         elif spent + cost > max_drop + 1e-12:
             f = (max_drop - spent) / cost
@@ -162,12 +183,7 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
             break
         chosen[layer], drops[layer] = s1, d1
         pruned, spent = pruned + gain, spent + cost
-    if need is not None and pruned < need - 1e-9:
-        reach = pruned / total
-        raise ValueError(f"the curves reach at most {reach:.1%} sparsity (every layer at its highest measured "
-                         f"sparsity), short of the target {target_sparsity:.1%}: measure higher sparsities, e.g. "
-                         "sensitivity(sparsities=[..., 0.95, 0.98, 0.99]).")
-    return chosen, drops
+    return chosen, drops, pruned
 
 
 def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop: float | None = None, *,
