@@ -31,7 +31,9 @@ class Allocation:
     the fraction reached over the analysed layers (of weights, or of units for structured);
     ``overall_sparsity`` the fraction of all prunable weights now masked. ``flops_kept`` and
     ``params_kept`` are measured the same way: ``nonzero_flops / flops`` and ``nonzero_params /
-    params`` of the Metrics with the allocation applied.
+    params`` of the Metrics with the allocation applied. ``source`` is ``"curves"``, or
+    ``"uniform"`` when, for a FLOPs or parameter target, one sparsity for every analysed layer
+    measured more accurate at the same target than the curves' choice (it is then kept).
     """
 
     sparsities: dict[str, float]
@@ -44,6 +46,7 @@ class Allocation:
     granularity: str
     flops_kept: float | None = None
     params_kept: float | None = None
+    source: str = "curves"
 
     @property
     def drop(self) -> float:
@@ -60,7 +63,8 @@ class Allocation:
             f", keeping {self.flops_kept:.1%} of the FLOPs and {self.params_kept:.1%} of the parameters")
         return (f"sum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: accuracy "
                 f"{self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
-                f"{self.overall_sparsity:.1%} overall sparsity{kept}")
+                f"{self.overall_sparsity:.1%} overall sparsity{kept}"
+                + ("" if self.source == "curves" else " (one uniform sparsity measured better than the curves' choice)"))
 
     def __str__(self) -> str:
         return f"{self.table()}\n\n{self.summary()}"
@@ -179,6 +183,7 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
         table = sensitivity(pruner, executor=executor)
     copy = PrunerCopy.of(pruner)
     twin = copy.pruner()  # prune and measure there: the Pruner changes only once it is all done
+    source = "curves"
     if target_flops is None and target_params is None:
         chosen, drops = choose_sparsities(table, target_sparsity=target_sparsity, max_drop=max_drop)
         if round_to:
@@ -186,7 +191,7 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
             drops = {l: drop_at(table, l, s) for l, s in chosen.items()}
         m = measured(twin, table, chosen)
     else:
-        chosen, drops, m = meet(twin, table, "flops" if target_params is None else "params",
+        chosen, drops, m, source = meet(twin, table, "flops" if target_params is None else "params",
                                 target_params if target_flops is None else target_flops, round_to)
     overall = twin.overall_sparsity()
     plans = copy.all_plans(twin.plans)
@@ -194,6 +199,6 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
     reached = sum(chosen[l] * table.weights[l] for l in chosen) / total if total else 0.0
     result = Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached, overall,
                         table.granularity, flops_kept=m.nonzero_flops / max(m.flops, 1),
-                        params_kept=m.nonzero_params / max(m.params, 1))
+                        params_kept=m.nonzero_params / max(m.params, 1), source=source)
     pruner.set_plans(plans)
     return result

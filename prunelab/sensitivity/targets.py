@@ -159,46 +159,81 @@ def kept(m, kind: str) -> float:
 def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, round_to: int | None):
     """Per-layer sparsities that keep ``target`` of the FLOPs or parameters (``kind``), measured.
 
-    Layers advance along their curves by drop per FLOP (or parameter) removed; what that removes
-    is then measured on ``twin`` (structured pruning also removes the inputs of the next layer,
-    rounding moves counts) and the amount asked of the curves is corrected, a few times, until
-    the measured fraction is within ``TOLERANCE`` of the target (the closest one is kept).
+    Two allocations are searched, each corrected by measuring until it meets the target:
+    the curves' (layers advance by drop per FLOP or parameter removed) and the uniform one (one
+    sparsity for every analysed layer). The more accurate of those within ``TOLERANCE`` is kept,
+    the curves' on a tie, so the result is never less accurate than uniform pruning at the same
+    FLOPs on this data; ``source`` says which it was.
 
     Returns:
-        ``(sparsities, drops, metrics)`` with ``twin`` pruned to those sparsities.
+        ``(sparsities, drops, metrics, source)`` with ``twin`` pruned to those sparsities.
 
     Raises:
-        ValueError: when no correction comes within ``TOLERANCE``.
+        ValueError: when neither comes within ``TOLERANCE``.
     """
     total, per_layer = twin.flops()
     by_name = {l.name: l for l in twin.layers}
     costs = {l: float(per_layer[l] if kind == "flops" else by_name[l].params) for l in table.layers}
     whole = float(total if kind == "flops" else twin.evaluate().params)
-    reach = advance(table, costs, need=float("inf"))[2]
-    need, best, tried = (1 - target) * whole, None, set()
-    for _ in range(8):
-        need = min(max(need, 0.0), reach)
-        chosen = rounded(advance(table, costs, need=need)[0], table, round_to)
-        key = tuple(sorted(chosen.items()))
-        if key in tried:
-            break  # the correction came back to a state already measured
-        tried.add(key)
-        m = last = measured(twin, table, chosen)
-        miss = kept(m, kind) - target  # above zero: too much kept
-        if best is None or abs(miss) < abs(best[2]):
-            best = (chosen, m, miss)
-        if abs(miss) <= TOLERANCE / 10:
-            break
-        need += miss * whole
-    chosen, m, miss = best
+    spread = sum(costs.values())
+    proposals = {"curves": (lambda need: advance(table, costs, need=need)[0], advance(table, costs, need=float("inf"))[2]),
+                 "uniform": (lambda need: {l: min(need / spread, 1.0) if spread else 0.0 for l in table.layers}, spread)}
+    found = {}
+    for source, (propose, reach) in proposals.items():
+        found[source] = search(lambda need: rounded(propose(need), table, round_to),
+                               lambda chosen: kept(measured(twin, table, chosen), kind) - target, whole, reach, target)
+    close = {s: f for s, f in found.items() if abs(f[1]) <= TOLERANCE}
     what = "FLOPs" if kind == "flops" else "parameters"
-    if abs(miss) > TOLERANCE:
+    if not close:
+        miss = found["curves"][1]
         hint = (" (every analysed layer at its highest measured sparsity: measure higher sparsities, e.g. "
                 "sensitivity(sparsities=[..., 0.95, 0.98]), or analyse more layers; what no layer prunes, "
                 "biases and other operations, is kept)") if miss > 0 else ""
         hint += f"; round_to={round_to} may be too coarse for these layers: try a smaller multiple" if round_to else ""
         raise ValueError(f"the curves keep {target + miss:.1%} of the {what} at best, not within {TOLERANCE:.0%} of "
                          f"the target {target:.1%}{hint}. The Pruner is unchanged.")
-    if m is not last:
-        m = measured(twin, table, chosen)  # the twin must hold the state returned
-    return chosen, {l: drop_at(table, l, s) for l, s in chosen.items()}, m
+    metrics = {s: measured(twin, table, f[0]) for s, f in close.items()}
+    source = max(metrics, key=lambda s: (metrics[s].accuracy, s == "curves"))
+    chosen = close[source][0]
+    m = metrics[source] if source == list(metrics)[-1] else measured(twin, table, chosen)  # the twin holds it
+    return chosen, {l: drop_at(table, l, s) for l, s in chosen.items()}, m, source
+
+
+def search(propose, miss_of, whole: float, reach: float, target: float):
+    """The proposal, over the amount asked ``need`` in [0, ``reach``], whose measured miss
+    (fraction kept minus the target) is smallest: secant steps until the target is bracketed,
+    then regula falsi inside the bracket (bisection when a step repeats). At most 12 measurements.
+
+    Returns:
+        ``(chosen, miss)``.
+    """
+    need, points, seen, best = (1 - target) * whole, [], {}, None
+    for _ in range(12):
+        need = min(max(need, 0.0), reach)
+        chosen = propose(need)
+        key = tuple(sorted(chosen.items()))
+        repeated = key in seen
+        if not repeated:
+            seen[key] = miss_of(chosen)
+        miss = seen[key]
+        if best is None or abs(miss) < abs(best[1]):
+            best = (chosen, miss)
+        if abs(miss) <= TOLERANCE / 10:
+            break
+        points.append((need, miss))
+        above = [p for p in points if p[1] > 0]  # too much kept: ask more
+        below = [p for p in points if p[1] < 0]
+        if above and below:
+            (n0, m0), (n1, m1) = max(above), min(below)
+            if n1 - n0 <= 1e-9 * max(whole, 1.0):
+                break  # a jump between two states: nothing in between to measure
+            step = n0 + m0 * (n1 - n0) / (m0 - m1)
+            need = step if n0 < step < n1 and not repeated else (n0 + n1) / 2
+        elif (miss > 0 and need >= reach) or (miss < 0 and need <= 0):
+            break  # the target lies beyond what can be asked
+        elif len(points) >= 2 and points[-1][1] != points[-2][1] and points[-1][0] != points[-2][0]:
+            (na, ma), (nb, mb) = points[-2], points[-1]
+            need = nb - mb * (nb - na) / (mb - ma)
+        else:
+            need += miss * whole
+    return best
