@@ -18,7 +18,7 @@ from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
 from ..core.tables import Table, percent, signed_points
 from .curves import SensitivityTable, check_executor, sensitivity
-from .targets import advance, check_round_to, check_targets, drop_at, measured, meet, rounded
+from .targets import advance, check_round_to, check_targets, drop_at, kept, measured, meet, rounded
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class Allocation:
         return (f"sum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: accuracy "
                 f"{self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
                 f"{self.overall_sparsity:.1%} overall sparsity{kept}"
-                + ("" if self.source == "curves" else " (one uniform sparsity measured better than the curves' choice)"))
+                + ("" if self.source == "curves" else
+                   " (one uniform sparsity measured better than the curves' choice)"))
 
     def __str__(self) -> str:
         return f"{self.table()}\n\n{self.summary()}"
@@ -198,7 +199,7 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
     total = sum(table.weights.values())
     reached = sum(chosen[l] * table.weights[l] for l in chosen) / total if total else 0.0
     result = Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached, overall,
-                        table.granularity, flops_kept=m.nonzero_flops / max(m.flops, 1),
-                        params_kept=m.nonzero_params / max(m.params, 1), source=source)
+                        table.granularity, flops_kept=kept(m, "flops"), params_kept=kept(m, "params"),
+                        source=source)
     pruner.set_plans(plans)
     return result

@@ -44,7 +44,7 @@ def check_targets(*values) -> None:
         >>> check_targets(None, None, 0.5, 0.5)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: give either target_sparsity (...) ... or target_params (...), not both: ...
+        ValueError: give either target_sparsity (...) or target_params (...), not both: ...
     """
     given = [n for n, v in zip(TARGETS, values) if v is not None]
     if len(given) != 1:
@@ -161,9 +161,10 @@ def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, ro
 
     Two allocations are searched, each corrected by measuring until it meets the target:
     the curves' (layers advance by drop per FLOP or parameter removed) and the uniform one (one
-    sparsity for every analysed layer). The more accurate of those within ``TOLERANCE`` is kept,
-    the curves' on a tie, so the result is never less accurate than uniform pruning at the same
-    FLOPs on this data; ``source`` says which it was.
+    sparsity for every analysed layer, up to the highest sparsity all curves measured). The more
+    accurate of those within ``TOLERANCE`` is kept, the curves' on a tie, so the result is not
+    less accurate on this data than the uniform allocation measured beside it; ``source`` says
+    which it was.
 
     Returns:
         ``(sparsities, drops, metrics, source)`` with ``twin`` pruned to those sparsities.
@@ -176,8 +177,11 @@ def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, ro
     costs = {l: float(per_layer[l] if kind == "flops" else by_name[l].params) for l in table.layers}
     whole = float(total if kind == "flops" else twin.evaluate().params)
     spread = sum(costs.values())
-    proposals = {"curves": (lambda need: advance(table, costs, need=need)[0], advance(table, costs, need=float("inf"))[2]),
-                 "uniform": (lambda need: {l: min(need / spread, 1.0) if spread else 0.0 for l in table.layers}, spread)}
+    highest = min(max(table.curve(l)[0]) for l in table.layers)  # uniform stays where every curve was measured
+    reach = advance(table, costs, need=float("inf"))[2]
+    proposals = {"curves": (lambda need: advance(table, costs, need=need)[0], reach),
+                 "uniform": (lambda need: {l: min(need / spread, highest) if spread else 0.0 for l in table.layers},
+                             spread * highest)}
     found = {}
     for source, (propose, reach) in proposals.items():
         found[source] = search(lambda need: rounded(propose(need), table, round_to),
