@@ -154,25 +154,33 @@ class Pruner(BasePruner):
         return sensitivity.sensitivity(self, sensitivity.DEFAULT_SPARSITIES if sparsities is None else sparsities,
                                        layers, criterion, granularity, executor)
 
-    def allocate(self, target_sparsity: float | None = None, max_drop: float | None = None, *, table=None,
-                 executor=None):
+    def allocate(self, target_sparsity: float | None = None, max_drop: float | None = None, *,
+                 target_flops: float | None = None, target_params: float | None = None, round_to: int | None = None,
+                 table=None, executor=None):
         """Choose per-layer sparsities from sensitivity curves (least sensitive layers pruned most),
         apply them, and measure.
 
         Args:
             target_sparsity: reach this overall sparsity; or
-            max_drop: stay within this drop (summed single-layer drops, a fraction).
+            max_drop: stay within this drop (summed single-layer drops, a fraction); or
+            target_flops: keep this fraction of the dense FLOPs (measured after applying: within
+                2% of ``nonzero_flops / flops``); or
+            target_params: keep this fraction of the parameters (``nonzero_params / params``,
+                within 2%). Exactly one of the four.
+            round_to: with a structured table, keep a multiple of this many channels per layer.
             table: a SensitivityTable to use (default: :meth:`sensitivity`'s).
             executor: as for :meth:`sensitivity`.
 
         Returns:
-            An Allocation: the sparsities, the sum of the single-layer drops, and the accuracy
-            measured with all applied.
+            An Allocation: the sparsities, the sum of the single-layer drops, and the accuracy,
+            FLOPs and parameters measured with all applied (``flops_kept``, ``params_kept``).
 
         Example:
             >>> pruner.allocate(target_sparsity=0.9).sparsities
+            >>> pruner.allocate(target_flops=0.5, table=pruner.sensitivity(granularity="structured"), round_to=8)
         """
-        return sensitivity.allocate(self, target_sparsity, max_drop, table=table, executor=executor)
+        return sensitivity.allocate(self, target_sparsity, max_drop, target_flops=target_flops,
+                                    target_params=target_params, round_to=round_to, table=table, executor=executor)
 
 
 def apply_recipe(model, recipe_or_path, data, *, train_data=None, criteria: Mapping | None = None,

@@ -18,6 +18,7 @@ from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
 from ..core.tables import Table, percent, signed_points
 from .curves import SensitivityTable, check_executor, sensitivity
+from .targets import advance, check_round_to, check_targets, drop_at, kept, measured, meet, rounded
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,11 @@ class Allocation:
     the curves, interpolated between measured points); ``drop`` is measured with all layers
     pruned together. Their difference shows how far the layers' losses add up. ``sparsity`` is
     the fraction reached over the analysed layers (of weights, or of units for structured);
-    ``overall_sparsity`` the fraction of all prunable weights now masked.
+    ``overall_sparsity`` the fraction of all prunable weights now masked. ``flops_kept`` and
+    ``params_kept`` are measured the same way: ``nonzero_flops / flops`` and ``nonzero_params /
+    params`` of the Metrics with the allocation applied. ``source`` is ``"curves"``, or
+    ``"uniform"`` when, for a FLOPs or parameter target, one sparsity for every analysed layer
+    measured more accurate at the same target than the curves' choice (it is then kept).
     """
 
     sparsities: dict[str, float]
@@ -39,6 +44,9 @@ class Allocation:
     sparsity: float
     overall_sparsity: float
     granularity: str
+    flops_kept: float | None = None
+    params_kept: float | None = None
+    source: str = "curves"
 
     @property
     def drop(self) -> float:
@@ -49,30 +57,21 @@ class Allocation:
         return Table(("layer", "sparsity", "single_layer_drop"), rows, title="allocation",
                      formats={"sparsity": percent(1), "single_layer_drop": signed_points})
 
+    def summary(self) -> str:
+        """The measured outcome in one sentence (what ``str`` prints under the table)."""
+        kept = "" if self.flops_kept is None else (
+            f", keeping {self.flops_kept:.1%} of the FLOPs and {self.params_kept:.1%} of the parameters")
+        return (f"sum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: accuracy "
+                f"{self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
+                f"{self.overall_sparsity:.1%} overall sparsity{kept}"
+                + ("" if self.source == "curves" else
+                   " (one uniform sparsity measured better than the curves' choice)"))
+
     def __str__(self) -> str:
-        return (f"{self.table()}\n\nsum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: "
-                f"accuracy {self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
-                f"{self.overall_sparsity:.1%} overall sparsity")
+        return f"{self.table()}\n\n{self.summary()}"
 
     def _repr_html_(self) -> str:
-        return self.table()._repr_html_() + (
-            f"<p>sum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: accuracy "
-            f"{self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
-            f"{self.overall_sparsity:.1%} overall sparsity</p>")
-
-
-def _hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Lower convex hull of (sparsity, drop) points sorted by sparsity."""
-    hull: list[tuple[float, float]] = []
-    for p in points:
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):  # hull[-1] lies on or above the chord
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    return hull
+        return self.table()._repr_html_() + f"<p>{self.summary()}</p>"
 
 
 def check_request(target_sparsity, max_drop) -> None:
@@ -130,38 +129,9 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
         {'0': 0.86, '2': 0.79, '4': 0.3}
     """
     check_request(target_sparsity, max_drop)
-    segments = []
-    for order, layer in enumerate(table.layers):
-        s, d = table.curve(layer)
-        pts, worst = [(0.0, 0.0)], 0.0
-        for si, di in zip(s, d):
-            worst = max(worst, di, 0.0)
-            if si > 0:
-                pts.append((si, worst))
-        w = table.weights[layer]
-        hull = _hull(pts)
-        for (s0, d0), (s1, d1) in zip(hull, hull[1:]):
-            segments.append(((d1 - d0) / (w * (s1 - s0)), order, layer, s0, s1, d0, d1, w))
-    segments.sort(key=lambda seg: (seg[0], seg[1], seg[3]))
     total = sum(table.weights[l] for l in table.layers)
-    chosen = {l: 0.0 for l in table.layers}
-    drops = {l: 0.0 for l in table.layers}
     need = None if target_sparsity is None else target_sparsity * total
-    pruned, spent = 0.0, 0.0
-    for _, _, layer, s0, s1, d0, d1, w in segments:
-        gain, cost = w * (s1 - s0), d1 - d0
-        if need is not None:
-            if pruned + gain >= need - 1e-12:
-                f = (need - pruned) / gain
-                chosen[layer], drops[layer] = s0 + f * (s1 - s0), d0 + f * cost
-                pruned = need
-                break
-        elif spent + cost > max_drop + 1e-12:
-            f = (max_drop - spent) / cost
-            chosen[layer], drops[layer] = s0 + f * (s1 - s0), d0 + f * cost
-            break
-        chosen[layer], drops[layer] = s1, d1
-        pruned, spent = pruned + gain, spent + cost
+    chosen, drops, pruned = advance(table, table.weights, need=need, max_drop=max_drop)
     if need is not None and pruned < need - 1e-9:
         reach = pruned / total
         raise ValueError(f"the curves reach at most {reach:.1%} sparsity (every layer at its highest measured "
@@ -171,6 +141,7 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
 
 
 def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop: float | None = None, *,
+             target_flops: float | None = None, target_params: float | None = None, round_to: int | None = None,
              table: SensitivityTable | None = None, executor=None) -> Allocation:
     """Choose per-layer sparsities from sensitivity curves and apply them with the table's
     criterion and granularity (one step of history); then measure with all of them applied.
@@ -179,37 +150,56 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
         pruner: a BasePruner (or Pruner).
         target_sparsity: reach this fraction of the analysed layers' weights (or units) ...
         max_drop: ... or prune the most with the sum of single-layer drops within this (0.01 is
-            one point). Exactly one of the two.
+            one point) ...
+        target_flops: ... or keep this fraction of the dense model's FLOPs (``nonzero_flops /
+            flops`` of the Metrics measured after applying, within 2%) ...
+        target_params: ... or keep this fraction of the model's parameters (``nonzero_params /
+            params``, within 2%). Exactly one of the four.
+        round_to: structured tables only: keep a multiple of this many units in every analysed
+            layer (e.g. 8, for hardware that runs channel counts in multiples of 8).
         table: a :class:`SensitivityTable`; default: the default analysis of all layers.
         executor: for that default analysis (see :func:`prunelab.sensitivity.sensitivity`).
 
     Returns:
         An :class:`Allocation`: the sparsities, the predicted drop (the sum of the single-layer
-        drops) and the accuracy measured jointly (what ``pruner.evaluate()`` gives after).
+        drops) and the accuracy, FLOPs and parameters measured jointly (what ``pruner.evaluate()``
+        gives after).
 
     Raises:
         ValueError, TypeError: for bad arguments or a table of other layers, before any analysis;
-            the Pruner is then unchanged, as after any exception (KeyboardInterrupt included).
+            a FLOPs or parameter target the curves cannot meet within 2%, after it. The Pruner is
+            then unchanged, as after any exception (KeyboardInterrupt included).
 
     Example:
-        >>> result = allocate(pruner, max_drop=0.01)   # doctest: +SKIP
-        >>> result.drop                                # doctest: +SKIP   (measured, all layers pruned)
-        0.008
+        >>> result = allocate(pruner, target_flops=0.5)   # doctest: +SKIP
+        >>> result.flops_kept                             # doctest: +SKIP   (measured, all layers pruned)
+        0.497
     """
-    check_request(target_sparsity, max_drop)
+    check_targets(target_sparsity, max_drop, target_flops, target_params)
     check_executor(executor)
+    if table is not None:
+        check_table(pruner, table)
+    check_round_to(round_to, None if table is None else table.granularity)  # None: the default, unstructured
     if table is None:
         table = sensitivity(pruner, executor=executor)
-    check_table(pruner, table)
-    chosen, drops = choose_sparsities(table, target_sparsity=target_sparsity, max_drop=max_drop)
     copy = PrunerCopy.of(pruner)
     twin = copy.pruner()  # prune and measure there: the Pruner changes only once it is all done
-    twin.prune(chosen, criterion=table.criterion, granularity=table.granularity)
-    m, overall = twin.evaluate(), twin.overall_sparsity()
+    source = "curves"
+    if target_flops is None and target_params is None:
+        chosen, drops = choose_sparsities(table, target_sparsity=target_sparsity, max_drop=max_drop)
+        if round_to:
+            chosen = rounded(chosen, table, round_to)
+            drops = {l: drop_at(table, l, s) for l, s in chosen.items()}
+        m = measured(twin, table, chosen)
+    else:
+        chosen, drops, m, source = meet(twin, table, "flops" if target_params is None else "params",
+                                target_params if target_flops is None else target_flops, round_to)
+    overall = twin.overall_sparsity()
     plans = copy.all_plans(twin.plans)
     total = sum(table.weights.values())
     reached = sum(chosen[l] * table.weights[l] for l in chosen) / total if total else 0.0
     result = Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached, overall,
-                        table.granularity)
+                        table.granularity, flops_kept=kept(m, "flops"), params_kept=kept(m, "params"),
+                        source=source)
     pruner.set_plans(plans)
     return result
