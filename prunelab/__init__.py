@@ -19,8 +19,8 @@ from .sensitivity import Allocation, SensitivityTable
 from .core.tables import Table
 from .retrain import FinetuneResult, sparsity_schedule
 
-__all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor", "Wanda",
-           "__version__", "demos", "explore", "reports"]
+__all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
+           "Wanda", "__version__", "demos", "explore", "reports"]
 __all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_program", "load_recipe",
             "load_sparse", "load_state_dict", "load_structured", "measure_latency", "record_recipe",
             "register_step"]
