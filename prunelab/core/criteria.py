@@ -225,6 +225,8 @@ class Wanda(Criterion):
         sums: dict[str, torch.Tensor] = {}
 
         def record(module, inputs, name):
+            if not inputs or not isinstance(inputs[0], torch.Tensor):  # called by keyword: left to the fallback
+                return
             x = inputs[0].detach().float()
             sq = _linear_sq(x) if isinstance(module, nn.Linear) else _conv_sq(x, module)
             sums[name] = sums[name] + sq if name in sums else sq
