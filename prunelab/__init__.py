@@ -8,7 +8,7 @@
 
 from . import demos, reports
 from ._version import __version__
-from .core.criteria import Attribution, Criterion, Magnitude, Random, Taylor
+from .core.criteria import Attribution, Criterion, Magnitude, Random, Taylor, Wanda
 from .core.evaluation import Metrics
 from .core.layers import Layer
 from .pruner import Pruner, apply_recipe
@@ -20,7 +20,7 @@ from .core.tables import Table
 from .retrain import FinetuneResult, sparsity_schedule
 
 __all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
-           "__version__", "demos", "explore", "reports"]
+           "Wanda", "__version__", "demos", "explore", "reports"]
 __all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_program", "load_recipe",
             "load_sparse", "load_state_dict", "load_structured", "measure_latency", "record_recipe",
             "register_step"]

@@ -20,7 +20,7 @@ def gpu_and_cpu(request):
     return gpu, cpu
 
 
-@pytest.mark.parametrize("criterion", ["magnitude", "random", "taylor", "attribution"])
+@pytest.mark.parametrize("criterion", ["magnitude", "random", "taylor", "attribution", "wanda"])
 @pytest.mark.parametrize("granularity", ["unstructured", "structured"])
 def test_prune_and_evaluate_on_cuda(gpu_and_cpu, criterion, granularity):
     gpu, cpu = gpu_and_cpu

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import Layer
@@ -188,6 +189,128 @@ class Attribution(Criterion):
         return out
 
 
+class Wanda(Criterion):
+    """Wanda (Sun et al., 2023): ``score[i, j] = |w[i, j]| * ||X_j||``, the weight's magnitude times
+    the L2 norm of its input feature over the scoring data (every sample, and every position for
+    a sequence). For a convolution, the input feature of a weight is its input channel at its
+    kernel position: the norm is over the unfolded input patches (padding and stride as the layer
+    runs them), so a weight that only ever sees padding scores 0. Unit scores are the sum of a
+    unit's weight scores (its row, or its filter).
+
+    Args:
+        per_row: the paper's comparison per output row. Each weight's score becomes its quantile
+            within its row (rank / row length, by ``|w| * ||X||``), so any sparsity removes the
+            same fraction of every row, within one weight, whether ranked per layer or globally
+            (globally it then removes the same fraction of every layer too). Unit scores stay the
+            row sums of the plain scores (quantiles sum alike in every row).
+
+    Layers never called as modules in the forward pass (MultiheadAttention's ``out_proj``) see no
+    input; their features all get the mean norm of the other layers' features, so they are
+    ranked by magnitude alone.
+    """
+
+    name = "wanda"
+
+    def __init__(self, per_row: bool = False):
+        if not isinstance(per_row, bool):
+            raise TypeError(f"Wanda(per_row=...) takes True or False, not {per_row!r}.")
+        self.per_row = per_row
+
+    def __repr__(self):
+        return f"Wanda(per_row={self.per_row})"
+
+    def feature_norms(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        """``{layer name: ||X||}`` shaped like one output unit's weights (``weight.shape[1:]``); for
+        grouped convolutions ``(groups, *weight.shape[1:])``, the norms seen by each group."""
+        sums: dict[str, torch.Tensor] = {}
+
+        def record(module, inputs, name):
+            if not inputs or not isinstance(inputs[0], torch.Tensor):  # called by keyword: left to the fallback
+                return
+            x = inputs[0].detach().float()
+            sq = _linear_sq(x) if isinstance(module, nn.Linear) else _conv_sq(x, module)
+            sums[name] = sums[name] + sq if name in sums else sq
+
+        hooks = [l.module.register_forward_pre_hook(lambda m, i, n=l.name: record(m, i, n))
+                 for l in ctx.layers]
+        try:
+            for x, _ in ctx.batches():
+                with untouched(ctx.model), torch.no_grad():
+                    ctx.model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        norms = {n: s.sqrt() for n, s in sums.items()}
+        fallback = float(torch.stack([v.mean() for v in norms.values()]).mean()) if norms else 1.0
+        for l in ctx.layers:
+            if l.name not in norms:
+                groups = getattr(l.module, "groups", 1)
+                shape = l.shape[1:] if isinstance(l.module, nn.Linear) else (groups, *l.shape[1:])
+                norms[l.name] = torch.full(shape, fallback, device=l.module.weight.device)
+        return norms
+
+    def plain_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        """``|w| * ||X||`` per weight, without the per-row quantiles."""
+        out = {}
+        norms = self.feature_norms(ctx)
+        for l in ctx.layers:
+            w = l.module.weight.detach().abs()
+            norm = norms[l.name].to(w.device)
+            if not isinstance(l.module, nn.Linear):  # output unit i belongs to group i // (units / groups)
+                norm = norm.repeat_interleave(l.units // norm.shape[0], dim=0)
+            out[l.name] = w * norm
+        return out
+
+    def weight_scores(self, ctx):
+        scores = self.plain_scores(ctx)
+        if not self.per_row:
+            return scores
+        out = {}
+        for name, s in scores.items():
+            rows = s.reshape(s.shape[0], -1)
+            ranks = rows.argsort(1).argsort(1).to(s.dtype)
+            out[name] = ((ranks + 1) / rows.shape[1]).reshape(s.shape)
+        return out
+
+    def unit_scores(self, ctx):
+        return {n: s.reshape(s.shape[0], -1).sum(1) for n, s in self.plain_scores(ctx).items()}
+
+
+def _linear_sq(x: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of each input feature (the last dim) over every other dim."""
+    return x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _conv_sq(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """``(groups, in_channels / groups, *kernel)``: the sum of squares of each input channel at each
+    kernel position over every patch the convolution sees (padding as it pads), i.e. the squared
+    column norms of the unfolded input. Taken as the weight gradient of a one-filter convolution
+    of ``x**2`` whose output gradient is 1 everywhere."""
+    dims = x.dim() - 2
+    if dims not in _CONV:  # an unbatched input
+        x, dims = x.unsqueeze(0), x.dim() - 1
+    kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    if isinstance(conv.padding, str):  # 'valid' or 'same' (stride 1), as torch pads them
+        pads = [0] * (2 * dims)
+        if conv.padding == "same":
+            for i in range(dims):
+                total = dilation[i] * (kernel[i] - 1)
+                pads[2 * (dims - 1 - i)], pads[2 * (dims - 1 - i) + 1] = total // 2, total - total // 2
+    else:
+        pads = [p for p in reversed(conv.padding) for _ in range(2)]
+    if any(pads):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    probe = torch.ones((1, x.shape[1], *kernel), device=x.device, dtype=x.dtype, requires_grad=True)
+    with torch.enable_grad():
+        _CONV[dims](x.pow(2), probe, stride=stride, dilation=dilation).sum().backward()
+    groups = conv.groups
+    return probe.grad[0].reshape(groups, x.shape[1] // groups, *kernel)
+
+
 def _per_unit(a: torch.Tensor, layer: Layer) -> torch.Tensor:
     """Mean |attribution| per output unit: dim 1 for convolutions, the last dim for Linear."""
     a = a.abs()
@@ -209,7 +332,7 @@ def _called_layers(ctx: ScoringContext) -> set[str]:
     return called
 
 
-CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (Magnitude, Random, Taylor, Attribution)}
+CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (Magnitude, Random, Taylor, Attribution, Wanda)}
 
 
 def get_criterion(criterion: str | Criterion) -> Criterion:

@@ -14,7 +14,7 @@ from explorer_support import Sent
 def test_opens_with_every_view_filled(explorer):
     ex = explorer
     assert isinstance(ex, pl.Explorer)
-    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution"}
+    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution", "wanda"}
     assert ex.state.explanations is not None and not ex.state.explanations_stale
     assert ex.tabs.titles[0] == "Inspect"
     text = ex.views["metrics"].readout.value
@@ -49,9 +49,9 @@ def test_new_weights_rebuild_references_and_rescore(explorer):
     ex.pruner.set_weights(weights)
     assert ex.state.reference.version == ex.pruner.weights_version
     assert torch.allclose(ex.state.reference.weights["0"], weights["0.weight"])
-    assert set(ex.state.scores) == {"magnitude"}  # taylor and attribution are recomputed
+    assert set(ex.state.scores) == {"magnitude"}  # taylor, attribution and wanda are recomputed
     ex.wait()
-    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution"}
+    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution", "wanda"}
     ex.pruner.reset()
     ex.wait()
 

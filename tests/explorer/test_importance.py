@@ -13,7 +13,7 @@ def test_criteria_side_by_side_with_rank_correlation(mlp_demo_pruner):
     mlp_demo_pruner.reset()
     state = make_state(mlp_demo_pruner, layer="2")
     view = ImportanceView(mlp_demo_pruner, state)
-    assert "taylor, attribution: computing" in view.caption.value
+    assert "taylor, attribution, wanda: computing" in view.caption.value
     taylor = {l.name: np.linspace(0, 1, l.units) for l in mlp_demo_pruner.layers}
     state.scores = {**state.scores, "taylor": taylor}
     magnitude = state.scores["magnitude"]["2"]
@@ -21,7 +21,7 @@ def test_criteria_side_by_side_with_rank_correlation(mlp_demo_pruner):
     assert abs(rho - rank_correlation(magnitude, taylor["2"])) < 1e-12
     assert f"{rho:+.2f}" in view.caption.value
     assert np.allclose(view.src.data["taylor"], taylor["2"])
-    assert "attribution: computing" in view.caption.value
+    assert "attribution, wanda: computing" in view.caption.value
 
 
 def test_bars_fade_with_the_share_of_a_units_weights_pruned(mlp_demo_pruner):

@@ -22,7 +22,7 @@ def fresh_explorer():
 def test_scores_survive_going_back_across_new_weights(fresh_explorer):
     ex = fresh_explorer
     every = set(ex.state.scores)
-    assert every == {"magnitude", "taylor", "attribution"}
+    assert every == {"magnitude", "taylor", "attribution", "wanda"}
     ex.pruner.set_weights({n: p.detach() * 0.5 for n, p in ex.pruner.model.named_parameters()})
     ex.wait()
     assert set(ex.state.scores) == every
