@@ -24,14 +24,7 @@ from torch import nn
 from ..core.copies import ModelCopy, State, model_state
 from ..core.criteria import get_criterion
 
-# The private copy of the model and the states fed to it are the core's (prunelab.core.copies),
-# under the names the explorer uses: a Shadow is a ModelCopy, a Snapshot a model state.
-Shadow = ModelCopy
-Snapshot = State
-snapshot = model_state
-
-
-def unit_and_weight_scores(shadow: Shadow, dense: Snapshot, ctx, criterion: str, weights: bool,
+def unit_and_weight_scores(shadow: ModelCopy, dense: State, ctx, criterion: str, weights: bool,
                            progress: Callable[[float], None] = lambda f: None) -> dict:
     """``{"units": {layer: tensor}, "weights": {layer: tensor} | None}`` for one criterion on the
     unmasked weights (worker thread). Weight scores are computed only when asked for."""
@@ -114,7 +107,7 @@ def drift(original: np.ndarray, pruned: np.ndarray) -> np.ndarray:
 class Explainer:
     """Computes Explanations on the worker thread; the original model's are computed once."""
 
-    def __init__(self, shadow: Shadow, inputs: torch.Tensor, targets: torch.Tensor, classification: bool,
+    def __init__(self, shadow: ModelCopy, inputs: torch.Tensor, targets: torch.Tensor, classification: bool,
                  samples: int = 6):
         self.shadow = shadow
         self.samples = pick_samples(targets, samples, classification)
@@ -123,7 +116,7 @@ class Explainer:
         self.target = targets[idx].clone() if classification else None
         self._original: tuple[np.ndarray, np.ndarray] | None = None
 
-    def __call__(self, original: Snapshot, current: Snapshot, revision: int, sparsity: float,
+    def __call__(self, original: State, current: State, revision: int, sparsity: float,
                  progress: Callable[[float], None] = lambda f: None) -> Explanations:
         if self._original is None:
             self._original = integrated_gradients(self.shadow.load(original), self.x, self.target)

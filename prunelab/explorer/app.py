@@ -19,7 +19,8 @@ import torch
 from ..core.evaluation import Metrics, score_outputs
 from ..pruner import Pruner
 from .actions import Action
-from .analysis import Explainer, Shadow, snapshot, unit_and_weight_scores
+from ..core.copies import ModelCopy, model_state
+from .analysis import Explainer, unit_and_weight_scores
 from .background import Scheduler
 from .bokeh_loader import load_bokehjs
 from .controls import Controls
@@ -61,7 +62,7 @@ class Explorer(w.VBox):
         self.pruner = pruner
         self.add_class("prunelab-explorer")
         self._scheduler = Scheduler(on_busy=self._show_busy)
-        self._shadow: Shadow | None = None
+        self._shadow: ModelCopy | None = None
         self._explainer: Explainer | None = None
         self._injected: set = set()              # (criterion, units, weights version) handed to the Pruner
         self._scoring: set = set()               # the same, being computed now
@@ -158,7 +159,7 @@ class Explorer(w.VBox):
         p = self.pruner
         if not p.plans and p.weights_version == 0:
             return p.evaluate()
-        model = self.shadow().load({**snapshot(p.model), **p.original_weights})
+        model = self.shadow().load({**model_state(p.model), **p.original_weights})
         with torch.no_grad():
             out = torch.cat([model(x) for x in p.val_inputs.split(p.batch_size)])
         acc, loss, per_class, _ = score_outputs(out, p.val_targets, classes=p.classes, metric=p.metric, loss=p.loss)
@@ -221,14 +222,14 @@ class Explorer(w.VBox):
 
     # -------------------------------------------------------------- background work
 
-    def shadow(self) -> Shadow:
+    def shadow(self) -> ModelCopy:
         """The private copy of the model that background work runs on (made on first use).
 
         Returns:
-            The Shadow. Example: ``ex.shadow().model`` (never the Pruner's own model).
+            The copy. Example: ``ex.shadow().model`` (never the Pruner's own model).
         """
         if self._shadow is None:
-            self._shadow = Shadow(self.pruner.model)
+            self._shadow = ModelCopy(self.pruner.model)
         return self._shadow
 
     def _score_in_background(self):
@@ -254,7 +255,7 @@ class Explorer(w.VBox):
             self.state.score_errors = {**self.state.score_errors, criterion: str(e)}
             return
         with p.dense():
-            dense = snapshot(p.model)
+            dense = model_state(p.model)
         want_weights = not units
 
         def work(progress):
@@ -305,7 +306,7 @@ class Explorer(w.VBox):
         except RuntimeError as e:
             self.state.explain_error = str(e)
             return
-        current = snapshot(p.model)
+        current = model_state(p.model)
         original = {**current, **p.original_weights}
         revision, sparsity = self.state.revision, p.overall_sparsity()
         explainer = self._explainer

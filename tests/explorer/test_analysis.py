@@ -4,7 +4,8 @@ and drift are right, and the live model is never touched."""
 import numpy as np
 import torch
 
-from prunelab.explorer.analysis import Explainer, Shadow, drift, pick_samples, snapshot, unit_and_weight_scores
+from prunelab.core.copies import ModelCopy, model_state
+from prunelab.explorer.analysis import Explainer, drift, pick_samples, unit_and_weight_scores
 
 
 def test_scores_on_the_copy_equal_the_pruners_own(mlp_demo_pruner):
@@ -12,8 +13,8 @@ def test_scores_on_the_copy_equal_the_pruners_own(mlp_demo_pruner):
     mlp_demo_pruner.prune(0.7)  # masked live model: scoring must still see the unmasked weights
     live = {n: p.detach().clone() for n, p in mlp_demo_pruner.model.named_parameters()}
     with mlp_demo_pruner.dense():
-        dense = snapshot(mlp_demo_pruner.model)
-    out = unit_and_weight_scores(Shadow(mlp_demo_pruner.model), dense, mlp_demo_pruner.scoring_context(), "taylor",
+        dense = model_state(mlp_demo_pruner.model)
+    out = unit_and_weight_scores(ModelCopy(mlp_demo_pruner.model), dense, mlp_demo_pruner.scoring_context(), "taylor",
                                  True)
     for n, p in mlp_demo_pruner.model.named_parameters():
         assert torch.equal(p, live[n])  # the live model was not touched
@@ -26,8 +27,8 @@ def test_scores_on_the_copy_equal_the_pruners_own(mlp_demo_pruner):
 
 def test_explanations_of_an_unpruned_model_do_not_drift(mlp_demo_pruner):
     mlp_demo_pruner.reset()
-    explainer = Explainer(Shadow(mlp_demo_pruner.model), mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets, True)
-    state = snapshot(mlp_demo_pruner.model)
+    explainer = Explainer(ModelCopy(mlp_demo_pruner.model), mlp_demo_pruner.val_inputs, mlp_demo_pruner.val_targets, True)
+    state = model_state(mlp_demo_pruner.model)
     ex = explainer(state, state, revision=0, sparsity=0.0)
     assert ex.original.shape == (6, 64) and np.allclose(ex.original, ex.pruned)
     assert ex.mean_drift < 1e-6

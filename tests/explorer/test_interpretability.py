@@ -3,7 +3,8 @@ drift, per-class accuracy change, and the stale marker."""
 
 import numpy as np
 
-from prunelab.explorer.analysis import Explainer, Shadow, snapshot
+from prunelab.core.copies import ModelCopy, model_state
+from prunelab.explorer.analysis import Explainer
 from prunelab.explorer.state import measure
 from prunelab.explorer.views.interpretability import InterpretabilityView, as_images
 
@@ -11,8 +12,8 @@ from explorer_support import Sent, make_state
 
 
 def explain(pruner, state, revision):
-    explainer = Explainer(Shadow(pruner.model), pruner.val_inputs, pruner.val_targets, pruner.classification)
-    current = snapshot(pruner.model)
+    explainer = Explainer(ModelCopy(pruner.model), pruner.val_inputs, pruner.val_targets, pruner.classification)
+    current = model_state(pruner.model)
     return explainer({**current, **pruner.original_weights}, current, revision, pruner.overall_sparsity())
 
 
