@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from . import planning
-from .checks import (check_count, check_layer_names, check_model, check_scores,
-                     check_seed)
+from .checks import check_count, check_layer_names, check_model, check_scores, check_seed
 from .criteria import Criterion, ScoringContext
 from .datachecks import check_data
 from .evaluation import Metrics
@@ -69,8 +68,8 @@ class BasePruner:
         self.loss = nn.functional.cross_entropy if loss is None and self.classification else loss
 
         original = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self._history = History(Step(plans={}, weights=original, weights_version=0, token=0))
         self._masks = MaskState(model, self.layers, original, self.unit_groups)
+        self._history = History(Step({}, original, 0, 0, buffers=self._masks.original_buffers))
         self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
                             batch_size=batch_size)
@@ -268,18 +267,19 @@ class BasePruner:
         everything = self._guard() if weights is None else self._take_outside()
         self._moves.commit(planning.checked_plans(self, plans), weights, everything)
 
-    def set_weights(self, weights: Mapping[str, torch.Tensor], note: str = "weights") -> None:
-        """Make ``weights`` the new unmasked weights, as one step of history; masks stay.
-        Fine-tuning uses this; ``reset()`` still returns the originals.
+    def set_weights(self, weights: Mapping[str, torch.Tensor], note: str = "weights", *, buffers: Mapping | None = None):
+        """Make ``weights`` (and ``buffers``, named as in ``model.named_buffers()``) the new unmasked
+        weights (and buffers), as one step of history; masks stay. Fine-tuning and recalibration
+        use this; undo brings the buffers back too, ``reset()`` the originals.
 
         Args:
             weights: ``{parameter name: tensor}``, names as in ``model.named_parameters()``, same
-                shapes; parameters not named keep their weights. ``note`` is unused.
+                shapes; parameters (buffers) not named keep theirs. ``note`` is unused.
 
         Returns: None. Nothing changes if a name or shape is wrong.
         Example: ``pruner.set_weights({"0.bias": torch.zeros(32)})``
         """
-        self._moves.commit({}, weights, self._take_outside())
+        self._moves.commit({}, weights, self._take_outside(), buffers)
 
     def sync(self) -> "BasePruner":
         """Adopt weights changed behind the Pruner's back (an in-place edit, ``load_state_dict``)

@@ -246,13 +246,14 @@ def check_scores(scores, layers: list[Layer], criterion, units: bool) -> dict:
     return dict(scores)
 
 
-def check_weights(weights, base) -> dict:
+def check_weights(weights, base, what: str = "parameter") -> dict:
     """``base`` (``{parameter name: tensor}``) updated with ``weights``, each checked and copied
     to its parameter's device and dtype; ``base`` itself is left as it was.
 
     Args:
         weights: new tensors by parameter name (names as in ``model.named_parameters()``).
         base: the current tensors by parameter name.
+        what: "parameter", or "buffer" (names as in ``model.named_buffers()``), for the messages.
 
     Returns:
         A new dict: ``base``'s tensors, with those named in ``weights`` replaced by copies.
@@ -267,10 +268,10 @@ def check_weights(weights, base) -> dict:
     out = dict(base)
     for n, w in weights.items():
         if n not in out:
-            raise ValueError(f"unknown parameter {n!r}.{did_you_mean(n, out)} Names are those of "
-                             "model.named_parameters().")
+            raise ValueError(f"unknown {what} {n!r}.{did_you_mean(n, out)} Names are those of "
+                             f"model.named_{what}s().")
         if not isinstance(w, torch.Tensor) or w.shape != out[n].shape:
-            raise ValueError(f"parameter {n!r} has shape {tuple(out[n].shape)}, got "
+            raise ValueError(f"{what} {n!r} has shape {tuple(out[n].shape)}, got "
                              f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}.")
         out[n] = w.detach().to(out[n].device, out[n].dtype).clone()
     return out

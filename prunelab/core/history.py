@@ -1,8 +1,9 @@
 """History: immutable steps of a Pruner's state, a cursor, and undo/redo.
 
 A :class:`Step` is what decides the model's weights: the plans per layer, the unmasked weights
-they mask, a name for those weights (``weights_version``) and a token naming the step (measurements
-are cached by it). Steps are never changed, only replaced, so stepping back is exact by
+they mask, a name for those weights (``weights_version``), a token naming the step (measurements
+are cached by it) and the buffers it recorded (BatchNorm statistics re-estimated by
+``pruner.recalibrate()``; steps that did not change them share one object with the step before). Steps are never changed, only replaced, so stepping back is exact by
 construction, and ``reset`` re-enters the very first step (:attr:`History.original`).
 
 The recipe writer walks the steps up to the cursor through :class:`HistoryView`, which
@@ -27,12 +28,16 @@ class Step:
             did not change them, so ``a.weights is b.weights`` says "same weights").
         weights_version: names ``weights``; a new one for every new set of weights, never reused.
         token: names this step; unique for good.
+        buffers: ``{buffer name: tensor}`` this step writes into the model when entered from a step
+            with other buffers (``a.buffers is b.buffers``: same buffers, nothing written); None:
+            not recorded (the model's buffers stay as they are).
     """
 
     plans: Mapping[str, object]
     weights: Mapping[str, torch.Tensor]
     weights_version: int
     token: int
+    buffers: Mapping[str, torch.Tensor] | None = None
 
 
 class History:

@@ -16,7 +16,7 @@ KeyboardInterrupt during the writes puts every parameter back as it was.
 
 Every write is noted with the parameter's identity and version counter, so a change made
 behind the state's back shows in :meth:`MaskState.outside`. The original buffers are kept once,
-for :meth:`MaskState.restore_buffers`.
+for :meth:`MaskState.restore_buffers` (which also writes the buffers a history step recorded).
 """
 
 from __future__ import annotations
@@ -80,22 +80,29 @@ class MaskState:
         self.params = now
         return replaced
 
-    def restore_buffers(self) -> bool:
-        """Write the original buffers back, bit for bit (every buffer still present).
+    def restore_buffers(self, buffers: Mapping[str, torch.Tensor] | None = None) -> bool:
+        """Write ``buffers`` (``{buffer name: tensor}``; default: the original buffers) back into
+        the model, bit for bit (every buffer still present and named); even when one write is
+        interrupted, each is tried once more before the error propagates.
 
         Returns: whether any buffer differed.
         """
-        differed = False
-        with torch.no_grad():
-            for n, b in list(self.model.named_buffers()):
-                old = self.original_buffers.get(n)
-                if old is None or _same_bits(b, old):
-                    continue
-                if b.shape == old.shape and b.dtype == old.dtype:
-                    b.copy_(old)
-                else:
-                    setattr(self.model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2], old.clone())
-                differed = True
+        buffers = self.original_buffers if buffers is None else buffers
+        differed, failed, error = False, [], None
+        for n, b in list(self.model.named_buffers()):
+            old = buffers.get(n)
+            if old is None or _same_bits(b, old):
+                continue
+            differed = True
+            try:
+                _put_buffer(self.model, n, b, old)
+            except BaseException as e:
+                failed.append((n, b, old))
+                error = error or e
+        for n, b, old in failed:
+            _put_buffer(self.model, n, b, old)
+        if error is not None:
+            raise error
         return differed
 
     # ------------------------------------------------------------------ reading
@@ -219,6 +226,15 @@ class MaskState:
             else:
                 torch.mul(self.weights[p], m, out=param.data)
         self._seen.update(param_versions({p: param}))
+
+
+def _put_buffer(model: nn.Module, name: str, b: torch.Tensor, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        if b.shape == value.shape and b.dtype == value.dtype:
+            b.copy_(value)
+        else:
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, value.clone())
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -35,16 +35,20 @@ class Transitions:
         self.history, self.masks, self.unit_groups, self.notify = history, masks, unit_groups, notify
         self.before = history.current  # the step the masks were last written for
 
-    def commit(self, changes: Mapping, weights: Mapping | None = None, everything: bool = False) -> None:
-        """``changes`` (``{layer: Plan or None}``) and optionally new unmasked ``weights`` as one
-        new step. ``everything``: rewrite every parameter (they were changed from outside)."""
+    def commit(self, changes: Mapping, weights: Mapping | None = None, everything: bool = False,
+               buffers: Mapping | None = None) -> None:
+        """``changes`` (``{layer: Plan or None}``) and optionally new unmasked ``weights`` and new
+        ``buffers`` (``{buffer name: tensor}``, those named; the others as they are) as one new
+        step. ``everything``: rewrite every parameter (they were changed from outside)."""
         now = self.history.current
+        if buffers is not None:
+            buffers = check_weights(buffers, now.buffers or {}, "buffer")
         if weights is None:
             weights, version = now.weights, now.weights_version
         else:  # a new version, unique for good: history can be cut, and scores are cached by version
             weights, version = check_weights(weights, now.weights), self.history.new_token()
         plans = merge_plans(now.plans, changes, self.unit_groups)
-        step = Step(plans, weights, version, self.history.new_token())
+        step = Step(plans, weights, version, self.history.new_token(), now.buffers if buffers is None else buffers)
         self.enter(lambda: self.history.push(step), everything)
 
     def enter(self, move: Callable[[], Step | None], everything: bool = False) -> bool:
@@ -57,7 +61,15 @@ class Transitions:
             step = move()
             if step is None:
                 return False
-            self.masks.enter(self.before.plans, step.plans, step.weights, everything)
+            moved = step.buffers is not self.before.buffers and step.buffers is not None
+            try:  # the buffers first (all or nothing), then the masks (all or nothing)
+                if moved:
+                    self.masks.restore_buffers(step.buffers)
+                self.masks.enter(self.before.plans, step.plans, step.weights, everything)
+            except BaseException:
+                if moved and self.before.buffers is not None:
+                    self.masks.restore_buffers(self.before.buffers)
+                raise
         except BaseException:
             self.history.restore(snapshot)
             raise
@@ -69,7 +81,7 @@ class Transitions:
         """Back to the original step (recorded unless already there) and the original buffers.
         ``everything``: the weights were changed from outside, so rewrite them all."""
         now, original = self.history.current, self.history.original
-        at_original = not now.plans and now.weights is original.weights
+        at_original = not now.plans and now.weights is original.weights and now.buffers is original.buffers
         if not at_original:
             self.enter(lambda: self.history.push(original), everything)
         elif everything:
