@@ -273,8 +273,8 @@ class BasePruner:
         use this; undo brings the buffers back too, ``reset()`` the originals.
 
         Args:
-            weights: ``{parameter name: tensor}``, names as in ``model.named_parameters()``, same
-                shapes; parameters (buffers) not named keep theirs. ``note`` is unused.
+            weights: ``{parameter name: tensor}`` (None: the same), names as in ``model.named_parameters()``,
+                same shapes; parameters (buffers) not named keep theirs. ``note`` is unused.
 
         Returns: None. Nothing changes if a name or shape is wrong.
         Example: ``pruner.set_weights({"0.bias": torch.zeros(32)})``

@@ -8,6 +8,8 @@ regrowth. Each job takes a :class:`prunelab.core.base.BasePruner` through its pu
   loop, which holds every module's flag and every buffer.
 - :mod:`.preflight`: what every run checks before it copies or trains anything.
 - :mod:`.regrow`: RigL's regrowth.
+- :mod:`.recalibration`, :mod:`.calibration`: recovery without training (BatchNorm re-estimated, bias
+  compensation), one step of history; what it computes.
 - :mod:`.finetuning`, :mod:`.iterative`: the jobs (prepare on the Pruner's thread, run on any thread,
   apply on the Pruner's thread) and :func:`finetune` / :func:`iterate`, the three parts in a row.
   The Python API and the explorer's Fine-tune panel run the same jobs. Each is a transaction: the
@@ -22,10 +24,11 @@ Example:
 from .finetuning import FinetuneJob, FinetuneResult, finetune
 from .iterative import IterateJob, IterateStep, history_table, iterate
 from .loop import Cancelled, Hooks
+from .recalibration import RecalibrateJob, RecalibrateSettings, Recalibration, recalibrate
 from .schedule import SCHEDULES, sparsity_schedule
 from .settings import (OPTIMIZERS, VARIABLE_GRANULARITIES, FinetuneSettings, IterateSettings, TrainingSettings,
                        resolve_defaults)
 
 __all__ = ["Cancelled", "FinetuneJob", "FinetuneResult", "FinetuneSettings", "Hooks", "IterateJob", "IterateSettings",
-           "IterateStep", "OPTIMIZERS", "SCHEDULES", "TrainingSettings", "VARIABLE_GRANULARITIES", "finetune",
-           "history_table", "iterate", "resolve_defaults", "sparsity_schedule"]
+           "IterateStep", "OPTIMIZERS", "RecalibrateJob", "RecalibrateSettings", "Recalibration", "SCHEDULES", "TrainingSettings", "VARIABLE_GRANULARITIES", "finetune",
+           "history_table", "iterate", "recalibrate", "resolve_defaults", "sparsity_schedule"]
