@@ -12,7 +12,7 @@ from .core.criteria import Attribution, Criterion, Magnitude, Random, Taylor, Wa
 from .core.evaluation import Metrics
 from .core.layers import Layer
 from .pruner import Pruner, apply_recipe
-from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_program, load_sparse,
+from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_int8, load_program, load_sparse,
                      load_state_dict, load_structured, measure_latency)
 from .recipe import load_recipe, record_recipe, register_step
 from .sensitivity import Allocation, SensitivityTable
@@ -21,7 +21,7 @@ from .retrain import FinetuneResult, sparsity_schedule
 
 __all__ = ["Attribution", "Criterion", "Explorer", "Layer", "Magnitude", "Metrics", "Pruner", "Random", "Taylor",
            "Wanda", "__version__", "demos", "explore", "reports"]
-__all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_program", "load_recipe",
+__all__ += ["EXPORT_FORMATS", "Exported", "apply_recipe", "compare_formats", "load_int8", "load_program", "load_recipe",
             "load_sparse", "load_state_dict", "load_structured", "measure_latency", "record_recipe",
             "register_step"]
 __all__ += ["Allocation", "FinetuneResult", "SensitivityTable", "Table", "sparsity_schedule"]

@@ -39,7 +39,8 @@ class Pruner(BasePruner):
 
         Args:
             path: the file ("structured" writes ``<path>.safetensors`` and ``<path>.pt2``).
-            format: "state_dict", "sparse", "structured", "onnx" or "recipe".
+            format: "state_dict", "sparse", "structured", "onnx", "recipe" or "int8" (int8 weights;
+                the structured cut first when units are removed; load with ``pl.load_int8``).
 
         Returns:
             An :class:`prunelab.Exported`: the files, their total bytes, format-specific details.

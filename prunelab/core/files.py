@@ -289,6 +289,7 @@ FORMAT_LOADERS = {
     "structured": "prunelab.load_structured",
     "program": "prunelab.load_structured (or load_program)",
     "recipe": "prunelab.apply_recipe",
+    "int8": "prunelab.load_int8",
 }
 EXPORTED_AS = {"program": "structured"}  # the .pt2 program is one half of a "structured" export
 

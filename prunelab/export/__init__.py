@@ -10,12 +10,14 @@ format         what                                            load with        
 "structured"   units removed: .safetensors + .pt2 program      ``load_structured``     size+speed
 "onnx"         the (structured, if possible) network in ONNX   onnxruntime             size+speed
 "recipe"       JSON of what was done                           ``apply_recipe``        replay
+"int8"         int8 weights (after the structured cut, if any)  ``load_int8``           size(+speed)
 =============  ==============================================  ======================  =========
 
 All files are written all-or-nothing and loaded without pickle.
 """
 
 from .formats import FORMATS, GIVES, SUFFIXES, Exported, export
+from .int8 import int8_model, load_int8
 from .latency import Latency, measure_latency
 from .program import load_program
 from .report import FormatReport, compare_formats
@@ -23,5 +25,5 @@ from .sparse import load_sparse
 from .state_dict import load_state_dict
 from .structured import load_structured, shrink
 
-__all__ = ["Exported", "FORMATS", "FormatReport", "GIVES", "Latency", "compare_formats", "export",
-           "load_program", "load_sparse", "load_state_dict", "load_structured", "measure_latency", "shrink"]
+__all__ = ["Exported", "FORMATS", "FormatReport", "GIVES", "Latency", "compare_formats", "export", "int8_model",
+           "load_int8", "load_program", "load_sparse", "load_state_dict", "load_structured", "measure_latency", "shrink"]

@@ -7,19 +7,22 @@ from pathlib import Path
 
 from ..core.checks import did_you_mean
 from ..recipe import save_recipe
+from .int8 import save_int8
 from .onnx_export import save_onnx
 from .sparse import save_sparse
 from .state_dict import save_state_dict
 from .structured import save_structured
 
-FORMATS = ("state_dict", "sparse", "structured", "onnx", "recipe")
+FORMATS = ("state_dict", "sparse", "structured", "onnx", "recipe", "int8")
 SUFFIXES = {"state_dict": ".safetensors", "sparse": ".safetensors", "structured": "", "onnx": ".onnx",
-            "recipe": ".json"}
+            "recipe": ".json", "int8": ".safetensors"}
 GIVES = {"state_dict": "neither: same size and speed as dense (zeros stored as numbers)",
          "sparse": "size only: loads back to dense shapes, runs at dense speed",
          "structured": "size and speed: units are removed, every forward does less work",
          "onnx": "size and speed when units were removed (it carries the structured network)",
-         "recipe": "no weights: replays the pruning on a fresh model"}
+         "recipe": "no weights: replays the pruning on a fresh model",
+         "int8": "size (int8 weights, a quarter of float) and int8 Linear layers; the structured cut first "
+                 "when units are removed (structured+int8)"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ def export(pruner, path, format: str = "state_dict") -> Exported:
                    "checked": shrunk.checked, "flops_ratio": shrunk.flops_ratio}
     elif format == "onnx":
         file, details = save_onnx(pruner, path)
+        files = (file,)
+    elif format == "int8":
+        file, details = save_int8(pruner, path)
         files = (file,)
     else:
         files, details = (save_recipe(pruner, path),), {}

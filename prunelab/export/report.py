@@ -1,8 +1,10 @@
 """Every format side by side for the current state: real file sizes and measured latency.
 
 Files are written to a temporary folder (removed afterwards) and their bytes counted; latency is
-measured for the masked dense network (what "state_dict" and "sparse" load back to) and the
-structured one, interleaved on the same batch. The sentence says plainly which formats give
+measured for the masked dense network (what "state_dict" and "sparse" load back to), the
+structured one and, for "int8", the int8 networks as :func:`prunelab.load_int8` gives them back
+(rows "int8" on the masked network and "structured+int8" on the cut one), interleaved on the
+same batch; their accuracy is measured on the validation data. The sentence says plainly which formats give
 speed and which only size, with the numbers measured here.
 """
 
@@ -10,12 +12,18 @@ from __future__ import annotations
 
 import html
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
+from ..core.evaluation import score_outputs
 from .formats import FORMATS, GIVES, SUFFIXES, export
+from .int8 import int8_model, save_int8
 from .latency import Latency, measure_latency
 from .structured import shrink
+
+INT8_ROWS = ("int8", "structured+int8")
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,8 @@ class FormatRow:
     bytes: int | None
     gives: str
     error: str | None = None
+    accuracy: float | None = None   # measured on the validation data (the int8 rows)
+    latency: Latency | None = None  # measured beside dense (the int8 rows)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class FormatReport:
     structured_error: str | None = None
     overall_sparsity: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    accuracy: dict = field(default_factory=dict)  # {"dense (masked)": ..., "structured": ...}: measured
 
     @property
     def dense_bytes(self) -> int | None:
@@ -72,23 +83,33 @@ class FormatReport:
                          f"dense ({lat.median * 1e3:.2f} ms vs {self.structured.median * 1e3:.2f} ms; {where}) "
                          f"for {self.flops_ratio:.2f}x fewer FLOPs.")
             parts.append(f"Size only: 'sparse'{size} loads back to dense shapes and runs at dense speed.")
+        for r in self.rows:
+            if r.accuracy is not None and r.latency is not None:
+                base = self.accuracy.get("structured" if r.format.startswith("structured") else "dense (masked)")
+                share = self.share(r)
+                parts.append(f"'{r.format}': {r.bytes / 1e3:,.1f} kB" + (f" ({share:.0%} of the dense file)" if share
+                             else "") + f", accuracy {r.accuracy:.2%}" + (f" (float: {base:.2%})" if base is not None
+                             else "") + f", {r.latency.median * 1e3:.3f} ms vs dense {lat.median * 1e3:.3f} ms.")
         parts.append("'state_dict' is the dense file with zeros in it: neither smaller nor faster. "
                      "'recipe' holds no weights.")
         return " ".join(parts)
 
     def table(self) -> str:
         """A markdown table of the formats."""
-        lines = ["| Format | File size | vs dense | Gives |", "|---|---:|---:|---|"]
+        lines = ["| Format | File size | vs dense | Accuracy | Latency | Gives |", "|---|---:|---:|---:|---:|---|"]
         for r in self.rows:
             if r.error:
-                lines.append(f"| {r.format} | - | - | failed: {r.error} |")
+                lines.append(f"| {r.format} | - | - | - | - | failed: {r.error} |")
                 continue
             share = self.share(r)
+            acc = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
+            lat = "-" if r.latency is None else f"{r.latency.median * 1e3:.3f} ms"
             lines.append(f"| {r.format} | {r.bytes / 1e3:,.1f} kB | {'-' if share is None else f'{share:.0%}'} "
-                         f"| {r.gives} |")
+                         f"| {acc} | {lat} | {r.gives} |")
         lines.append("")
         lines.append(f"Latency, dense: {self.dense}")
         lines.append(f"Latency, structured: {self.structured if self.structured else 'n/a'}")
+        lines += [f"Accuracy, {k}: {v:.2%}" for k, v in self.accuracy.items()]
         return "\n".join(lines)
 
     def html(self, sentence: bool = True) -> str:
@@ -98,13 +119,17 @@ class FormatReport:
             share = self.share(r)
             size = "-" if r.bytes is None else f"{r.bytes / 1e3:,.1f} kB"
             rel = "-" if share is None else f"{share:.0%}"
+            acc = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
+            lat = "-" if r.latency is None else f"{r.latency.median * 1e3:.3f} ms"
             gives = f"failed: {r.error}" if r.error else r.gives
             cells.append(f"<tr><td>{r.format}</td><td style='text-align:right'>{size}</td>"
-                         f"<td style='text-align:right'>{rel}</td><td>{html.escape(gives)}</td></tr>")
+                         f"<td style='text-align:right'>{rel}</td><td style='text-align:right'>{acc}</td>"
+                         f"<td style='text-align:right'>{lat}</td><td>{html.escape(gives)}</td></tr>")
         lat = (f"<tr><td>dense</td><td style='text-align:right'>{self.dense.median * 1e3:.2f} ms</td></tr>"
                + (f"<tr><td>structured</td><td style='text-align:right'>{self.structured.median * 1e3:.2f} ms"
                   f"</td></tr>" if self.structured else "<tr><td>structured</td><td>n/a</td></tr>"))
-        return ("<table><tr><th>Format</th><th>File size</th><th>vs dense</th><th>Gives</th></tr>"
+        return ("<table><tr><th>Format</th><th>File size</th><th>vs dense</th><th>Accuracy</th><th>Latency</th>"
+                "<th>Gives</th></tr>"
                 + "".join(cells) + "</table>"
                 + "<table><tr><th>Latency</th><th>median</th></tr>" + lat + "</table>"
                 + (f"<p>{html.escape(self.sentence())}</p>" if sentence else ""))
@@ -131,9 +156,13 @@ def compare_formats(pruner, *, formats=None, batch: int = 256, threads: int = 1,
     """
     formats = tuple(formats or FORMATS)
     rows = []
+    int8_models = {}
     with tempfile.TemporaryDirectory(prefix="prunelab-export-") as tmp:
         folder = Path(directory) if directory is not None else Path(tmp)
         for fmt in formats:
+            if fmt == "int8":
+                rows += _int8_rows(pruner, folder, int8_models)
+                continue
             try:
                 done = export(pruner, folder / f"model-{fmt}{SUFFIXES[fmt]}", fmt)
                 if fmt == "structured":  # weights to rebuild, and the class-free program beside them
@@ -155,7 +184,55 @@ def compare_formats(pruner, *, formats=None, batch: int = 256, threads: int = 1,
     models = {"dense": pruner.model}
     if shrunk is not None:
         models["structured"] = shrunk.model
+    models.update(int8_models)
     times = measure_latency(models, x, threads=threads, repeats=repeats)
+    rows = [replace(r, accuracy=model_accuracy(int8_models[r.format], pruner), latency=times[r.format])
+            if r.format in int8_models else r for r in rows]
+    accuracy = {"dense (masked)": pruner.evaluate().accuracy}
+    if shrunk is not None:
+        accuracy["structured"] = model_accuracy(shrunk.model, pruner)
     return FormatReport(tuple(rows), times["dense"], times.get("structured"),
                         shrunk.removed if shrunk else 0, shrunk.flops_ratio if shrunk else 1.0, error,
-                        pruner.overall_sparsity())
+                        pruner.overall_sparsity(), accuracy=accuracy)
+
+
+def _int8_rows(pruner, folder: Path, models: dict) -> list[FormatRow]:
+    """Rows "int8" (the masked network) and, when units are removed, "structured+int8" (the cut
+    one): the real file of each, and the network it loads back to in ``models`` for timing."""
+    rows = []
+    for label, cut in (("int8", False), ("structured+int8", True)):
+        try:
+            name = "model-int8.structured.safetensors" if cut else f"model-int8{SUFFIXES['int8']}"
+            path, details = save_int8(pruner, folder / name, structured=cut)
+            if cut and not details["units_removed"]:
+                path.unlink()
+                continue  # nothing to cut: "int8" is the row
+            source = shrink(pruner).model if cut else pruner.model
+            model, why = int8_model(source)
+            if model is None:
+                raise RuntimeError(why)
+            models[label] = model
+            gives = ("int8 weights of the cut network: smaller still, and faster where units were removed" if cut
+                     else "int8 weights of the masked network: a quarter of the float size; int8 Linear layers")
+            rows.append(FormatRow(label, path.stat().st_size, gives))
+        except (ValueError, ImportError, OSError, RuntimeError) as e:
+            rows.append(FormatRow(label, None, GIVES["int8"], str(e).split(". ")[0]))
+    return rows
+
+
+def model_accuracy(model, pruner) -> float:
+    """Accuracy (or the Pruner's metric) of ``model`` on ``pruner``'s evaluation data, scored as
+    ``pruner.evaluate()`` scores (:func:`prunelab.core.evaluation.score_outputs`).
+
+    Example:
+        >>> model_accuracy(pl.load_int8("m.safetensors", Net()), pruner)   # doctest: +SKIP
+    """
+    x, y, bs = pruner.val_inputs, pruner.val_targets, pruner.batch_size
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            outs = torch.cat([model(x[i:i + bs]).float().cpu() for i in range(0, len(x), bs)])
+    finally:
+        model.train(was)
+    return float(score_outputs(outs, y.cpu(), classes=pruner.classes, metric=pruner.metric, loss=pruner.loss)[0])

@@ -275,20 +275,7 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
     if model is None:
         return load_program(program_path).module()
     tensors, info = load_safetensors(weights_path, KIND, "prunelab.load_structured")
-    expected = info.get("model_class")
-    mods = info.get("modules", {})
-    if not isinstance(mods, dict) or not all(isinstance(spec, dict) for spec in mods.values()):
-        raise ValueError(f"{weights_path} is damaged: its module list is not a map of module specs. Export it again.")
-    named = dict(model.named_modules())
-    missing = [n for n in mods if n not in named]
-    if missing:
-        raise ValueError(f"{weights_path} was exported from a {expected} with modules {missing[:3]} that the "
-                         f"given {type(model).__name__} lacks: pass a fresh instance of {expected} built with "
-                         "the same arguments.")
-    for name, spec in mods.items():
-        _check_spec(weights_path, name, spec, named[name], tensors, expected)
-    for name, spec in mods.items():  # every spec checked first: a bad one leaves the model untouched
-        _resize(named[name], spec)
+    expected = resize_modules(weights_path, model, tensors, info)
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # a stored tensor of another shape than the model's
@@ -299,6 +286,30 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
                          f"{result.missing_keys[:3]}, unexpected: {result.unexpected_keys[:3]}): pass a fresh "
                          f"instance of {expected} built with the same arguments.")
     return model.eval()
+
+
+def resize_modules(path, model: nn.Module, tensors: dict, info: dict) -> str | None:
+    """Resize ``model``'s modules in place to the shapes an export's header gives (``info["modules"]``,
+    each spec checked against the stored ``tensors`` first: a bad one leaves the model untouched).
+
+    Returns:
+        The exported model's class name (for messages). Raises ValueError for a spec that does not fit.
+    """
+    expected = info.get("model_class")
+    mods = info.get("modules", {})
+    if not isinstance(mods, dict) or not all(isinstance(spec, dict) for spec in mods.values()):
+        raise ValueError(f"{path} is damaged: its module list is not a map of module specs. Export it again.")
+    named = dict(model.named_modules())
+    missing = [n for n in mods if n not in named]
+    if missing:
+        raise ValueError(f"{path} was exported from a {expected} with modules {missing[:3]} that the "
+                         f"given {type(model).__name__} lacks: pass a fresh instance of {expected} built with "
+                         "the same arguments.")
+    for name, spec in mods.items():
+        _check_spec(path, name, spec, named[name], tensors, expected)
+    for name, spec in mods.items():
+        _resize(named[name], spec)
+    return expected
 
 
 def _check_spec(path: Path, name: str, spec: dict, module: nn.Module, tensors: dict, expected) -> None:

@@ -8,10 +8,8 @@ interleaved, the median); accuracy of every model by a loop of its own over ``mo
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +17,7 @@ from torch import nn
 
 from ..core.copies import ModelCopy
 from ..core.tables import Table, fixed, percent
-from ..export import export, measure_latency, shrink
+from ..export import export, int8_model, measure_latency, shrink
 from ..retrain import finetune
 from .common import Context, accuracy_of, check_sparsities, criterion_name, prune_to
 
@@ -86,22 +84,6 @@ def timing_table(ctx: Context, sparsity: float = 0.5, *, criterion="magnitude", 
                       f"({'cuda' if twin.device.type == 'cuda' else twin.device.type}).")
 
 
-def int8_model(model: nn.Module) -> tuple[nn.Module | None, str]:
-    """torch.ao dynamic int8 quantization of the Linear layers of a copy of ``model``, or None and why not."""
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        return None, "int8 skipped: dynamic quantization covers Linear layers and this model has none"
-    if next(model.parameters()).device.type != "cpu":
-        return None, "int8 skipped: torch's dynamic quantization runs on the CPU only"
-    try:
-        from torch.ao.quantization import quantize_dynamic
-
-        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; they still run
-            warnings.simplefilter("ignore")
-            return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8), ""
-    except Exception as e:  # a build without quantized engines, an unsupported layer
-        return None, f"int8 skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-
-
 def inference_table(ctx: Context, *, batch: int = 256, threads: int = 1, repeats: int = 20,
                     int8: bool = True) -> Table:
     """Dense vs pruned vs structured export (vs int8): accuracy, latency at batch 1 and at
@@ -111,7 +93,9 @@ def inference_table(ctx: Context, *, batch: int = 256, threads: int = 1, repeats
         ctx: the report's context.
         batch: the throughput batch (at most the evaluation samples).
         threads, repeats: of the latency measurement (:func:`prunelab.export.measure_latency`).
-        int8: add torch.ao dynamic int8 quantization of the pruned model's Linear layers.
+        int8: add the pruned model with int8 weights as ``export(format="int8")`` loads it back
+            (:func:`prunelab.export.int8_model`: torch.ao dynamic int8 Linear layers, convolution
+            weights rounded through int8).
 
     Returns:
         A Table: ``model, accuracy, latency_ms_1, latency_ms_batch, throughput, speedup,

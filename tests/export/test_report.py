@@ -23,12 +23,14 @@ def report_and_folder(tmp_path_factory):
 def test_default_formats_are_all_written_into_the_directory(report_and_folder):
     pruner, report, folder = report_and_folder
     names = {f"model-{fmt}{SUFFIXES[fmt]}" for fmt in pl.EXPORT_FORMATS if fmt != "structured"}
-    names |= {"model-structured.safetensors", "model-structured.pt2"}
+    names |= {"model-structured.safetensors", "model-structured.pt2", "model-int8.structured.safetensors"}
     assert {p.name for p in folder.iterdir()} == names
     rows = {r.format: r for r in report.rows}
-    assert list(rows) == ["state_dict", "sparse", "structured", "structured .pt2", "onnx", "recipe"]
+    assert list(rows) == ["state_dict", "sparse", "structured", "structured .pt2", "onnx", "recipe", "int8",
+                          "structured+int8"]
     assert all(r.error is None for r in report.rows), [r.error for r in report.rows if r.error]
-    files = {"structured": "model-structured.safetensors", "structured .pt2": "model-structured.pt2"}
+    files = {"structured": "model-structured.safetensors", "structured .pt2": "model-structured.pt2",
+             "structured+int8": "model-int8.structured.safetensors"}
     for fmt, row in rows.items():  # sizes are those of the real files
         name = files.get(fmt, f"model-{fmt}{SUFFIXES.get(fmt, '')}")
         assert row.bytes == (folder / name).stat().st_size, fmt

@@ -17,10 +17,10 @@ from ...export import FORMATS, GIVES, compare_formats
 from .base import Panel
 
 ENDINGS = {"state_dict": ".safetensors", "sparse": ".sparse.safetensors", "structured": ".structured",
-           "onnx": ".onnx", "recipe": ".recipe.json"}
+           "onnx": ".onnx", "recipe": ".recipe.json", "int8": ".int8.safetensors"}
 LABELS = {"state_dict": "state_dict (dense, masks baked in)", "sparse": "sparse (bitmask + values: smaller)",
           "structured": "structured (units removed: smaller and faster)", "onnx": "ONNX (checked with onnxruntime)",
-          "recipe": "recipe (JSON of what was done)"}
+          "recipe": "recipe (JSON of what was done)", "int8": "int8 (int8 weights; structured cut first)"}
 
 
 SHRINKING = ("structured", "structured .pt2", "onnx")  # the rows whose gain is the units removed
