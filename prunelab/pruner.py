@@ -71,8 +71,8 @@ class Pruner(BasePruner):
 
     def iterate(self, target, *, steps: int = _I.steps, epochs_per_step: int = _I.epochs_per_step,
                 schedule: str = _I.schedule, criterion=_I.criterion, granularity: str | None = _I.granularity,
-                regrow: float = _I.regrow, final_epochs: int = _I.final_epochs, lr: float = _I.lr,
-                optimizer=_I.optimizer, batch_size: int = _I.batch_size, progress: bool = True):
+                regrow: float = _I.regrow, final_epochs: int = _I.final_epochs, recalibrate: bool = _I.recalibrate,
+                lr: float = _I.lr, optimizer=_I.optimizer, batch_size: int = _I.batch_size, progress: bool = True):
         """Gradual pruning toward ``target``: prune to the schedule's next sparsity, fine-tune,
         repeat, then fine-tune more. Each step is one step of history.
 
@@ -83,6 +83,8 @@ class Pruner(BasePruner):
             criterion, granularity: default to those in effect (else magnitude, unstructured).
             regrow: the fraction of kept weights swapped each step for the pruned ones with the
                 largest gradients (RigL), at the same sparsity.
+            recalibrate: re-estimate BatchNorm statistics after each step's fine-tuning (they are
+                frozen while training), as part of that step.
             lr, optimizer, batch_size, progress: as for :meth:`finetune`.
 
         Returns:
@@ -93,7 +95,7 @@ class Pruner(BasePruner):
         """
         return reports.remember_iterate(self, retrain.iterate(self, target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
                                criterion=criterion, granularity=granularity, regrow=regrow,
-                               final_epochs=final_epochs, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                               final_epochs=final_epochs, recalibrate=recalibrate, lr=lr, optimizer=optimizer, batch_size=batch_size,
                                progress=progress))
 
     def recalibrate(self, data=None, *, batches: int = _R.batches, batch_size: int = _R.batch_size,
@@ -180,7 +182,8 @@ class Pruner(BasePruner):
                                        layers, criterion, granularity, executor)
 
     def allocate(self, target_sparsity: float | None = None, max_drop: float | None = None, *,
-                 target_flops: float | None = None, target_params: float | None = None, round_to: int | None = None,
+                 target_flops: float | None = None, target_params: float | None = None,
+                 target_latency: float | None = None, latency_batch: int = 1, round_to: int | None = None,
                  table=None, executor=None):
         """Choose per-layer sparsities from sensitivity curves (least sensitive layers pruned most),
         apply them, and measure.
@@ -191,7 +194,10 @@ class Pruner(BasePruner):
             target_flops: keep this fraction of the dense FLOPs (measured after applying: within
                 2% of ``nonzero_flops / flops``); or
             target_params: keep this fraction of the parameters (``nonzero_params / params``,
-                within 2%). Exactly one of the four.
+                within 2%); or
+            target_latency: seconds per forward pass of ``latency_batch`` samples (default 1),
+                measured on the network cut physically, within 2%; structured only (the default
+                table is then structured). Exactly one of the five.
             round_to: with a structured table, keep a multiple of this many channels per layer.
             table: a SensitivityTable to use (default: :meth:`sensitivity`'s).
             executor: as for :meth:`sensitivity`.
@@ -203,9 +209,11 @@ class Pruner(BasePruner):
         Example:
             >>> pruner.allocate(target_sparsity=0.9).sparsities
             >>> pruner.allocate(target_flops=0.5, table=pruner.sensitivity(granularity="structured"), round_to=8)
+            >>> pruner.allocate(target_latency=20e-3, latency_batch=256).latency   # seconds, measured
         """
         return sensitivity.allocate(self, target_sparsity, max_drop, target_flops=target_flops,
-                                    target_params=target_params, round_to=round_to, table=table, executor=executor)
+                                    target_params=target_params, target_latency=target_latency,
+                                    latency_batch=latency_batch, round_to=round_to, table=table, executor=executor)
 
 
 def apply_recipe(model, recipe_or_path, data, *, train_data=None, criteria: Mapping | None = None,

@@ -252,9 +252,9 @@ class BasePruner:
         self._moves.commit(planning.requested_plans(self, amount, threshold, criterion, granularity, scope))
         return self
 
-    def set_plans(self, plans: Mapping[str, Plan | None], weights: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Set explicit plans, and optionally new unmasked weights, as one step of history: for
-        masks computed outside ``prune`` (regrowth, a state trained on a copy of the model).
+    def set_plans(self, plans: Mapping[str, Plan | None], weights: Mapping | None = None, *, buffers=None) -> None:
+        """Set explicit plans, and optionally new unmasked weights (and ``buffers``, as :meth:`set_weights`),
+        as one step of history: for masks computed outside ``prune`` (regrowth, a state trained on a copy).
 
         Args:
             plans: ``{layer name: Plan, or None for dense}``. Layers not named keep their plans;
@@ -264,8 +264,8 @@ class BasePruner:
         Returns: None; nothing changes if anything is invalid (an unknown layer, a keep mask's shape).
         Example: ``pruner.set_plans({"0": None})`` makes layer "0" dense again.
         """
-        everything = self._guard() if weights is None else self._take_outside()
-        self._moves.commit(planning.checked_plans(self, plans), weights, everything)
+        everything = self._guard() if weights is None and buffers is None else self._take_outside()
+        self._moves.commit(planning.checked_plans(self, plans), weights, everything, buffers)
 
     def set_weights(self, weights: Mapping[str, torch.Tensor], note: str = "weights", *, buffers: Mapping | None = None):
         """Make ``weights`` (and ``buffers``, named as in ``model.named_buffers()``) the new unmasked

@@ -18,7 +18,7 @@ All files are written all-or-nothing and loaded without pickle.
 
 from .formats import FORMATS, GIVES, SUFFIXES, Exported, export
 from .int8 import int8_model, load_int8
-from .latency import Latency, measure_latency
+from .latency import CURVE_RATIOS, Latency, latency_curve, measure_latency, structured_latency
 from .program import load_program
 from .report import FormatReport, compare_formats
 from .sparse import load_sparse
@@ -26,4 +26,4 @@ from .state_dict import load_state_dict
 from .structured import load_structured, shrink
 
 __all__ = ["Exported", "FORMATS", "FormatReport", "GIVES", "Latency", "compare_formats", "export", "int8_model",
-           "load_int8", "load_program", "load_sparse", "load_state_dict", "load_structured", "measure_latency", "shrink"]
+           "latency_curve", "load_int8", "load_program", "structured_latency", "load_sparse", "load_state_dict", "load_structured", "measure_latency", "shrink"]

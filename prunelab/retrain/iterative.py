@@ -10,8 +10,8 @@ so undo walks back step by step, and a cancelled run stays at its last completed
 A transaction per step: everything is checked in ``prepare`` (:mod:`.preflight`) before the copy
 is taken; an error, a cancel or a KeyboardInterrupt anywhere in a step leaves the Pruner at its
 last completed step, exactly (model, history, masks), and the history table with that step's row
-last. Only parameters and plans come back: the Pruner's buffers and train/eval flags are never
-touched.
+last. Parameters and plans come back, and (``recalibrate``, the default) the BatchNorm statistics
+re-estimated after each step's fine-tuning, as part of that step; train/eval flags are never touched.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..core.base import BasePruner
 from ..core.copies import PrunerCopy
 from ..core.planning import unit_sparsity
 from ..core.tables import Table, count, percent, seconds
+from .calibration import reestimate
 from .loop import Hooks, console_progress, train_masked, trained_weights
 from .preflight import preflight, rehearse
 from .regrow import dense_gradients, regrow_masks
@@ -114,6 +115,7 @@ class IterateStep:
     row: dict
     plans: dict | None = None
     weights: dict[str, torch.Tensor] | None = None
+    buffers: dict[str, torch.Tensor] | None = None
 
 
 class IterateJob:
@@ -208,13 +210,14 @@ class IterateJob:
                          optimizer=s.optimizer, hooks=hooks, done=(k - 1) * s.epochs_per_step * len(batches),
                          total=self.total, what=f"step {k}/{s.steps}", seed=twin.seed + k)
             weights = trained_weights(twin.model)
-            twin.set_weights(weights, note="fine-tune")
+            buffers = reestimate(twin.model, batches) if s.recalibrate else None
+            twin.set_weights(weights, note="fine-tune", buffers=buffers or None)
             after = twin.evaluate()
             row = dict(step=k, target=amount if not isinstance(amount, Mapping) else max(amount.values()),
                        sparsity=twin.overall_sparsity(), accuracy_before=before.accuracy,
                        accuracy_after=after.accuracy, nonzero_params=after.nonzero_params, regrown=grown,
                        seconds=time.perf_counter() - began)
-            on_step(IterateStep(row, self.copy.all_plans(twin.plans), weights))  # applied first, then its row
+            on_step(IterateStep(row, self.copy.all_plans(twin.plans), weights, buffers or None))  # applied, then its row
             self.history.append(row)
         return self.history
 
@@ -226,14 +229,14 @@ class IterateJob:
             step: as reported by :meth:`run`.
         """
         if step.plans is not None:
-            self.pruner.set_plans(step.plans, weights=step.weights)
+            self.pruner.set_plans(step.plans, weights=step.weights, buffers=step.buffers)
 
 
 def iterate(pruner: BasePruner, target, *, steps: int = IterateSettings.steps,
             epochs_per_step: int = IterateSettings.epochs_per_step, schedule: str = IterateSettings.schedule,
             criterion=IterateSettings.criterion, granularity: str | None = IterateSettings.granularity,
             regrow: float = IterateSettings.regrow, final_epochs: int = IterateSettings.final_epochs,
-            lr: float = IterateSettings.lr, optimizer=IterateSettings.optimizer,
+            recalibrate: bool = IterateSettings.recalibrate, lr: float = IterateSettings.lr, optimizer=IterateSettings.optimizer,
             batch_size: int = IterateSettings.batch_size, progress: bool = True,
             hooks: Hooks | None = None) -> Table:
     """Gradual pruning: prune a little, fine-tune, repeat, up to ``target``.
@@ -251,6 +254,7 @@ def iterate(pruner: BasePruner, target, *, steps: int = IterateSettings.steps,
             fine-tuning, for the pruned weights with the largest gradient magnitude (RigL; they
             regrow at zero), keeping each layer's sparsity. Unstructured only.
         final_epochs: more fine-tuning after the last step.
+        recalibrate: re-estimate BatchNorm statistics after each step's fine-tuning (as part of it).
         lr, optimizer, batch_size: of the fine-tuning (Adam at 1e-3 with a cosine decay per step).
         progress: show a progress bar (tqdm).
         hooks: progress after each batch and cancel, for callers on other threads.
@@ -267,7 +271,8 @@ def iterate(pruner: BasePruner, target, *, steps: int = IterateSettings.steps,
     """
     settings = IterateSettings(target=target, steps=steps, epochs_per_step=epochs_per_step, schedule=schedule,
                                criterion=criterion, granularity=granularity, regrow=regrow,
-                               final_epochs=final_epochs, lr=lr, optimizer=optimizer, batch_size=batch_size)
+                               final_epochs=final_epochs, recalibrate=recalibrate, lr=lr, optimizer=optimizer,
+                               batch_size=batch_size)
     job = IterateJob(pruner, settings).prepare()
     with console_progress(hooks, progress, job.total, "iterative pruning") as run_hooks:
         return job.run(run_hooks, on_step=job.apply)

@@ -163,6 +163,9 @@ class IterateSettings(TrainingSettings):
         regrow: a fraction in [0, 1) of the kept weights swapped at every step for the pruned
             ones with the largest gradients (RigL). Unstructured only.
         final_epochs: more fine-tuning after the last step.
+        recalibrate: after each step's fine-tuning, re-estimate the running statistics of every
+            BatchNorm on the training data (they stay frozen while training, so without this they
+            still describe the weights before it); they come back with the step.
         lr, optimizer, batch_size: of the fine-tuning (:class:`TrainingSettings`).
 
     Example:
@@ -179,6 +182,7 @@ class IterateSettings(TrainingSettings):
     granularity: str | None = None
     regrow: float = 0.0
     final_epochs: int = 10
+    recalibrate: bool = True
 
     @property
     def total_epochs(self) -> int:
@@ -216,6 +220,8 @@ class IterateSettings(TrainingSettings):
         if isinstance(self.regrow, bool) or not isinstance(self.regrow, (int, float)) or not 0 <= self.regrow < 1:
             raise ValueError(f"regrow must be a fraction in [0, 1) of the pruned weights to regrow per step, "
                              f"got {self.regrow!r}.")
+        if not isinstance(self.recalibrate, bool):
+            raise ValueError(f"recalibrate must be True or False, got {self.recalibrate!r}.")
         if self.regrow and self.granularity != "unstructured":
             raise ValueError("regrow works with unstructured pruning (it swaps single weights); use "
                              "granularity='unstructured' or regrow=0.")

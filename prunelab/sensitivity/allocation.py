@@ -18,7 +18,8 @@ from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
 from ..core.tables import Table, percent, signed_points
 from .curves import SensitivityTable, check_executor, sensitivity
-from .targets import advance, check_round_to, check_targets, drop_at, kept, measured, meet, rounded
+from .targets import (advance, check_latency_table, check_round_to, check_targets, drop_at, kept, latency_meter,
+                      measured, meet, rounded)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Allocation:
     flops_kept: float | None = None
     params_kept: float | None = None
     source: str = "curves"
+    latency: float | None = None  # seconds, measured on the cut network (a latency target only)
+    latency_batch: int | None = None
 
     @property
     def drop(self) -> float:
@@ -61,6 +64,8 @@ class Allocation:
         """The measured outcome in one sentence (what ``str`` prints under the table)."""
         kept = "" if self.flops_kept is None else (
             f", keeping {self.flops_kept:.1%} of the FLOPs and {self.params_kept:.1%} of the parameters")
+        if self.latency is not None:
+            kept += f", measured {self.latency * 1e3:.3f} ms per forward pass at batch {self.latency_batch} (cut)"
         return (f"sum of single-layer drops {signed_points(self.predicted_drop)}; measured jointly: accuracy "
                 f"{self.accuracy:.2%} (baseline {self.baseline:.2%}, drop {signed_points(self.drop)}) at "
                 f"{self.overall_sparsity:.1%} overall sparsity{kept}"
@@ -141,7 +146,8 @@ def choose_sparsities(table: SensitivityTable, *, target_sparsity: float | None 
 
 
 def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop: float | None = None, *,
-             target_flops: float | None = None, target_params: float | None = None, round_to: int | None = None,
+             target_flops: float | None = None, target_params: float | None = None,
+             target_latency: float | None = None, latency_batch: int = 1, round_to: int | None = None,
              table: SensitivityTable | None = None, executor=None) -> Allocation:
     """Choose per-layer sparsities from sensitivity curves and apply them with the table's
     criterion and granularity (one step of history); then measure with all of them applied.
@@ -154,7 +160,11 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
         target_flops: ... or keep this fraction of the dense model's FLOPs (``nonzero_flops /
             flops`` of the Metrics measured after applying, within 2%) ...
         target_params: ... or keep this fraction of the model's parameters (``nonzero_params /
-            params``, within 2%). Exactly one of the four.
+            params``, within 2%) ...
+        target_latency: ... or run in this many seconds per forward pass of ``latency_batch``
+            validation samples, measured on the network cut physically (format "structured"),
+            within 2% of it; structured tables only (default: a structured analysis). Exactly one.
+        latency_batch: the batch a latency target is measured at (1: one sample at a time).
         round_to: structured tables only: keep a multiple of this many units in every analysed
             layer (e.g. 8, for hardware that runs channel counts in multiples of 8).
         table: a :class:`SensitivityTable`; default: the default analysis of all layers.
@@ -175,31 +185,40 @@ def allocate(pruner: BasePruner, target_sparsity: float | None = None, max_drop:
         >>> result.flops_kept                             # doctest: +SKIP   (measured, all layers pruned)
         0.497
     """
-    check_targets(target_sparsity, max_drop, target_flops, target_params)
+    check_targets(target_sparsity, max_drop, target_flops, target_params, target_latency)
     check_executor(executor)
     if table is not None:
         check_table(pruner, table)
-    check_round_to(round_to, None if table is None else table.granularity)  # None: the default, unstructured
+    default = "structured" if target_latency is not None else None  # None: the default, unstructured
+    if target_latency is not None:
+        check_latency_table(None if table is None else table.granularity)
+        if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
+            raise ValueError(f"latency_batch must be a whole number >= 1, got {latency_batch!r}.")
+    check_round_to(round_to, default if table is None else table.granularity)
     if table is None:
-        table = sensitivity(pruner, executor=executor)
+        table = sensitivity(pruner, executor=executor, **({"granularity": default} if default else {}))
     copy = PrunerCopy.of(pruner)
     twin = copy.pruner()  # prune and measure there: the Pruner changes only once it is all done
-    source = "curves"
-    if target_flops is None and target_params is None:
+    source, latency = "curves", None
+    if target_latency is not None:
+        dense = PrunerCopy.of(pruner).model.eval()  # the unmasked weights: timed beside every candidate
+        meter = latency_meter(twin, dense, pruner.val_inputs[:latency_batch])
+        chosen, drops, m, source, latency = meet(twin, table, "latency", target_latency, round_to, latency=meter)
+    elif target_flops is None and target_params is None:
         chosen, drops = choose_sparsities(table, target_sparsity=target_sparsity, max_drop=max_drop)
         if round_to:
             chosen = rounded(chosen, table, round_to)
             drops = {l: drop_at(table, l, s) for l, s in chosen.items()}
         m = measured(twin, table, chosen)
     else:
-        chosen, drops, m, source = meet(twin, table, "flops" if target_params is None else "params",
-                                target_params if target_flops is None else target_flops, round_to)
+        chosen, drops, m, source, _ = meet(twin, table, "flops" if target_params is None else "params",
+                                           target_params if target_flops is None else target_flops, round_to)
     overall = twin.overall_sparsity()
     plans = copy.all_plans(twin.plans)
     total = sum(table.weights.values())
     reached = sum(chosen[l] * table.weights[l] for l in chosen) / total if total else 0.0
     result = Allocation(chosen, drops, sum(drops.values()), table.baseline, m.accuracy, reached, overall,
                         table.granularity, flops_kept=kept(m, "flops"), params_kept=kept(m, "params"),
-                        source=source)
+                        source=source, latency=latency, latency_batch=latency_batch if latency is not None else None)
     pruner.set_plans(plans)
     return result

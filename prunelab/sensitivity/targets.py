@@ -30,11 +30,13 @@ def hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         out.append(p)
     return out
 
-TARGETS = ("target_sparsity", "max_drop", "target_flops", "target_params")
+TARGETS = ("target_sparsity", "max_drop", "target_flops", "target_params", "target_latency")
 MEANINGS = {"target_sparsity": "a fraction of weights to prune", "max_drop": "the accuracy you accept to lose, "
             "e.g. 0.01 for one point", "target_flops": "a fraction of the dense FLOPs to keep, e.g. 0.5",
-            "target_params": "a fraction of the parameters to keep, e.g. 0.3"}
+            "target_params": "a fraction of the parameters to keep, e.g. 0.3",
+            "target_latency": "seconds per forward pass of the cut network, measured, e.g. 2e-4"}
 TOLERANCE = 0.02  # a FLOPs or parameter target is met when the measured fraction kept is this close
+# a latency target is met when the measured latency is within TOLERANCE of it (a fraction of the target)
 
 
 def check_targets(*values) -> None:
@@ -53,12 +55,41 @@ def check_targets(*values) -> None:
         raise ValueError(f"give either {options} or {TARGETS[-1]} ({MEANINGS[TARGETS[-1]]}), not {amount}"
                          + (f": got {', '.join(given)}." if given else "."))
     name, value = given[0], values[TARGETS.index(given[0])]
-    if name == "max_drop":
+    if name == "target_latency":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"target_latency must be a positive number of seconds (the measured time of one "
+                             f"forward pass of the cut network, e.g. 2e-4), got {value!r}.")
+    elif name == "max_drop":
         check_fraction(value, name, "0.01 accepts losing one point of accuracy")
     elif name != "target_sparsity":
         check_fraction(value, name, f"0.5 keeps half of the {'FLOPs' if name == 'target_flops' else 'parameters'}")
     else:
         check_fraction(value, name)
+
+
+def check_latency_table(granularity: str | None) -> None:
+    """A ValueError unless a latency target comes with a structured table (None: the default,
+    which is then structured): only units removed run faster."""
+    if granularity not in (None, "structured"):
+        raise ValueError(f"target_latency needs a structured table: {granularity} sparsity keeps dense shapes and "
+                         "does not run faster. Pass table=pruner.sensitivity(granularity=\"structured\"), or "
+                         "leave table out (a structured analysis is made).")
+
+
+def latency_meter(twin: BasePruner, dense, inputs, repeats: int = 30):
+    """``f(twin) -> latency`` in seconds of the twin's state cut physically, at the batch of
+    ``inputs``: measured interleaved with ``dense`` and scaled by the dense latency measured
+    once here (so drift of a busy machine between measurements cancels); and that reference."""
+    from ..export.latency import cut_latency, measure_latency
+
+    reference = measure_latency({"dense": dense}, inputs, repeats=3 * repeats)["dense"].median
+
+    def latency(pruner) -> float:
+        _, times = cut_latency(pruner, {"x": inputs}, dense, repeats=repeats)
+        cut, now = times["x"]
+        return reference * cut / now
+
+    return latency, reference
 
 
 def check_round_to(round_to, granularity: str | None) -> None:
@@ -156,7 +187,8 @@ def kept(m, kind: str) -> float:
     return m.nonzero_flops / max(m.flops, 1) if kind == "flops" else m.nonzero_params / max(m.params, 1)
 
 
-def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, round_to: int | None):
+def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, round_to: int | None,
+         latency=None):
     """Per-layer sparsities that keep ``target`` of the FLOPs or parameters (``kind``), measured.
 
     Two allocations are searched, each corrected by measuring until it meets the target:
@@ -166,16 +198,34 @@ def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, ro
     less accurate on this data than the uniform allocation measured beside it; ``source`` says
     which it was.
 
+    For ``kind="latency"``, ``target`` is the latency in seconds and ``latency`` is
+    ``(f(twin) -> seconds, dense seconds)`` (:func:`latency_meter`); layers advance by drop per
+    FLOP and the measured latency must come within ``TOLERANCE`` of the target (a fraction of it).
+
     Returns:
-        ``(sparsities, drops, metrics, source)`` with ``twin`` pruned to those sparsities.
+        ``(sparsities, drops, metrics, source, measured)`` with ``twin`` pruned to those sparsities;
+        ``measured``: the fraction kept, or the latency in seconds.
 
     Raises:
         ValueError: when neither comes within ``TOLERANCE``.
     """
     total, per_layer = twin.flops()
     by_name = {l.name: l for l in twin.layers}
-    costs = {l: float(per_layer[l] if kind == "flops" else by_name[l].params) for l in table.layers}
-    whole = float(total if kind == "flops" else twin.evaluate().params)
+    flops = kind in ("flops", "latency")
+    costs = {l: float(per_layer[l] if flops else by_name[l].params) for l in table.layers}
+    whole = float(total if flops else twin.evaluate().params)
+    tolerance = TOLERANCE
+    if kind == "latency":  # in fractions of the dense latency, as the other kinds are in fractions kept
+        timer, dense_seconds = latency
+        target_seconds, target = target, target / dense_seconds
+        tolerance = TOLERANCE * target
+
+        def miss_of(chosen):
+            measured(twin, table, chosen)
+            return timer(twin) / dense_seconds - target
+    else:
+        def miss_of(chosen):
+            return kept(measured(twin, table, chosen), kind) - target
     spread = sum(costs.values())
     highest = min(max(table.curve(l)[0]) for l in table.layers)  # uniform stays where every curve was measured
     reach = advance(table, costs, need=float("inf"))[2]
@@ -184,10 +234,17 @@ def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, ro
                              spread * highest)}
     found = {}
     for source, (propose, reach) in proposals.items():
-        found[source] = search(lambda need: rounded(propose(need), table, round_to),
-                               lambda chosen: kept(measured(twin, table, chosen), kind) - target, whole, reach, target)
-    close = {s: f for s, f in found.items() if abs(f[1]) <= TOLERANCE}
+        found[source] = search(lambda need: rounded(propose(need), table, round_to), miss_of, whole, reach, target,
+                               tolerance)
+    close = {s: f for s, f in found.items() if abs(f[1]) <= tolerance}
     what = "FLOPs" if kind == "flops" else "parameters"
+    if not close and kind == "latency":
+        best = min(found.values(), key=lambda f: abs(f[1]))[1]
+        raise ValueError(f"the closest measured latency was {(target + best) * dense_seconds * 1e3:.3f} ms, not within "
+                         f"{TOLERANCE:.0%} of the target {target_seconds * 1e3:.3f} ms (dense: {dense_seconds * 1e3:.3f} "
+                         "ms). Small batches are bound by per-layer overhead, not FLOPs: see "
+                         "prunelab.export.latency_curve(pruner) for what this model reaches here, and aim within it. "
+                         "The Pruner is unchanged.")
     if not close:
         miss = found["curves"][1]
         hint = (" (every analysed layer at its highest measured sparsity: measure higher sparsities, e.g. "
@@ -200,10 +257,12 @@ def meet(twin: BasePruner, table: SensitivityTable, kind: str, target: float, ro
     source = max(metrics, key=lambda s: (metrics[s].accuracy, s == "curves"))
     chosen = close[source][0]
     m = metrics[source] if source == list(metrics)[-1] else measured(twin, table, chosen)  # the twin holds it
-    return chosen, {l: drop_at(table, l, s) for l, s in chosen.items()}, m, source
+    reached = close[source][1] + target
+    return (chosen, {l: drop_at(table, l, s) for l, s in chosen.items()}, m, source,
+            reached * dense_seconds if kind == "latency" else reached)
 
 
-def search(propose, miss_of, whole: float, reach: float, target: float):
+def search(propose, miss_of, whole: float, reach: float, target: float, tolerance: float = TOLERANCE):
     """The proposal, over the amount asked ``need`` in [0, ``reach``], whose measured miss
     (fraction kept minus the target) is smallest: secant steps until the target is bracketed,
     then regula falsi inside the bracket (bisection when a step repeats). At most 12 measurements.
@@ -222,7 +281,7 @@ def search(propose, miss_of, whole: float, reach: float, target: float):
         miss = seen[key]
         if best is None or abs(miss) < abs(best[1]):
             best = (chosen, miss)
-        if abs(miss) <= TOLERANCE / 10:
+        if abs(miss) <= tolerance / 10:
             break
         points.append((need, miss))
         above = [p for p in points if p[1] > 0]  # too much kept: ask more
