@@ -14,6 +14,8 @@ from ..core.base import BasePruner
 from ..core.modes import untouched
 from .loop import keeps_statistics
 
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # what re-estimation writes back
+
 
 def removed_inputs(pruner: BasePruner) -> dict[str, torch.Tensor]:
     """``{consumer parameter name: input columns removed}``: for every structured plan, the input
@@ -116,7 +118,8 @@ def reestimate(model: nn.Module, batches) -> dict[str, torch.Tensor]:
     module in eval mode; the model's flags, momenta and buffers come back as they were.
 
     Returns:
-        ``{buffer name: new value}`` for those modules' buffers.
+        ``{buffer name: new value}`` for those modules' :data:`STATISTICS` (a buffer a subclass
+        adds, a counter of its own, is left as it was).
     """
     norms = {n: m for n, m in model.named_modules() if keeps_statistics(m)}
     momenta = {n: m.momentum for n, m in norms.items()}
@@ -131,8 +134,10 @@ def reestimate(model: nn.Module, batches) -> dict[str, torch.Tensor]:
                 for x, _ in batches:
                     model(x)
             for n, m in norms.items():
-                for b_name, b in m.named_buffers(recurse=False):
-                    out[f"{n}.{b_name}" if n else b_name] = b.detach().clone()
+                for b_name in STATISTICS:
+                    b = getattr(m, b_name, None)
+                    if isinstance(b, torch.Tensor):
+                        out[f"{n}.{b_name}" if n else b_name] = b.detach().clone()
         finally:
             for n, m in norms.items():
                 m.momentum = momenta[n]

@@ -14,6 +14,7 @@ from typing import Mapping
 
 from ..core.base import BasePruner
 from ..core.checks import check_count, check_fraction
+from ..export import latency as export_latency
 from .curves import SensitivityTable
 
 
@@ -80,12 +81,10 @@ def latency_meter(twin: BasePruner, dense, inputs, repeats: int = 30):
     """``f(twin) -> latency`` in seconds of the twin's state cut physically, at the batch of
     ``inputs``: measured interleaved with ``dense`` and scaled by the dense latency measured
     once here (so drift of a busy machine between measurements cancels); and that reference."""
-    from ..export.latency import cut_latency, measure_latency
-
-    reference = measure_latency({"dense": dense}, inputs, repeats=3 * repeats)["dense"].median
+    reference = export_latency.measure_latency({"dense": dense}, inputs, repeats=3 * repeats)["dense"].median
 
     def latency(pruner) -> float:
-        _, times = cut_latency(pruner, {"x": inputs}, dense, repeats=repeats)
+        _, times = export_latency.cut_latency(pruner, {"x": inputs}, dense, repeats=repeats)
         cut, now = times["x"]
         return reference * cut / now
 

@@ -130,3 +130,17 @@ def test_errors_say_what_to_do_and_change_nothing(cnn_demo):
         p.recalibrate(cnn_demo.train)
     assert_same_state(p.model, moved)
     assert not torch.equal(moved["1.running_mean"], before["1.running_mean"])
+
+
+def test_iterate_reestimates_batchnorm_after_each_step_and_undo_is_exact(cnn_demo_pruner):
+    p = cnn_demo_pruner
+    original = state_of(p.model)
+    p.iterate(0.5, steps=2, epochs_per_step=1, final_epochs=0, progress=False)
+    after = state_of(p.model)
+    assert not torch.equal(after["1.running_mean"], original["1.running_mean"])  # re-estimated, with the step
+    p.undo()
+    p.undo()
+    assert_same_state(p.model, original)
+    p.redo()
+    p.redo()
+    assert_same_state(p.model, after)
