@@ -122,6 +122,8 @@ def reestimate(model: nn.Module, batches) -> dict[str, torch.Tensor]:
         adds, a counter of its own, is left as it was).
     """
     norms = {n: m for n, m in model.named_modules() if keeps_statistics(m)}
+    if not norms:
+        return {}  # nothing to re-estimate: no forward pass (and no batch drawn)
     momenta = {n: m.momentum for n, m in norms.items()}
     out = {}
     with untouched(model):  # eval mode; every flag and buffer restored after
