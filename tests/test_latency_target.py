@@ -2,7 +2,6 @@
 (measured, within 2%); and the measured latency-versus-ratio curve."""
 
 import pytest
-import torch
 
 import prunelab as pl
 from prunelab.export import latency as latency_module

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..core.copies import ModelCopy
 from ..core.tables import Table, fixed, percent
