@@ -18,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import Inputs, call, forward, select_output
 from .layers import Layer
 from .modes import untouched
 
 
 @dataclass
 class ScoringContext:
-    """What a criterion may use. ``batches`` yields ``(inputs, targets)`` on the model's device."""
+    """What a criterion may use. ``batches`` yields ``(inputs, targets)`` on the model's device
+    (inputs a tensor, or :class:`~prunelab.core.inputs.Inputs` for keyword inputs); call the model
+    as ``ctx.forward(x)``, which applies the Pruner's ``output`` selector."""
 
     model: nn.Module
     layers: list[Layer]
@@ -32,6 +35,11 @@ class ScoringContext:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     classification: bool
     seed: int = 0
+    output: object = None
+
+    def forward(self, x) -> torch.Tensor:
+        """The model's measured output on ``x`` (:func:`~prunelab.core.inputs.forward`)."""
+        return forward(self.model, x, self.output)
 
 
 class Criterion:
@@ -106,7 +114,7 @@ class Taylor(Criterion):
             for x, y in ctx.batches():
                 ctx.model.zero_grad(set_to_none=True)
                 with untouched(ctx.model), torch.enable_grad():
-                    ctx.loss(ctx.model(x), y).backward()
+                    ctx.loss(ctx.forward(x), y).backward()
                 for n, w in weights.items():
                     if w.grad is not None:
                         total[n] += (w.detach() * w.grad).abs()
@@ -157,16 +165,28 @@ class Attribution(Criterion):
         if method_cls is None:
             raise ValueError(f"captum has no layer attribution method {self.method!r}; "
                              "try 'LayerGradientXActivation' or 'LayerConductance'.")
-        called = _called_layers(ctx)
+        called, out_dims = _called_layers(ctx)
+        if out_dims != 2:
+            raise ValueError(f"criterion='attribution' attributes toward one class per sample, but the model's "
+                             f"outputs have {out_dims} dimensions (a language model's are [batch, tokens, vocab]), "
+                             "so there is no one class to attribute to. Use 'taylor', 'wanda' or 'magnitude'.")
         layers = [l for l in ctx.layers if l.name in called]
         totals = {l.name: torch.zeros(l.units, device=l.module.weight.device) for l in layers}
         count = 0
         try:
             for x, y in ctx.batches():
+                # captum takes positional tensors: keyword inputs go in as a tuple, in key order
+                keys = list(x.keys()) if isinstance(x, Inputs) else None
+                args = tuple(x[k] for k in keys) if keys else x
+
+                def run(*tensors, keys=keys):
+                    out = ctx.model(**dict(zip(keys, tensors))) if keys else ctx.model(*tensors)
+                    return select_output(out, ctx.output)
+
                 for l in layers:  # one layer at a time keeps captum's hooks simple and memory flat
-                    method = method_cls(ctx.model, l.module)
+                    method = method_cls(run, l.module)
                     with untouched(ctx.model):
-                        a = method.attribute(x, target=y, **self.attribute_kwargs)
+                        a = method.attribute(args, target=y, **self.attribute_kwargs)
                     a = a[0] if isinstance(a, (tuple, list)) else a
                     totals[l.name] += _per_unit(a.detach(), l)
                 count += 1
@@ -236,7 +256,7 @@ class Wanda(Criterion):
         try:
             for x, _ in ctx.batches():
                 with untouched(ctx.model), torch.no_grad():
-                    ctx.model(x)
+                    call(ctx.model, x)
         finally:
             for h in hooks:
                 h.remove()
@@ -319,17 +339,18 @@ def _per_unit(a: torch.Tensor, layer: Layer) -> torch.Tensor:
     return a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
 
 
-def _called_layers(ctx: ScoringContext) -> set[str]:
+def _called_layers(ctx: ScoringContext) -> tuple[set[str], int]:
+    """The layers a forward pass calls as modules, and the number of dimensions of the output."""
     called: set[str] = set()
     hooks = [l.module.register_forward_hook(lambda m, i, o, n=l.name: called.add(n)) for l in ctx.layers]
     try:
         x, _ = next(iter(ctx.batches()))
         with untouched(ctx.model), torch.no_grad():
-            ctx.model(x[:1])
+            out = ctx.forward(x[:1])
     finally:
         for h in hooks:
             h.remove()
-    return called
+    return called, out.dim()
 
 
 CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (Magnitude, Random, Taylor, Attribution, Wanda)}

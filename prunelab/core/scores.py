@@ -60,8 +60,10 @@ def scoring_samples(pruner, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         >>> x, y = scoring_samples(pruner, 256)
     """
     train = pruner.train_data
-    source = train if train is not None else (pruner.val_inputs, pruner.val_targets)
-    x, y = first_samples(source, samples, "train_data" if train is not None else "val_data", device=pruner.device)
+    if train is None:  # read already (labels shifted once, for a causal LM): sliced, not read again
+        x, y = pruner.val_inputs[:samples], pruner.val_targets[:samples]
+    else:
+        x, y = first_samples(train, samples, "train_data", device=pruner.device, label_key=pruner.label_key)
     return x, (y.long() if pruner.classification and not y.dtype.is_floating_point else y)
 
 
@@ -74,7 +76,7 @@ def scoring_context(pruner, x: torch.Tensor, y: torch.Tensor) -> ScoringContext:
     """
     batch = min(pruner.batch_size, 256)
     return ScoringContext(pruner.model, pruner.layers, lambda: batches(x, y, batch), pruner.loss or _missing_loss,
-                          pruner.classification, pruner.seed)
+                          pruner.classification, pruner.seed, pruner.output)
 
 
 def score_dense(pruner, criterion: Criterion, units: bool) -> dict[str, torch.Tensor]:
