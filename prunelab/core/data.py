@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from .inputs import Inputs, concat
 from .tokens import is_causal, next_token_targets
 
-DATA_HELP = ("Pass an (inputs, labels) pair (inputs a tensor or a dict of tensors), a Dataset or DataLoader of "
-             "(input, label) pairs or of dicts holding the labels under label_key (default 'labels').")
+DATA_HELP = ("Pass a DataLoader, a Dataset of (input, target) pairs (or of dicts holding the labels under "
+             "label_key, default 'labels'), or an (inputs, targets) pair (inputs a tensor or a dict of tensors).")
 LABEL_KEY = "labels"
 
 
@@ -76,7 +76,7 @@ def split_batch(batch, what: str, label_key: str = LABEL_KEY):
         return _as_inputs(x, what), torch.as_tensor(batch[label_key])
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return _as_inputs(batch[0], what), torch.as_tensor(batch[1])
-    raise TypeError(f"{what}: each item must be an (input, label) pair or a dict with its labels under "
+    raise TypeError(f"{what}: each item must be an (input, target) pair or a dict with its labels under "
                     f"{label_key!r}, got {type(batch).__name__}.")
 
 
@@ -96,7 +96,7 @@ def labelled(x, y: torch.Tensor):
 
 def _check_lengths(x, y, what: str) -> None:
     if len(x) != len(y):
-        raise ValueError(f"{what}: {len(x)} inputs but {len(y)} labels; they must pair up one to one.")
+        raise ValueError(f"{what}: {len(x)} inputs but {len(y)} targets; they must pair up one to one.")
 
 
 class PairDataset(Dataset):

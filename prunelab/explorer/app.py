@@ -17,6 +17,7 @@ import ipywidgets as w
 import torch
 
 from ..core.evaluation import Metrics, score_outputs
+from ..core.inputs import forward
 from ..pruner import Pruner
 from .actions import Action
 from ..core.copies import ModelCopy, model_state
@@ -161,7 +162,7 @@ class Explorer(w.VBox):
             return p.evaluate()
         model = self.shadow().load({**model_state(p.model), **p.original_weights})
         with torch.no_grad():
-            out = torch.cat([model(x) for x in p.val_inputs.split(p.batch_size)])
+            out = torch.cat([forward(model, x, p.output) for x in p.val_inputs.split(p.batch_size)])
         acc, loss, per_class, _ = score_outputs(out, p.val_targets, classes=p.classes, metric=p.metric, loss=p.loss)
         m = self.state.metrics
         return dataclasses.replace(m, accuracy=acc, loss=loss, per_class=per_class, nonzero_params=m.params,
@@ -302,7 +303,8 @@ class Explorer(w.VBox):
         p = self.pruner
         try:
             if self._explainer is None:
-                self._explainer = Explainer(self.shadow(), p.val_inputs, p.val_targets, p.classification)
+                self._explainer = Explainer(self.shadow(), p.val_inputs, p.val_targets, p.classification,
+                                            output=p.output)
         except RuntimeError as e:
             self.state.explain_error = str(e)
             return

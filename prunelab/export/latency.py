@@ -14,6 +14,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..core.inputs import call
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -33,7 +35,7 @@ class Latency:
 
 def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, threads: int = 1,
                     warmup: int = 5, repeats: int = 30) -> dict[str, Latency]:
-    """Time ``model(inputs)`` for each of ``models`` (eval mode, no grad), interleaved.
+    """Time ``model(inputs)`` (``model(**inputs)`` for keyword Inputs) for each of ``models`` (eval mode, no grad), interleaved.
 
     Args:
         models: ``{label: module}``; each is run on the same ``inputs``.
@@ -63,11 +65,11 @@ def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, th
         with torch.inference_mode():
             for _ in range(warmup):
                 for m in models.values():
-                    m(inputs)
+                    call(m, inputs)
             for _ in range(repeats):
                 for k, m in models.items():
                     start = time.perf_counter()
-                    m(inputs)
+                    call(m, inputs)
                     times[k].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)

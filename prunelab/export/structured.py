@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..core.evaluation import count_flops
+from ..core.inputs import Inputs, forward, plain_example
 from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
 from .program import load_program, program_bytes
 
@@ -101,13 +102,16 @@ def example_inputs(pruner) -> torch.Tensor:
     """Two validation inputs (repeated when there is one) to trace ``pruner.model`` with.
 
     Returns:
-        A tensor of two inputs, a copy (a view would drag the whole validation set into a .pt2).
+        A tensor of two inputs (Inputs for keyword inputs), a copy (a view would drag the whole
+        validation set into a .pt2).
 
     Example:
         >>> example_inputs(pruner).shape[0]
         2
     """
     x = pruner.val_inputs[:2].clone()  # a copy: a view would drag the whole validation set into the .pt2
+    if isinstance(x, Inputs):
+        return x if len(x) == 2 else Inputs.cat([x, x])
     return x if len(x) == 2 else x.expand(2, *x.shape[1:]).clone()
 
 
@@ -118,7 +122,7 @@ def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor
     if not remove:
         return model
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=plain_example(example), verbose=False)
     for root, mask in remove.items():
         module = model.get_submodule(root)
         fn = graph.get_pruner_of_module(module).prune_out_channels
@@ -128,10 +132,11 @@ def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def exact_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def exact_outputs(model: nn.Module, x: torch.Tensor, output=None) -> torch.Tensor:
     """``model(x)`` in eval mode (its mode restored after) in full fp32: on GPUs TF32 convolutions
     and matrix products (cuDNN's default) round differently for different shapes, which would hide
-    a real mismatch or fake one (seen: 1.4e-3 on an H200 for a correct cut).
+    a real mismatch or fake one (seen: 1.4e-3 on an H200 for a correct cut). ``output``: the
+    Pruner's selector (:func:`prunelab.core.inputs.forward`).
 
     Returns:
         The outputs.
@@ -145,7 +150,7 @@ def exact_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
-            return model(x)
+            return forward(model, x, output)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
         model.train(was)
@@ -160,14 +165,14 @@ def shrink(pruner) -> Shrunk:
     against the masked model. Raises ValueError (naming the layers) when outputs differ."""
     example = example_inputs(pruner)
     x = pruner.val_inputs[:CHECK_SAMPLES]
-    reference = exact_outputs(pruner.model, x)
+    reference = exact_outputs(pruner.model, x, pruner.output)
     for silent in (True, False):
         # Units pruned structurally always cut cleanly (their consumers' input columns are masked
         # too). A silent unit outputs f(0), which is not 0 after sigmoid, say: if removing the
         # silent ones changes the outputs, they stay.
         remove = removable_units(pruner, silent=silent)
         small = _cut(copy.deepcopy(pruner.model).eval(), example, remove)
-        got = exact_outputs(small, x)
+        got = exact_outputs(small, x, pruner.output)
         diff = float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
         if diff <= _tolerance(reference):
             break
@@ -187,7 +192,7 @@ def _diagnose(pruner, example, x, reference, remove, diff) -> str:
     culprits = []
     for root, mask in remove.items():
         one = _cut(copy.deepcopy(pruner.model).eval(), example, {root: mask})
-        got = exact_outputs(one, x)
+        got = exact_outputs(one, x, pruner.output)
         if got.shape != reference.shape or float((got - reference).abs().max()) > _tolerance(reference):
             culprits.append(root)
     where = f" Removing the units of layer(s) {culprits} alone already changes them." if culprits else ""
