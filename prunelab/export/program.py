@@ -43,11 +43,16 @@ def program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
     """``model`` as a ``torch.export`` program archive (dynamic batch where the model allows),
     with ``info``, the prunelab marker and a SHA-256 of every other entry inside."""
     batch = torch.export.Dim("batch")
+    if isinstance(example, torch.Tensor):
+        args, kwargs, dynamic = (example,), None, ({0: batch},)
+    else:  # keyword inputs (prunelab.core.inputs.Inputs): the program takes them by name
+        args, kwargs = (), dict(example)
+        dynamic = {k: {0: batch} for k in kwargs}
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)
     except Exception:  # a model that fixes its batch size: export it for the example's batch
         try:
-            program = torch.export.export(model, (example,))
+            program = torch.export.export(model, args, kwargs)
         except Exception as e:
             raise ValueError(f"torch.export could not capture {type(model).__name__} as a program ({e}), so "
                              "the structured export was not written. Export 'sparse' or 'state_dict', which "
