@@ -29,7 +29,7 @@ from .history import History, HistoryView, Step
 from .layers import Layer, UnitGroup, find_unit_groups
 from .masks import Ranking
 from .maskstate import MaskState
-from .inputs import check_label_key, check_output, plain_example
+from .inputs import check_label_key, check_output, plain_example, select_output
 from .meter import Measuring, Meter
 from .ownership import Custody
 from .transitions import Transitions
@@ -225,7 +225,8 @@ class BasePruner(Measuring):
         """
         if self._groups is None:
             with self.dense():
-                self._groups = find_unit_groups(self.model, self.layers, plain_example(self.val_inputs[:1]))
+                self._groups = find_unit_groups(self.model, self.layers, plain_example(self.val_inputs[:1]),
+                                                lambda out: select_output(out, self.output))
         return self._groups[0]
 
     # ------------------------------------------------------------------ changing the state

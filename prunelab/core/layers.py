@@ -160,7 +160,7 @@ def _param_names(model: nn.Module) -> dict[int, str]:
 
 
 def find_unit_groups(
-    model: nn.Module, layers: list[Layer], example_inputs: torch.Tensor
+    model: nn.Module, layers: list[Layer], example_inputs: torch.Tensor, output_transform=None
 ) -> tuple[dict[str, UnitGroup], dict[str, str]]:
     """Map each structurally prunable layer name to its UnitGroup (coupled layers share one), and
     give a reason for every layer whose units cannot be removed by masking."""
@@ -172,7 +172,8 @@ def find_unit_groups(
     # module's own flag, and every buffer, are restored (modes.untouched).
     try:
         with untouched(model), torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                                          output_transform=output_transform)
     except Exception as e:  # structured pruning is then unavailable, with the reason; never a crash
         reason = f"torch-pruning could not build the model's dependency graph ({type(e).__name__}: {e})"
         return {}, {l.name: reason for l in layers}
