@@ -131,7 +131,7 @@ def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str])
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
     modules = dict(model.named_modules())
-    owner = {_storage(modules[n].weight): n for n in layer_names}
+    owner = {_storage(layer_weight(model, n)): n for n in layer_names}
     per_layer = dict.fromkeys(layer_names, 0)
 
     def attributing(formula):
@@ -150,6 +150,20 @@ def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str])
     with untouched(model), torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(example)
     return int(counter.get_total_flops()), per_layer
+
+
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight of the prunable layer called ``name``: the ``weight`` of the module of that name,
+    or the parameter of that name (a recurrent layer's ``lstm.weight_ih_l0``, an attention's
+    ``attn.in_proj_weight``).
+
+    Example:
+        >>> layer_weight(nn.Sequential(nn.Linear(2, 3)), "0").shape
+        torch.Size([3, 2])
+    """
+    module = dict(model.named_modules()).get(name)
+    weight = getattr(module, "weight", None) if module is not None else None
+    return weight if isinstance(weight, torch.Tensor) else model.get_parameter(name)
 
 
 def _storage(t) -> int | None:
@@ -197,7 +211,7 @@ def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]
             if any(k in name.lower() for k in _MATMUL_NAMES):
                 return None
     # Each module's FLOPs go to the layer whose weight it uses (a tied module counts for its layer).
-    layer_of = {id(modules[n].weight): n for n in layer_names}
+    layer_of = {id(layer_weight(model, n)): n for n in layer_names}
     names = {m: layer_of.get(id(getattr(m, "weight", None)), n) for n, m in modules.items()}
     flops: dict[str, int] = {}
 
