@@ -176,10 +176,9 @@ def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict
                          "of the dict, or use granularity='unstructured' for "
                          f"{'it' if len(misfits) == 1 else 'them'}.")
     if misfits and any(amounts.values()):
-        them = "it" if len(misfits) == 1 else "them"
-        warnings.warn(f"2:4 left {len(misfits)} of {len(amounts)} layers dense: {summarize(misfits)}. Prune {them} "
-                      f"with granularity='unstructured' if {them} should be sparse too (pruner.blocked('2:4') lists "
-                      f"{them}).", stacklevel=5)
+        warnings.warn(f"2:4 left {len(misfits)} of {len(amounts)} layers dense: {summarize(misfits)}. Prune "
+                      "what should be sparse too with granularity='unstructured' (pruner.blocked('2:4') lists "
+                      "these layers).", stacklevel=5)
     plans: dict[str, Plan | None] = {}
     scores = pruner.scores(criterion) if any(amounts.values()) else {}
     for n, a in amounts.items():
