@@ -214,8 +214,8 @@ def find_layers(model: nn.Module) -> tuple[list[Layer], dict[str, str]]:
     listed = set(skipped)
     for pname, p in model.named_parameters():
         module_name = pname.rpartition(".")[0]
-        if module_name in listed or pname in listed or id(p) in owner or isinstance(p, nn.parameter.UninitializedParameter) \
-                or p.dim() < 2:
+        lazy = isinstance(p, nn.parameter.UninitializedParameter)
+        if module_name in listed or pname in listed or id(p) in owner or lazy or p.dim() < 2:
             continue
         kind = type(model.get_submodule(module_name)).__name__
         skipped[pname] = (f"a {kind} parameter shaped {'x'.join(map(str, p.shape))}: prunelab prunes the weights "
@@ -332,6 +332,10 @@ def find_unit_groups(
                 slices.append(Slice(names[id(target.weight)], 0, idx, root))
                 if target.bias is not None:
                     slices.append(Slice(names[id(target.bias)], 0, idx, root))
+            elif isinstance(target, (nn.Embedding, nn.EmbeddingBag)) and out_fn:
+                reason = (f"its units are tied (by a residual addition) to the output of {type(target).__name__} "
+                          f"{names[id(target.weight)].rpartition('.')[0]!r}, whose table is not pruned")
+                break
             elif any(True for _ in target.parameters(recurse=False)):
                 reason = f"it feeds a {type(target).__name__}, which prunelab cannot mask unit by unit"
                 break
