@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from . import planning
-from .checks import (check_count, check_layer_names, check_model, check_scores,
-                     check_seed)
+from .checks import check_count, check_layer_names, check_model, check_scores, check_seed
 from .criteria import Criterion, ScoringContext
 from .datachecks import check_data, default_loss
 from .evaluation import Metrics
@@ -62,7 +61,7 @@ class BasePruner(Measuring):
         check_output(output)
         self.model, self.output, self.label_key = model, output, check_label_key(label_key)
         self.layers, self.skipped = check_model(model)
-        weight = self.layers[0].module.weight
+        weight = self.layers[0].weight
         self.device, self.seed, self.batch_size, self.train_data = weight.device, seed, batch_size, train_data
         self.metric, self._by_name = metric, {l.name: l for l in self.layers}
         x, y, self.val_total, self.classes = check_data(model, val_data, train_data, metric=metric, seed=seed,
@@ -131,9 +130,10 @@ class BasePruner(Measuring):
         return self._overall(self.sparsity())
 
     unit_sparsity = planning.unit_sparsity  # fraction of the removable units removed now (a method)
+    blocked = planning.blocked  # {layer: reason} for the layers a granularity cannot prune (a method)
 
     def _overall(self, sparsity: Mapping[str, float]) -> float:
-        return sum(s * l.params for s, l in zip(sparsity.values(), self.layers)) / sum(l.params for l in self.layers)
+        return sum(round(s * l.params) for s, l in zip(sparsity.values(), self.layers)) / sum(l.params for l in self.layers)
 
     def mask(self, layer: str) -> torch.Tensor:
         """The effective keep-mask of a layer's weight.

@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .evaluation import Evaluator, Metrics, count_flops, score_outputs
+from .evaluation import Evaluator, Metrics, score_outputs
+from .flops import count_flops
 from .inputs import forward
 from .modes import changed_modules, stamp
 from .tokens import is_token_task

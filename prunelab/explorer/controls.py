@@ -19,7 +19,6 @@ import ipywidgets as w
 import numpy as np
 
 from ..core.checks import GRANULARITIES
-from ..core.masks import fits_n_of_m, row_length
 from ..core.planning import amount_plans, threshold_plans
 from .actions import Action
 from .slider_values import same_plans, short_name, slider_fraction, threshold_range
@@ -229,12 +228,7 @@ class Controls:
             >>> "4" in controls.uncovered("structured")   # digits-mlp: its outputs cannot go
             True
         """
-        if granularity == "structured":
-            return self.pruner.structured_blocked
-        if granularity == "2:4":
-            return {l.name: f"its rows of {row_length(l.shape)} weights are not a multiple of 4"
-                    for l in self.pruner.layers if not fits_n_of_m(l.shape)}
-        return {}
+        return self.pruner.blocked(granularity)
 
     def _uncovered_cleared(self, granularity: str) -> dict:
         """Layers the new granularity cannot prune but that are pruned another way become dense

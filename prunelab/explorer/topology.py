@@ -90,12 +90,12 @@ def _is_cat(node: fx.Node) -> bool:
 def in_groups(layer: Layer) -> int:
     """Input width of a layer: features (Linear) or channels (Conv)."""
     m = layer.module
-    return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+    return m.in_channels if isinstance(m, nn.modules.conv._ConvNd) else layer.row_length
 
 
 def edge_norms(weight: torch.Tensor, layer: Layer, groups: int) -> np.ndarray:
     """(units, groups) matrix of the norm of the weights joining each unit to each input group."""
-    w = weight.detach()
+    w = weight.detach() if layer.out_dim == 0 else layer.rows(weight.detach())
     out = w.shape[0]
     conv_groups = getattr(layer.module, "groups", 1)
     if conv_groups == 1:
@@ -128,7 +128,7 @@ class UnitGraph:
                             if self.edges[l.name].groups else None for l in layers}
         self.columns = [Column(INPUT, units[INPUT], self._shown_inputs(units[INPUT]))]
         for l in layers:
-            self.columns.append(Column(l.name, l.units, self._top(dense[l.name].reshape(l.units, -1).abs().sum(1))))
+            self.columns.append(Column(l.name, l.units, self._top(l.rows(dense[l.name]).abs().sum(1))))
         self.column_index = {c.name: i for i, c in enumerate(self.columns)}
         rng = np.random.default_rng(seed)
         for l in layers:
@@ -232,7 +232,7 @@ class UnitGraph:
         for l in self.layers:
             e = self.edges[l.name]
             w = weights[l.name].detach()
-            alive_in[l.name] = w.reshape(l.units, -1).ne(0).any(1).cpu().numpy()
+            alive_in[l.name] = l.rows(w).ne(0).any(1).cpu().numpy()
             if not e.groups:
                 continue
             norms = edge_norms(w, l, e.groups)

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.evaluation import count_flops
+from ..core.flops import count_flops
 from ..core.inputs import Inputs, forward, plain_example
+from ..core.kinds import tp_pruners
 from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
 from .program import load_program, program_bytes
 
@@ -122,7 +123,8 @@ def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor
     if not remove:
         return model
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=plain_example(example), verbose=False)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=plain_example(example), verbose=False,
+                                                      customized_pruners=tp_pruners(model))
     for root, mask in remove.items():
         module = model.get_submodule(root)
         fn = graph.get_pruner_of_module(module).prune_out_channels
@@ -180,7 +182,7 @@ def shrink(pruner) -> Shrunk:
         raise ValueError(_diagnose(pruner, example, x, reference, remove, diff))
     units = {}
     for layer in pruner.layers:
-        after = small.get_submodule(layer.name).weight.shape[0]
+        after = small.get_parameter(layer.weight_name).shape[layer.out_dim]
         if after != layer.units:
             units[layer.name] = (layer.units, after)
     before_flops, _ = count_flops(pruner.model, example[:1], [])

@@ -108,7 +108,7 @@ class ConnectivityView(View):
         g = self._graph
         if g is None:
             return
-        now, alive = g.measure({l.name: l.module.weight for l in self.pruner.layers})
+        now, alive = g.measure({l.name: l.weight for l in self.pruner.layers})
         ratio = np.divide(now, self._dense, out=np.zeros_like(now), where=self._dense > 0)
         update_columns(self.edges.data_source, alpha=self._base_alpha * ratio, now=now)
         update_columns(self.nodes.data_source, alpha=np.where(alive, 1.0, 0.12),

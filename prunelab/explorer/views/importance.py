@@ -73,7 +73,7 @@ class ImportanceView(View):
         self._caption(layer)
 
     def _alpha(self, layer) -> np.ndarray:
-        keep = self.pruner.mask(layer.name).reshape(layer.units, -1).float().mean(1).cpu().numpy()
+        keep = layer.rows(self.pruner.mask(layer.name)).float().mean(1).cpu().numpy()
         return 0.15 + 0.85 * keep
 
     def _refresh(self, change=None):

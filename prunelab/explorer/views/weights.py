@@ -135,7 +135,7 @@ class WeightsView(View):
         keep = self.pruner.mask(layer.name).reshape(-1).cpu().numpy()
         kept = np.bincount(self._bin[keep], minlength=BINS)
         update_columns(self.hist_src, kept=kept)
-        current = heatmap_matrix(layer.module.weight)
+        current = heatmap_matrix(layer.weight)
         image, block = block_reduce(current)
         update_columns(self.heat_src, image=[image])
         line = self._threshold(keep)
