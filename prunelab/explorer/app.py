@@ -32,9 +32,39 @@ from .views.metrics import MetricsView
 from .panels.export import ExportPanel
 from .panels.tables import TablesPanel
 from .panels.training import TrainingPanel
+from .views.sizes import MAX_WIDTH
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
+
+
+CONTROLS_PX = 360   # the column of controls (and the trace under them)
+VIEWS_MIN_PX = 560  # narrower than this beside the controls, the views go below them
+VIEWS_MAX_PX = MAX_WIDTH
+
+
+def reflowing(controls: w.Widget, views: w.Widget) -> w.Box:
+    """The controls and the views side by side where the output area is wide enough, the views
+    below the controls where it is not (a wrapping flex row); the views take the width they get
+    (their bokeh figures stretch to it, up to ``VIEWS_MAX_PX``), so nothing needs a horizontal
+    scrollbar on a laptop with JupyterLab's file browser open.
+
+    Args:
+        controls: the column of controls (fixed width). views: the tabs of views.
+
+    Returns:
+        The box (class ``prunelab-body``).
+
+    Example:
+        >>> body = reflowing(w.VBox([w.FloatSlider()]), w.Tab())
+    """
+    controls.layout = w.Layout(flex=f"0 0 {CONTROLS_PX}px", width=f"{CONTROLS_PX}px", min_width="0",
+                               margin="0 12px 8px 0")
+    views.layout = w.Layout(flex=f"1 1 {VIEWS_MIN_PX}px", min_width="0", max_width=f"{VIEWS_MAX_PX}px")
+    body = w.Box([controls, views], layout=w.Layout(display="flex", flex_flow="row wrap", align_items="flex-start",
+                                                    width="100%"))
+    body.add_class("prunelab-body")
+    return body
 
 
 class Explorer(w.VBox):
@@ -99,11 +129,10 @@ class Explorer(w.VBox):
                                                               "interpretability")])
         self.tabs = w.Tab(children=[inspect_tab], titles=("Inspect",))
         self.tabs.add_class("prunelab-tabs")
-        left = w.VBox([self.controls.widget, self.views["metrics"].widget], layout=w.Layout(flex="0 0 auto"))
         self.children = [
             w.HBox([heading, self.progress], layout=w.Layout(justify_content="space-between", align_items="center")),
             self.views["metrics"].readout,
-            w.HBox([left, self.tabs], layout=w.Layout(align_items="flex-start")),
+            reflowing(w.VBox([self.controls.widget, self.views["metrics"].widget]), self.tabs),
         ]
         # Dependent work follows the hub: scores for a new criterion or new weights, explanations.
         self.state.observe(lambda _: self._prefetch(), ["criterion", "granularity", "mode"])

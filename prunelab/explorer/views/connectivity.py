@@ -9,6 +9,7 @@ from bokeh.plotting import figure
 
 from ..state import DenseReference
 from ..topology import INPUT, UnitGraph
+from .sizes import MAX_WIDTH
 from .base import View, update_columns
 
 EDGE_COLOR = "#2b4a6b"
@@ -38,7 +39,7 @@ class ConnectivityView(View):
         return self._graph
 
     def build(self):
-        self.fig = figure(width=self.size[0], height=self.size[1], tools="pan,wheel_zoom,reset,save",
+        self.fig = figure(width=self.size[0], height=self.size[1], sizing_mode="stretch_width", max_width=MAX_WIDTH, tools="pan,wheel_zoom,reset,save",
                           toolbar_location="right", x_axis_location=None, y_axis_location=None,
                           outline_line_color=None, min_border=4)
         self.fig.grid.visible = False

@@ -11,6 +11,7 @@ from bokeh.plotting import figure
 
 from ..analysis import rank_correlation
 from ..state import COMPARED
+from .sizes import MAX_WIDTH
 from .base import CRITERION_COLOURS as COLOURS, View, update_columns
 
 BAND = 1.3  # vertical space per criterion; bars reach 1
@@ -34,7 +35,7 @@ class ImportanceView(View):
     def build(self):
         self.src = ColumnDataSource(dict(unit=[], alpha=[], **{f"{c}_top": [] for c in COMPARED},
                                          **{c: [] for c in COMPARED}))
-        self.fig = figure(width=self.size[0], height=self.size[1], tools="xpan,xwheel_zoom,reset,save",
+        self.fig = figure(width=self.size[0], height=self.size[1], sizing_mode="stretch_width", max_width=MAX_WIDTH, tools="xpan,xwheel_zoom,reset,save",
                           toolbar_location="above", x_axis_label="unit", min_border=4)
         self.fig.toolbar.logo = None
         self.fig.ygrid.visible = False

@@ -19,6 +19,7 @@ from bokeh.palettes import RdBu11, Greys256
 from bokeh.plotting import figure
 
 from ..analysis import Explanations
+from .sizes import MAX_WIDTH
 from .base import FONT, View, update_columns
 
 MAX_FEATURES = 32     # bars shown per sample for 1-D inputs (the largest attributions)
@@ -87,6 +88,7 @@ class InterpretabilityView(View):
                         text_baseline="middle", text_color="color")
 
         self.classes = figure(width=int(self.size[0] * 0.3), height=self.size[1], tools="save",
+                              sizing_mode="stretch_width", min_width=150, max_width=480,
                               toolbar_location=None, title="Δ accuracy per class (pts)",
                               x_range=Range1d(-1, 1), y_range=FactorRange(), min_border=4)
         self.classes.title.text_font_size = "11px"
@@ -98,7 +100,7 @@ class InterpretabilityView(View):
                                                                     ("now", "@now{0.0%}"), ("change", "@delta{+0.0} pts")])
                                )
         self.classes.ygrid.visible = False
-        return row(self.tiles, self.classes)
+        return row(self.tiles, self.classes, sizing_mode="stretch_width", max_width=MAX_WIDTH)
 
     # -------------------------------------------------------------- attributions
 
