@@ -22,7 +22,7 @@ from .actions import Action
 from ..core.copies import ModelCopy, model_state
 from .analysis import Explainer, unit_and_weight_scores
 from .background import Scheduler
-from .bokeh_loader import load_bokehjs
+from .bokeh_loader import RERUN, load_bokehjs
 from .controls import Controls
 from .state import COMPARED, NEEDS_SCORING, ExplorerState, dense_reference, follow, magnitude_scores, measure
 from .views.connectivity import ConnectivityView
@@ -108,12 +108,13 @@ class Explorer(w.VBox):
 
         post = self._scheduler.post
         self.controls = Controls(pruner, self.state, self.apply, post=post)
+        later = self._scheduler.later if self._scheduler.live else None  # heavy views paced during a drag
         self.views = {
-            "connectivity": ConnectivityView(pruner, self.state, post=post),
-            "weights": WeightsView(pruner, self.state, post=post),
-            "importance": ImportanceView(pruner, self.state, post=post),
+            "connectivity": ConnectivityView(pruner, self.state, post=post, later=later),
+            "weights": WeightsView(pruner, self.state, post=post, later=later),
+            "importance": ImportanceView(pruner, self.state, post=post, later=later),
             "interpretability": InterpretabilityView(pruner, self.state, image_shape=image_shape,
-                                                     class_names=class_names, post=post),
+                                                     class_names=class_names, post=post, later=later),
             "metrics": MetricsView(pruner, self.state, post=post),
         }
         # widget messages arrive on a kernel subshell thread: act on the main thread
@@ -147,6 +148,15 @@ class Explorer(w.VBox):
             self.add_panel(title, panel)
         self._score_in_background()
         self._schedule_explain()
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, with a text and HTML line for where it cannot show (a notebook saved and
+        opened elsewhere, untrusted, or rendered without a kernel): run the cell again."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if data:
+            data["text/plain"] = f"prunelab explorer ({self.pruner.overall_sparsity():.1%} sparsity when saved): {RERUN}"
+            data["text/html"] = f'<p class="prunelab-rerun">{html.escape(data["text/plain"])}</p>'
+        return data
 
     # -------------------------------------------------------------- panels
 

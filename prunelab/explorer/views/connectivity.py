@@ -13,6 +13,7 @@ from bokeh.plotting import figure
 from ..state import DenseReference
 from ..slider_values import short_name
 from ..topology import INPUT, UnitGraph
+from .pacing import Pacer
 from .sizes import MAX_WIDTH
 from .base import View, update_columns
 
@@ -31,12 +32,13 @@ class ConnectivityView(View):
 
     title = "Connectivity"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 380, post=None):
+    def __init__(self, pruner, state, width: int = 620, height: int = 380, post=None, later=None):
         self.size = (width, height)
         self._graph: UnitGraph | None = None
         super().__init__(pruner, state, post)
         state.observe(self._rebuild, "reference")
-        state.observe(self._refresh, "revision")
+        self.pacer = Pacer(self._refresh, later, "connectivity")  # a drag redraws a few times a second
+        state.observe(self.pacer.request, "revision")
         state.observe(self._recolour, ["scores", "criterion"])
         self._rebuild()
         self.mount()

@@ -11,6 +11,7 @@ from bokeh.plotting import figure
 
 from ..analysis import rank_correlation
 from ..state import COMPARED
+from .pacing import Pacer
 from .sizes import MAX_WIDTH
 from .base import CRITERION_COLOURS as COLOURS, View, update_columns
 
@@ -23,12 +24,13 @@ class ImportanceView(View):
 
     title = "Importance"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 230, post=None):
+    def __init__(self, pruner, state, width: int = 620, height: int = 230, post=None, later=None):
         self.size = (width, height)
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "scores", "score_errors", "reference"])
-        state.observe(self._refresh, "revision")
+        self.pacer = Pacer(self._refresh, later, "importance")  # a drag redraws a few times a second
+        state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
 

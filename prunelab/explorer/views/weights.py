@@ -12,6 +12,7 @@ from bokeh.models import ColumnDataSource, CustomJSHover, HoverTool, LinearColor
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
+from .pacing import Pacer
 from .sizes import MAX_WIDTH
 from .base import View, update_columns
 
@@ -61,12 +62,13 @@ class WeightsView(View):
 
     title = "Weight magnitudes"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 240, post=None):
+    def __init__(self, pruner, state, width: int = 620, height: int = 240, post=None, later=None):
         self.size = (width, height)
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "reference"])
-        state.observe(self._refresh, "revision")
+        self.pacer = Pacer(self._refresh, later, "weights")  # a drag redraws a few times a second
+        state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
 
