@@ -8,8 +8,7 @@ norm for convolutions, and the norm over all positions of a channel when a convo
 is flattened into a Linear layer.
 
 Big layers are capped: at most ``max_units`` (MAX_UNITS) units per column (the largest by weight
-norm) and ``max_edges`` (MAX_EDGES) edges per layer (a uniform random sample, so the faded share
-matches the sparsity).
+norm) and ``max_edges`` (MAX_EDGES) edges per layer: the strongest by dense norm.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from ..core.layers import Layer
 
 INPUT = "input"
 MAX_UNITS = 512    # units drawn per column at most (the largest by weight norm)
-MAX_EDGES = 2500   # edges drawn per layer at most (a uniform random sample)
+MAX_EDGES = 400    # edges drawn per layer at most (the strongest by dense norm)
 
 
 @dataclass
@@ -180,8 +179,8 @@ class UnitGraph:
             srcs.append(s[keep]), dsts.append(d[keep]), grps.append(s[keep] + off)
         col, src, dst, grp = (np.concatenate(a) for a in (cols, srcs, dsts, grps))
         e.total = len(col)
-        if len(col) > self.max_edges:
-            pick = np.sort(rng.choice(len(col), self.max_edges, replace=False))
+        if len(col) > self.max_edges:  # the strongest (dense norm), in their original order
+            pick = np.sort(np.argpartition(-dense[dst, grp], self.max_edges - 1)[: self.max_edges])
             col, src, dst, grp = col[pick], src[pick], dst[pick], grp[pick]
         e.src_col, e.src_unit, e.dst_unit, e.group = col, src, dst, grp
 
@@ -257,7 +256,7 @@ class UnitGraph:
         """What was left out, in words, for the view's caption."""
         notes = [f"{c.name}: {len(c.shown):,} of {c.units:,} units (largest |w|)"
                  for c in self.columns if len(c.shown) < c.units]
-        notes += [f"{e.layer}: {len(e.dst_unit):,} of {e.total:,} edges (random sample)"
+        notes += [f"{e.layer}: the {len(e.dst_unit):,} strongest of {e.total:,} edges"
                   for e in self.edges.values() if e.total > len(e.dst_unit)]
         notes += [e.note for e in self.edges.values() if e.note]
         return notes
