@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .heads import Attention, find_attention, head_slices
 from .modes import untouched
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -65,11 +66,18 @@ class Slice:
 @dataclass
 class UnitGroup:
     """Units removed together by structured pruning. ``layers`` are the coupled layers whose
-    output units these are (one, unless a residual addition ties several)."""
+    output units these are (one, unless a residual addition ties several). For attention
+    (``heads`` set) a unit is a whole head (or key/value group) of each layer's rows."""
 
     layers: tuple[str, ...]
     units: int
     slices: list[Slice]
+    heads: Attention | None = None
+
+    def unit_scores(self, scores) -> torch.Tensor:
+        """One score per unit from ``{layer: score per output row}``: each layer's rows of a unit
+        averaged (a head's rows), summed over the group's layers."""
+        return sum(scores[l].reshape(self.units, -1).mean(1) for l in self.layers)
 
     @property
     def params(self) -> set[str]:
@@ -178,7 +186,10 @@ def find_unit_groups(
         return {}, {l.name: reason for l in layers}
 
     groups: dict[str, UnitGroup] = {}
-    blocked: dict[str, str] = {}
+    attentions, blocked = find_attention(model, [l.name for l in layers])  # whole heads: core/heads.py
+    for att in attentions:
+        slices = [Slice(*t) for t in head_slices(att, set(names.values()), layers[0].module.weight.device)]
+        groups.update(dict.fromkeys(att.layers, UnitGroup(att.layers, att.units, slices, att)))
     owners: dict[int, int] = {}
     for m in model.modules():
         for p in m.parameters(recurse=False):
@@ -233,11 +244,15 @@ def find_unit_groups(
                 if isinstance(target, nn.GroupNorm) and target.num_groups != target.num_channels:
                     reason = "it feeds a GroupNorm whose statistics mix channels"
                     break
+                if isinstance(target, nn.LayerNorm):  # one mean and variance over all the units
+                    reason = (f"its units are normalised together by LayerNorm {names[id(target.weight)][:-7]!r}, "
+                              "so removing some would change the others")
+                    break
                 slices.append(Slice(names[id(target.weight)], 0, idx, root))
                 if target.bias is not None:
                     slices.append(Slice(names[id(target.bias)], 0, idx, root))
             elif any(True for _ in target.parameters(recurse=False)):
-                reason = f"it feeds a {type(target).__name__}, which prunelab cannot mask unit by unit"
+                reason = _foreign_reason(model, target, out_fn)
                 break
         params = dict(model.named_parameters())
         if reason is None and any(id(params[s.param]) in tied for s in slices):
@@ -253,6 +268,17 @@ def find_unit_groups(
         for name in unit_group.layers:
             groups[name] = unit_group
     return groups, blocked
+
+
+def _foreign_reason(model: nn.Module, target: nn.Module, out_fn: bool) -> str:
+    """Why a group reaching ``target`` (a module prunelab cannot cut) is blocked: fed by the layer,
+    or sharing its units (a residual addition to ``target``'s output, as BERT's embeddings)."""
+    name = next((n for n, m in model.named_modules() if m is target), "?")
+    what = f"{type(target).__name__} {name!r}"
+    if out_fn:
+        return (f"its outputs are added (a residual connection) to those of {what}, so its units are that "
+                f"module's output features, which prunelab cannot remove")
+    return f"it feeds {what}, which prunelab cannot mask unit by unit"
 
 
 def _feeds_output(node) -> bool:
