@@ -13,6 +13,7 @@ and depthwise convolutions map indices correctly.
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -171,7 +172,8 @@ def find_unit_groups(
     model: nn.Module, layers: list[Layer], example_inputs: torch.Tensor
 ) -> tuple[dict[str, UnitGroup], dict[str, str]]:
     """Map each structurally prunable layer name to its UnitGroup (coupled layers share one), and
-    give a reason for every layer whose units cannot be removed by masking."""
+    give a reason for every layer whose units cannot be removed by masking. Attention projections
+    come from :mod:`.heads` (a unit is a whole head); the rest from torch-pruning's graph."""
     import torch_pruning as tp  # imported here: building the graph is the only use
 
     names = _param_names(model)
@@ -182,7 +184,7 @@ def find_unit_groups(
         with untouched(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except Exception as e:  # structured pruning is then unavailable, with the reason; never a crash
-        reason = f"torch-pruning could not build the model's dependency graph ({type(e).__name__}: {e})"
+        reason = _graph_reason(e)
         return {}, {l.name: reason for l in layers}
 
     groups: dict[str, UnitGroup] = {}
@@ -268,6 +270,16 @@ def find_unit_groups(
         for name in unit_group.layers:
             groups[name] = unit_group
     return groups, blocked
+
+
+def _graph_reason(error: Exception) -> str:
+    """Why torch-pruning's graph failed, in the model's terms where the failure says which."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if any("reshape" in f.name for f in frames if "torch_pruning" in f.filename):
+        return ("torch-pruning cannot follow channels through a reshape that regroups them (a channel shuffle, "
+                "as ShuffleNet's view-transpose-reshape), so no unit of this model can be removed: prune it "
+                "'unstructured' or '2:4'")
+    return f"torch-pruning could not build the model's dependency graph ({type(error).__name__}: {error})"
 
 
 def _foreign_reason(model: nn.Module, target: nn.Module, out_fn: bool) -> str:

@@ -144,3 +144,13 @@ def test_a_failed_build_leaves_nothing_that_crashes_at_close(monkeypatch):
         pl.explore(model, data)
     gc.collect()
     assert not [s for s in seen if "_unsubscribe" in str(s.exc_value) or "NoneType" in str(s.exc_value)]
+
+
+def test_the_structured_refusal_of_a_shufflenet_names_the_channel_shuffle():
+    model, data = shufflenet_data()
+    pruner = pl.Pruner(model, data)
+    reasons = set(pruner.structured_blocked.values())
+    assert len(reasons) == 1 and "channel shuffle" in reasons.pop()
+    with pytest.raises(ValueError, match="channel shuffle"):
+        pruner.prune(0.5, granularity="structured")
+    assert pruner.plans == {}
