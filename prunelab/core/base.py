@@ -25,7 +25,8 @@ from .criteria import Criterion, ScoringContext
 from .datachecks import check_data, default_loss
 from .evaluation import Metrics
 from .history import History, HistoryView, Step
-from .layers import Layer, UnitGroup, find_unit_groups
+from .layers import Layer
+from .units import UnitGroup, find_unit_groups
 from .masks import Ranking
 from .maskstate import MaskState
 from .inputs import check_label_key, check_output, plain_example, select_output

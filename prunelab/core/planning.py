@@ -17,7 +17,7 @@ import torch
 
 from .checks import GRANULARITIES, SCOPES, check_choice, check_fraction, check_layer_names, check_threshold
 from .criteria import get_criterion
-from .layers import UnitGroup
+from .units import UnitGroup
 from .masks import n_of_m_mask
 from .reasons import summarize
 
@@ -291,15 +291,18 @@ def checked_plans(pruner, plans: Mapping[str, Plan | None]) -> dict[str, Plan | 
         if not isinstance(plan, Plan) or plan.granularity not in GRANULARITIES:
             raise TypeError(f"plans[{name!r}] must be a prunelab Plan (or None for dense), got {plan!r}.")
         layer = pruner.layer(name)
-        shape = (layer.units,) if plan.granularity == "structured" else layer.shape
+        if plan.granularity == "structured":
+            eligible(pruner, "structured", [name])
+        heads = plan.granularity == "structured" and pruner.unit_groups()[name].heads
+        shape = (pruner.unit_groups()[name].units,) if plan.granularity == "structured" else layer.shape
         keep = plan.keep
         if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(shape):
-            raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)} "
+            unit = f" (one per attention head: {heads.describe()})" if heads else ""
+            raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)}{unit} "
                              f"(True = kept), got {getattr(keep, 'dtype', type(keep))} "
                              f"{tuple(getattr(keep, 'shape', ()))}.")
         plan = replace(plan, keep=keep.detach().to(pruner.device).clone())
         if plan.granularity == "structured":
-            eligible(pruner, "structured", [name])
             _set_group(changes, pruner.unit_groups()[name], plan)
         else:
             changes[name] = plan

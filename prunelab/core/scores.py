@@ -19,7 +19,7 @@ import torch
 from .checks import check_scores
 from .criteria import Criterion, ScoringContext, get_criterion
 from .data import batches, first_samples
-from .layers import UnitGroup
+from .units import UnitGroup
 from .masks import Ranking
 
 
@@ -148,7 +148,7 @@ class ScoreCache:
         if key not in self._rankings:
             if granularity == "structured":
                 unit = self.scores(criterion, units=True, version=version)
-                per_group = [sum(unit[l] for l in groups[n].layers) for n in names]
+                per_group = [groups[n].unit_scores(unit) for n in names]  # a head's rows: one unit
                 if len(per_group) > 1:  # comparable across layers: each layer's scores over their mean
                     per_group = [s / s.mean().clamp_min(1e-12) for s in per_group]
                     # Each layer's best unit ranks last, so a global amount below 1 never cuts a

@@ -388,11 +388,13 @@ class Explorer(w.VBox):
         Returns:
             None. Example: ``ex.close(); ex.pruner.prune(0.5)`` (the closed explorer stays as it was).
         """
-        self._unsubscribe()
-        self._scheduler.close()
-        for view in self.views.values():
+        getattr(self, "_unsubscribe", lambda: None)()  # a failed __init__ leaves a part-built Explorer
+        if hasattr(self, "_scheduler"):
+            self._scheduler.close()
+        for view in getattr(self, "views", {}).values():
             view.widget.close()
-            view.bokeh.close()
-        for panel in self.panels.values():
+            if view.bokeh is not None:  # a view that could not draw has none
+                view.bokeh.close()
+        for panel in getattr(self, "panels", {}).values():
             panel.close()
         super().close()

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from ..core.flops import count_flops
-from ..core.inputs import Inputs, forward, plain_example
+from ..core.inputs import Inputs, forward, plain_example, select_output
+from ..core.heads import cut_heads
 from ..core.kinds import tp_pruners
 from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
-from .program import load_program, program_bytes
+from .program import load_program, program_bytes, program_module
 
 KIND = "structured"
 CHECK_SAMPLES = 256
@@ -116,14 +117,18 @@ def example_inputs(pruner) -> torch.Tensor:
     return x if len(x) == 2 else x.expand(2, *x.shape[1:]).clone()
 
 
-def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor]) -> nn.Module:
-    """Remove the given units from ``model`` in place with torch-pruning."""
+def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor], groups, output=None) -> nn.Module:
+    """Remove the given units from ``model`` in place: attention heads (core/heads.py), then the
+    rest with torch-pruning (tracing the output ``output`` selects)."""
     import torch_pruning as tp
 
+    for root in [r for r in remove if groups[r].heads is not None]:
+        cut_heads(model, groups[root].heads, ~remove.pop(root))
     if not remove:
         return model
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=plain_example(example), verbose=False,
+                                                      output_transform=lambda out: select_output(out, output),
                                                       customized_pruners=tp_pruners(model))
     for root, mask in remove.items():
         module = model.get_submodule(root)
@@ -173,7 +178,7 @@ def shrink(pruner) -> Shrunk:
         # too). A silent unit outputs f(0), which is not 0 after sigmoid, say: if removing the
         # silent ones changes the outputs, they stay.
         remove = removable_units(pruner, silent=silent)
-        small = _cut(copy.deepcopy(pruner.model).eval(), example, remove)
+        small = _cut(copy.deepcopy(pruner.model).eval(), example, dict(remove), pruner.unit_groups(), pruner.output)
         got = exact_outputs(small, x, pruner.output)
         diff = float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
         if diff <= _tolerance(reference):
@@ -193,7 +198,7 @@ def shrink(pruner) -> Shrunk:
 def _diagnose(pruner, example, x, reference, remove, diff) -> str:
     culprits = []
     for root, mask in remove.items():
-        one = _cut(copy.deepcopy(pruner.model).eval(), example, {root: mask})
+        one = _cut(copy.deepcopy(pruner.model).eval(), example, {root: mask}, pruner.unit_groups(), pruner.output)
         got = exact_outputs(one, x, pruner.output)
         if got.shape != reference.shape or float((got - reference).abs().max()) > _tolerance(reference):
             culprits.append(root)
@@ -206,16 +211,15 @@ def _diagnose(pruner, example, x, reference, remove, diff) -> str:
 
 
 def _changed_attrs(original: nn.Module, small: nn.Module) -> dict[str, dict]:
-    """Per module whose tensors changed shape: the int/tuple attributes that torch-pruning changed
-    (in_features, out_channels, num_features, normalized_shape, groups, ...)."""
+    """Per module whose tensors or int attributes changed: the int/tuple attributes the cut changed
+    (in_features, out_channels, num_features, normalized_shape, groups, num_attention_heads...)."""
     out = {}
     originals = dict(original.named_modules())
     for name, m in small.named_modules():
         o = originals[name]
         tensors = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
         old = {**dict(o.named_parameters(recurse=False)), **dict(o.named_buffers(recurse=False))}
-        if all(t is None or old.get(k) is None or t.shape == old[k].shape for k, t in tensors.items()):
-            continue
+        same = all(t is None or old.get(k) is None or t.shape == old[k].shape for k, t in tensors.items())
         attrs = {}
         for k, v in vars(m).items():
             if k.startswith("_") or isinstance(v, bool) or not isinstance(v, (int, tuple)):
@@ -224,6 +228,8 @@ def _changed_attrs(original: nn.Module, small: nn.Module) -> dict[str, dict]:
                 continue
             if getattr(o, k, None) != v:
                 attrs[k] = list(v) if isinstance(v, tuple) else v
+        if same and not attrs:  # an attention module holds no tensors, but its head counts change
+            continue
         out[name] = {"type": type(m).__name__, "attrs": attrs,
                      "shapes": {k: list(t.shape) for k, t in tensors.items() if t is not None}}
     return out
@@ -280,7 +286,7 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
     """
     weights_path, program_path = structured_paths(path)
     if model is None:
-        return load_program(program_path).module()
+        return program_module(load_program(program_path))
     tensors, info = load_safetensors(weights_path, KIND, "prunelab.load_structured")
     expected = info.get("model_class")
     mods = info.get("modules", {})

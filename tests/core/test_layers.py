@@ -6,7 +6,8 @@ from torch import nn
 
 from core_models import (IMAGE, MODELS, make_attention_net, make_bn_cnn, make_concat_cnn, make_depthwise_cnn,
                       make_mlp, make_residual_cnn)
-from prunelab.core.layers import find_layers, find_unit_groups
+from prunelab.core.layers import find_layers
+from prunelab.core.units import find_unit_groups
 
 
 def groups_of(model, shape):
