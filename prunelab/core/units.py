@@ -17,7 +17,7 @@ from torch import nn
 
 from .heads import Attention, find_attention, head_slices
 from .kinds import is_conv1d, tp_pruners
-from .layers import PRUNABLE_TYPES, Layer, param_names
+from .layers import PRUNABLE_TYPES, Layer, is_module_weight, param_names
 from .modes import untouched
 
 # Modules whose per-channel parameters can be zeroed so that a removed channel outputs exactly 0.
