@@ -181,10 +181,6 @@ def find_unit_groups(
                 slices.append(Slice(names[id(target.weight)], 0, idx, root))
                 if target.bias is not None:
                     slices.append(Slice(names[id(target.bias)], 0, idx, root))
-            elif isinstance(target, (nn.Embedding, nn.EmbeddingBag)) and out_fn:
-                reason = (f"its units are tied (by a residual addition) to the output of {type(target).__name__} "
-                          f"{names[id(target.weight)].rpartition('.')[0]!r}, whose table is not pruned")
-                break
             elif any(True for _ in target.parameters(recurse=False)):
                 reason = _foreign_reason(model, target, out_fn)
                 break
