@@ -1,18 +1,18 @@
-"""Latency a person feels: key press on the global slider -> accuracy readout changed in the page.
+"""Latency a person feels in the browser, measured in the page (JupyterLab + headless Chromium).
 
-Runs JupyterLab + headless Chromium (tests/browser/labdriver.py), opens the quickstart notebook,
-runs it, then presses ArrowRight on the explorer's global sparsity slider N times. Per press it
-measures inside the page (performance.now(), from the keydown event): the time until the metrics
-readout (accuracy, loss, sparsity...) first showed the result for the slider's new value (its
-"sparsity N.N%" matches the slider), and the time until it first changed at all. It also counts
-presses whose readout changed again after showing the result (an unstable display).
-Baseline, in the same run: the same measurement on the harness notebook's slider, whose observer
-only sets a label and a 10-point bokeh plot: the floor of the browser -> kernel -> browser round
-trip here.
+What a person does, not the easiest case:
+1. Baseline: single ArrowRight presses on the harness notebook's slider (a label and a 10-point
+   bokeh plot): the floor of the browser -> kernel -> browser round trip here.
+2. Single ArrowRight presses on the explorer's global slider: key -> readout shows the new value.
+3. PageUp bursts without pauses (5 presses as fast as the keyboard sends them): last key -> the
+   readout shows the final value (target: median <= 150 ms), and -> every view has repainted
+   (the canvases of connectivity, weights, importance, interpretability and the trace stop changing).
+4. A 24-move mouse drag of the global slider 0 -> 90%, paced as a hand (40 ms a move): how long the
+   drag itself took (the page must keep up: <= 1.5x the hand's 0.96 s), release -> final readout
+   (target <= 300 ms) and release -> every view repainted with the final state (target <= 1 s).
+Exits 1 when a target is missed (2 when it cannot run).
 
-Target: median <= 150 ms on the digits demo.
-
-    python bench/browser_latency.py [--moves 12] [--notebook 01-quickstart.ipynb]
+    python bench/browser_latency.py [--moves 12] [--bursts 4] [--notebook 01-quickstart.ipynb]
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ sys.path.insert(0, str(REPO / "tests" / "browser"))
 import explorer_ui as ui  # noqa: E402
 import labdriver  # noqa: E402
 
-TARGET_MEDIAN_MS = 150.0
+TARGET_MEDIAN_MS = 150.0   # key -> readout, median of bursts
+TARGET_RELEASE_MS = 300.0  # drag released -> final readout
+TARGET_VIEWS_MS = 1000.0   # drag released -> every view repainted
+HAND_MOVE_MS = 40          # a hand's drag: 24 moves in about a second
+DRAG_SLACK = 1.5           # the drag may take at most this times the hand's time
 
 # Records, in page time: keydown, every change of the readout's text, and the arrival of every
 # message from the kernel (to split the latency into kernel + transport, and drawing in the page).
@@ -93,6 +97,99 @@ def _wait_settled(nb: labdriver.NotebookPage, settle_ms: int, timeout_s: float =
     raise labdriver.LabError(f"the readout kept changing for {timeout_s} s after a key press")
 
 
+_JS_WATCH = """(sel) => {
+  const el = document.querySelector(sel);
+  const w = window.__watch = {t0: performance.now(), changes: []};
+  new MutationObserver(() => w.changes.push([performance.now(), el.innerText]))
+      .observe(el, {subtree: true, childList: true, characterData: true});
+  return w.t0;
+}"""
+
+
+def views_settled_ms(nb: labdriver.NotebookPage, since_ms: float, quiet_ms: int = 700, timeout_s: float = 20.0) -> float:
+    """Ms from `since_ms` (page time) until the last canvas change of any view (polled about every
+    100-200 ms: each poll hashes every view's pixels), once they have all been still for `quiet_ms`."""
+    last_hashes, last_change = ui.view_hashes(nb), nb.page.evaluate("() => performance.now()")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        nb.page.wait_for_timeout(60)
+        now = nb.page.evaluate("() => performance.now()")
+        hashes = ui.view_hashes(nb)
+        if hashes != last_hashes:
+            last_hashes, last_change = hashes, nb.page.evaluate("() => performance.now()")
+        elif now - last_change > quiet_ms:
+            break
+    return max(0.0, last_change - since_ms)
+
+
+def readout_shown_ms(nb: labdriver.NotebookPage, since_ms: float, pattern: str, timeout_s: float = 20.0) -> float | None:
+    """Ms from `since_ms` until the readout first showed text matching `pattern` (None: never)."""
+    deadline = time.monotonic() + timeout_s
+    rx = re.compile(pattern)
+    while time.monotonic() < deadline:
+        changes = nb.page.evaluate("() => window.__watch.changes")
+        hit = next((t for t, text in changes if t >= since_ms and rx.search(text)), None)
+        if hit is not None:
+            return hit - since_ms
+        if rx.search(nb.text(ui.METRICS)):
+            return 0.0  # already showing it when the watch began
+        nb.page.wait_for_timeout(30)
+    return None
+
+
+def bursts(nb: labdriver.NotebookPage, count: int, presses: int = 5) -> dict:
+    """PageUp x `presses` as fast as the keyboard goes, then PageDown x `presses`, `count` times."""
+    out = {"readout": [], "views": [], "never": 0}
+    nb.page.locator(f"{ui.GLOBAL_SLIDER} .noUi-handle").first.focus()
+    for i in range(count):
+        key = "PageUp" if i % 2 == 0 else "PageDown"
+        nb.page.evaluate(_JS_WATCH, ui.METRICS)
+        for _ in range(presses):
+            nb.page.keyboard.press(key)
+        last_key = nb.page.evaluate("() => performance.now()")
+        target = nb.slider_value(ui.GLOBAL_SLIDER)
+        shown = readout_shown_ms(nb, last_key, rf"sparsity\s+{target * 100:.1f}%")
+        if shown is None:
+            out["never"] += 1
+        else:
+            out["readout"].append(shown)
+        out["views"].append(views_settled_ms(nb, last_key))
+        ui.settle(nb)
+    return out
+
+
+def drag(nb: labdriver.NotebookPage, moves: int = 24, to: float = 0.9) -> dict:
+    """A hand's drag of the global slider from 0 to `to` of its track in `moves` mouse moves."""
+    ui.click_reset(nb)
+    handle = nb.page.locator(f"{ui.GLOBAL_SLIDER} .noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    track = nb.page.locator(f"{ui.GLOBAL_SLIDER} .noUi-base").first.bounding_box()
+    grip = handle.bounding_box()
+    mouse = nb.page.mouse
+    y = grip["y"] + grip["height"] / 2
+    x0 = grip["x"] + grip["width"] / 2
+    nb.page.evaluate(_JS_WATCH, ui.METRICS)
+    mouse.move(x0, y)
+    mouse.down()
+    start = time.perf_counter()
+    for i in range(1, moves + 1):
+        t = time.perf_counter()
+        mouse.move(x0 + (track["x"] + track["width"] * to - x0) * i / moves, y)
+        wait = HAND_MOVE_MS / 1000 - (time.perf_counter() - t)
+        if wait > 0:
+            time.sleep(wait)
+    took = time.perf_counter() - start
+    mouse.up()
+    released = nb.page.evaluate("() => performance.now()")
+    target = nb.slider_value(ui.GLOBAL_SLIDER)
+    shown = readout_shown_ms(nb, released, rf"sparsity\s+{target * 100:.1f}%")
+    views = views_settled_ms(nb, released)
+    states = len({text for _, text in nb.page.evaluate("() => window.__watch.changes")})
+    ui.settle(nb)
+    return {"took_s": took, "hand_s": moves * HAND_MOVE_MS / 1000, "readout": shown, "views": views,
+            "target": target, "readout_states": states}
+
+
 def stats(values: list[float]) -> tuple[float, float]:
     """(median, 90th percentile)."""
     return statistics.median(values), statistics.quantiles(values, n=10, method="inclusive")[-1]
@@ -121,7 +218,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=12, help="key presses per slider (at least 10)")
     ap.add_argument("--notebook", default="01-quickstart.ipynb", help="notebook under notebooks/ with the explorer")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    ap.add_argument("--bursts", type=int, default=4, help="PageUp/PageDown bursts of 5 presses")
     args = ap.parse_args(argv)
     if args.moves < 10:
         ap.error("--moves must be at least 10")
@@ -146,6 +243,9 @@ def main(argv=None) -> int:
         ui.wait_ready(nb, timeout_s=180)  # every view drawn, background work done
         # Global magnitude pruning at fraction v shows "sparsity {v:.1%} of prunable weights".
         result = measure(nb, ui.GLOBAL_SLIDER, ui.METRICS, args.moves, lambda v: rf"sparsity\s+{v * 100:.1f}%")
+        ui.click_reset(nb)
+        burst = bursts(nb, args.bursts)
+        drags = [drag(nb) for _ in range(2)]
         errors = nb.errors()
         nb.close()
         med, p90 = summary(f"explorer: {args.notebook}", result)
@@ -153,12 +253,37 @@ def main(argv=None) -> int:
     seen = [m.group(1) for t in result["texts"] if (m := re.match(r"\s*(\d+(?:\.\d)?%)", t))]
     print(f"\naccuracy shown after each press: {' '.join(seen)}")
     print(f"explorer / baseline median: {med / base_med:.2f}x")
-    met = med <= TARGET_MEDIAN_MS
-    print(f"target median <= {TARGET_MEDIAN_MS:.0f} ms: {'MET' if met else 'MISSED'} ({med:.1f} ms)")
+    misses = []
+    if burst["readout"]:
+        b_med = statistics.median(burst["readout"])
+        v_med = statistics.median(burst["views"])
+        print(f"\nPageUp/PageDown bursts (5 presses, no pauses), n={len(burst['readout'])}: last key -> readout "
+              f"median {b_med:.0f} ms (max {max(burst['readout']):.0f}); -> every view repainted median "
+              f"{v_med:.0f} ms (max {max(burst['views']):.0f}); never shown: {burst['never']}")
+        if b_med > TARGET_MEDIAN_MS:
+            misses.append(f"burst readout median {b_med:.0f} ms > {TARGET_MEDIAN_MS:.0f}")
+    else:
+        misses.append("no burst showed its final value")
+    for i, d in enumerate(drags):
+        readout = "never" if d["readout"] is None else f"{d['readout']:.0f} ms"
+        print(f"drag {i + 1}: 24 moves 0 -> {d['target']:.0%} took {d['took_s']:.2f} s (hand {d['hand_s']:.2f} s); "
+              f"release -> final readout {readout}, -> every view repainted {d['views']:.0f} ms; "
+              f"readout texts shown during it: {d['readout_states']}")
+        if d["took_s"] > DRAG_SLACK * d["hand_s"]:
+            misses.append(f"drag {i + 1} took {d['took_s']:.2f} s > {DRAG_SLACK} x the hand's {d['hand_s']:.2f} s")
+        if d["readout"] is None or d["readout"] > TARGET_RELEASE_MS:
+            misses.append(f"drag {i + 1}: final readout {readout} > {TARGET_RELEASE_MS:.0f} ms")
+        if d["views"] > TARGET_VIEWS_MS:
+            misses.append(f"drag {i + 1}: views repainted after {d['views']:.0f} ms > {TARGET_VIEWS_MS:.0f} ms")
+    print(f"single presses: median {med:.1f} ms (target {TARGET_MEDIAN_MS:.0f} ms: "
+          f"{'met' if med <= TARGET_MEDIAN_MS else 'missed'})")
+    if med > TARGET_MEDIAN_MS:
+        misses.append(f"single-press readout median {med:.0f} ms > {TARGET_MEDIAN_MS:.0f}")
+    print("targets: " + ("ALL MET" if not misses else "MISSED: " + "; ".join(misses)))
     if errors:
         print("errors seen in the page during the run:\n  " + "\n  ".join(errors), file=sys.stderr)
         return 1
-    return 0 if met or not args.strict else 1
+    return 1 if misses else 0
 
 
 if __name__ == "__main__":

@@ -21,14 +21,29 @@ class Pruner(BasePruner):
     """Prune ``model`` and measure it on ``val_data``.
 
     Args:
-        model: any nn.Module; its Linear and Conv1d/2d/3d weights are prunable.
-        val_data: labelled data to measure on (DataLoader, Dataset or ``(inputs, targets)``).
-        train_data: data for scoring (taylor, attribution) and fine-tuning; defaults to val_data
-            for scoring.
+        model: any nn.Module; its Linear and Conv1d/2d/3d weights are prunable. It may take one
+            tensor or keyword tensors, and return a tensor, a ModelOutput or dict (its ``logits``
+            are measured) or a tuple (its first element): Hugging Face models work as they are.
+        val_data: labelled data to measure on: an ``(inputs, labels)`` pair (inputs a tensor or a
+            dict of tensors: every key reaches the model as a keyword), a dict batch with its
+            labels under ``label_key``, or a Dataset / DataLoader of pairs or of such dicts.
+        train_data: data for scoring (taylor, attribution) and fine-tuning, in the same forms;
+            defaults to val_data for scoring.
+        output: which tensor of the model's return value to measure: a key (``"logits"``) or a
+            function ``f(returned) -> tensor`` (default: see ``model``).
+        label_key: the key of the labels in dict batches (default ``"labels"``).
         metric: ``f(outputs, targets) -> float`` replacing top-1 accuracy (required when the
-            targets are not class indices).
+            targets are not class indices or token labels).
         loss: ``f(outputs, targets) -> scalar tensor`` for scoring and fine-tuning; defaults to
-            cross-entropy for class-index targets.
+            cross-entropy for class-index targets (per token, -100 ignored, for token labels).
+
+    A language model (outputs ``[batch, tokens, vocab]``, labels ``[batch, tokens]``) is scored
+    per token: given ``labels = input_ids`` (a causal LM, as Hugging Face trains one) the labels
+    are shifted to the next token, and ``evaluate()`` reports next-token accuracy and
+    ``perplexity`` (the exponential of the model's own loss); see :mod:`prunelab.core.tokens`.
+
+    Example:
+        >>> pl.Pruner(bert, ({"input_ids": ids, "attention_mask": mask}, labels))  # doctest: +SKIP
         eval_samples: measure on a fixed class-stratified subset of this size (default: all).
         batch_size: evaluation and scoring batch size.
         seed: for the random criterion and anything else random.

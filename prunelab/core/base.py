@@ -22,13 +22,15 @@ from torch import nn
 from . import planning
 from .checks import check_count, check_layer_names, check_model, check_scores, check_seed
 from .criteria import Criterion, ScoringContext
-from .datachecks import check_data
+from .datachecks import check_data, default_loss
 from .evaluation import Metrics
 from .history import History, HistoryView, Step
-from .layers import Layer, UnitGroup, find_unit_groups
+from .layers import Layer
+from .units import UnitGroup, find_unit_groups
 from .masks import Ranking
 from .maskstate import MaskState
-from .meter import Meter
+from .inputs import check_label_key, check_output, plain_example, select_output
+from .meter import Measuring, Meter
 from .ownership import Custody
 from .transitions import Transitions
 from .planning import Plan
@@ -37,14 +39,15 @@ from .scores import ScoreCache, score_dense, scoring_context, scoring_samples
 __all__ = ["BasePruner", "Plan"]  # Plan lives in .planning; importable from here too
 
 
-class BasePruner:
+class BasePruner(Measuring):
     """Masks over ``model``'s own weights, with history, scoring and measurement on ``val_data``.
 
     The workflows (retraining, sensitivity, export, recipes) take a BasePruner through its public
     surface; :class:`prunelab.Pruner` adds them as methods.
 
     Args (all as for :class:`prunelab.Pruner`): model, val_data, train_data=None, and keyword-only
-        metric=None, loss=None, eval_samples=None, batch_size=1024, seed=0.
+        output=None, label_key="labels", metric=None, loss=None, eval_samples=None, batch_size=1024,
+        seed=0.
 
     Example:
         >>> demo = pl.demos.load("digits-mlp")
@@ -52,27 +55,29 @@ class BasePruner:
         0.5
     """
 
-    def __init__(self, model: nn.Module, val_data, train_data=None, *, metric: Callable | None = None,
-                 loss: Callable | None = None, eval_samples: int | None = None, batch_size: int = 1024,
-                 seed: int = 0):
+    def __init__(self, model: nn.Module, val_data, train_data=None, *, output=None, label_key: str = "labels",
+                 metric: Callable | None = None, loss: Callable | None = None, eval_samples: int | None = None,
+                 batch_size: int = 1024, seed: int = 0):
         batch_size, seed = check_count(batch_size, "batch_size"), check_seed(seed)
-        self.model = model
+        check_output(output)
+        self.model, self.output, self.label_key = model, output, check_label_key(label_key)
         self.layers, self.skipped = check_model(model)
-        weight = self.layers[0].module.weight
+        weight = self.layers[0].weight
         self.device, self.seed, self.batch_size, self.train_data = weight.device, seed, batch_size, train_data
         self.metric, self._by_name = metric, {l.name: l for l in self.layers}
         x, y, self.val_total, self.classes = check_data(model, val_data, train_data, metric=metric, seed=seed,
                                                         eval_samples=eval_samples, device=self.device,
-                                                        dtype=weight.dtype, loss=loss)
+                                                        dtype=weight.dtype, loss=loss, output=output,
+                                                        label_key=self.label_key)
         self.val_inputs, self.val_targets, self.classification = x, y, self.classes > 0
-        self.loss = nn.functional.cross_entropy if loss is None and self.classification else loss
+        self.loss = default_loss(self.classes, y) if loss is None else loss
 
         original = {n: p.detach().clone() for n, p in model.named_parameters()}
         self._masks = MaskState(model, self.layers, original, self.unit_groups)
         self._history = History(Step({}, original, 0, 0, buffers=self._masks.original_buffers))
         self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
-                            batch_size=batch_size)
+                            batch_size=batch_size, output=output)
         self._score_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: tuple[dict[str, UnitGroup], dict[str, str]] | None = None
         self._listeners: list[Callable[[], None]] = []
@@ -126,9 +131,10 @@ class BasePruner:
         return self._overall(self.sparsity())
 
     unit_sparsity = planning.unit_sparsity  # fraction of the removable units removed now (a method)
+    blocked = planning.blocked  # {layer: reason} for the layers a granularity cannot prune (a method)
 
     def _overall(self, sparsity: Mapping[str, float]) -> float:
-        return sum(s * l.params for s, l in zip(sparsity.values(), self.layers)) / sum(l.params for l in self.layers)
+        return sum(round(s * l.params) for s, l in zip(sparsity.values(), self.layers)) / sum(l.params for l in self.layers)
 
     def mask(self, layer: str) -> torch.Tensor:
         """The effective keep-mask of a layer's weight.
@@ -220,7 +226,8 @@ class BasePruner:
         """
         if self._groups is None:
             with self.dense():
-                self._groups = find_unit_groups(self.model, self.layers, self.val_inputs[:1])
+                self._groups = find_unit_groups(self.model, self.layers, plain_example(self.val_inputs[:1]),
+                                                lambda out: select_output(out, self.output))
         return self._groups[0]
 
     # ------------------------------------------------------------------ changing the state
@@ -354,45 +361,6 @@ class BasePruner:
         """The parameters as they were when the Pruner was made, by name (the Pruner's own
         tensors: read them, do not modify them)."""
         return dict(self._history.original.weights)
-
-    # ------------------------------------------------------------------ measuring
-
-    def outputs(self) -> torch.Tensor:
-        """Model outputs on the evaluation data in the current state, recomputed only from the
-        first module changed since the last call.
-
-        Returns: A tensor with one row per evaluation sample.
-        Example: ``predicted = pruner.outputs().argmax(1)``
-        """
-        self._guard()
-        return self._meter.outputs(self._masks.take_changed())
-
-    @property
-    def incremental(self) -> bool:
-        """Whether evaluation resumes from the first changed module (the model traces with fx)."""
-        return self._meter.evaluator.incremental
-
-    def flops(self) -> tuple[int, dict[str, int]]:
-        """FLOPs per sample of the dense model, and per prunable layer (counted once).
-
-        Returns: ``(total, {layer name: flops})``.
-        Example: ``total, per_layer = pruner.flops()``
-        """
-        return self._meter.flops()
-
-    def evaluate(self) -> Metrics:
-        """Measure the current state on the evaluation data (cached per state).
-
-        Returns:
-            :class:`~prunelab.Metrics`: accuracy (or the metric), loss, per-class accuracy,
-            sizes, FLOPs, samples and, for top-1 accuracy, its interval.
-        Example:
-            >>> print(pruner.prune(0.9).evaluate())
-        """
-        self._guard()
-        return self._meter.evaluate(self._history.current.token, changed=self._masks.take_changed,
-                                    sparsity=self.sparsity, counts=self._masks.counts, metric=self.metric,
-                                    loss=self.loss)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.model).__name__}, {len(self.layers)} prunable layers, "

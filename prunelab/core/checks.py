@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .layers import Layer, find_layers, unmaskable
+from .layers import Layer, find_layers, is_module_weight
 
 GRANULARITIES = ("unstructured", "structured", "2:4")
 SCOPES = ("global", "layer")
@@ -160,6 +160,41 @@ def check_layer_names(names: Iterable, known: Iterable[str]) -> list[str]:
     return out
 
 
+def unmaskable(model: nn.Module) -> dict[str, str]:
+    """``{module name: what to do}`` for the Linear/Conv modules whose weight is computed from
+    other tensors rather than held as a Parameter: masks written into it would not hold.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2)); _ = torch.nn.utils.prune.l1_unstructured(m[0], "weight", 0.5)
+        >>> list(unmaskable(m))
+        ['0']
+    """
+    from torch.nn.utils import parametrize
+
+    out = {}
+    for name, module in model.named_modules():
+        if not is_module_weight(module):
+            continue
+        label = f"the weight of module {name!r}" if name else "the root module's weight"
+        if parametrize.is_parametrized(module, "weight"):
+            kinds = [type(p).__name__ for p in module.parametrizations.weight]
+            out[name] = (f"{label} is parametrized ({', '.join(kinds)}; weight_norm and spectral_norm from "
+                         "torch.nn.utils.parametrizations are parametrizations): call "
+                         f"torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') first")
+        elif not isinstance(module.weight, nn.Parameter):
+            if hasattr(module, "weight_mask"):
+                how = "torch.nn.utils.prune (weight_orig * weight_mask): call torch.nn.utils.prune.remove(module, 'weight')"
+            elif hasattr(module, "weight_g"):
+                how = "torch.nn.utils.weight_norm (weight_g, weight_v): call torch.nn.utils.remove_weight_norm(module)"
+            elif hasattr(module, "weight_orig"):
+                how = ("torch.nn.utils.spectral_norm (weight_orig): call "
+                       "torch.nn.utils.remove_spectral_norm(module)")
+            else:
+                how = "something that sets it on each forward: make it a plain nn.Parameter"
+            out[name] = f"{label} is computed by {how} first"
+    return out
+
+
 def check_model(model) -> tuple[list[Layer], dict[str, str]]:
     """Check that ``model`` is a module with prunable layers whose weights are plain Parameters
     (not parametrized, nor computed by torch.nn.utils.prune or weight_norm), and finite weights.
@@ -184,7 +219,8 @@ def check_model(model) -> tuple[list[Layer], dict[str, str]]:
     layers, skipped = find_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no prunable layers: prunelab prunes the weights of "
-                         "Linear and Conv1d/2d/3d modules, and found none among its submodules.")
+                         "Linear, Conv, transformers' Conv1D, recurrent and attention layers, and found none among "
+                         "its submodules.")
     check_finite(model)
     return layers, skipped
 

@@ -167,7 +167,7 @@ class PrunerCopy:
         model = copy.model
         return cls(model, pruner.plans, pruner.masks(), pruner.layer_names, (pruner.val_inputs, pruner.val_targets),
                    pruner.train_data, dict(metric=pruner.metric, loss=pruner.loss, batch_size=pruner.batch_size,
-                                           seed=pruner.seed))
+                                           seed=pruner.seed, output=pruner.output, label_key=pruner.label_key))
 
     @property
     def loss(self):
@@ -177,6 +177,15 @@ class PrunerCopy:
     @property
     def seed(self) -> int:
         return self.options["seed"]
+
+    @property
+    def output(self):
+        """The Pruner's output selector (:func:`~prunelab.core.inputs.forward`)."""
+        return self.options.get("output")
+
+    @property
+    def label_key(self) -> str:
+        return self.options.get("label_key", "labels")
 
     def all_plans(self, plans: Mapping | None = None) -> dict:
         """Plans for every layer (None = dense), so applying them also clears layers pruned since.

@@ -3,7 +3,8 @@
 A criterion is a callable object (as in Torch-Pruning): given a :class:`ScoringContext` it returns
 ``{layer name: scores}`` shaped like each layer's weight; higher means more important, and the
 lowest-scored weights are pruned first. Unit scores for structured pruning default to the sum of
-a unit's weight scores (its row, or its filter).
+a unit's weight scores (its row, or its filter: :meth:`~prunelab.core.layers.Layer.rows`, so a
+transformers Conv1D, stored ``[in, out]``, sums its columns).
 
 Scores are always taken on the dense model (the Pruner loads the unmasked weights while scoring),
 so one ordering serves every sparsity and a slider can move both ways.
@@ -15,16 +16,19 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .inputs import Inputs, call, forward, select_output
+from .features import input_sq
 from .layers import Layer
 from .modes import untouched
 
 
 @dataclass
 class ScoringContext:
-    """What a criterion may use. ``batches`` yields ``(inputs, targets)`` on the model's device."""
+    """What a criterion may use. ``batches`` yields ``(inputs, targets)`` on the model's device
+    (inputs a tensor, or :class:`~prunelab.core.inputs.Inputs` for keyword inputs); call the model
+    as ``ctx.forward(x)``, which applies the Pruner's ``output`` selector."""
 
     model: nn.Module
     layers: list[Layer]
@@ -32,6 +36,11 @@ class ScoringContext:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     classification: bool
     seed: int = 0
+    output: object = None
+
+    def forward(self, x) -> torch.Tensor:
+        """The model's measured output on ``x`` (:func:`~prunelab.core.inputs.forward`)."""
+        return forward(self.model, x, self.output)
 
 
 class Criterion:
@@ -46,8 +55,8 @@ class Criterion:
         scores = self.weight_scores(ctx)
         if not isinstance(scores, dict):  # left for the caller's check to name
             return scores
-        return {name: s.reshape(s.shape[0], -1).sum(1) if isinstance(s, torch.Tensor) else s
-                for name, s in scores.items()}
+        by_name = {l.name: l for l in ctx.layers}
+        return {name: _unit_sums(s, by_name.get(name)) for name, s in scores.items()}
 
     def __call__(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         return self.weight_scores(ctx)
@@ -62,7 +71,7 @@ class Magnitude(Criterion):
     name = "magnitude"
 
     def weight_scores(self, ctx):
-        return {l.name: l.module.weight.detach().abs() for l in ctx.layers}
+        return {l.name: l.weight.detach().abs() for l in ctx.layers}
 
 
 class Random(Criterion):
@@ -75,14 +84,14 @@ class Random(Criterion):
         out = {}
         for i, l in enumerate(ctx.layers):
             gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + i)
-            out[l.name] = torch.rand(l.shape, generator=gen).to(l.module.weight.device)
+            out[l.name] = torch.rand(l.shape, generator=gen).to(l.weight.device)
         return out
 
     def unit_scores(self, ctx):
         out = {}
         for i, l in enumerate(ctx.layers):
             gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + i + 500_009)
-            out[l.name] = torch.rand(l.units, generator=gen).to(l.module.weight.device)
+            out[l.name] = torch.rand(l.units, generator=gen).to(l.weight.device)
         return out
 
 
@@ -94,7 +103,7 @@ class Taylor(Criterion):
     name = "taylor"
 
     def weight_scores(self, ctx):
-        weights = {l.name: l.module.weight for l in ctx.layers}
+        weights = {l.name: l.weight for l in ctx.layers}
         total = {n: torch.zeros_like(w) for n, w in weights.items()}
         count = 0
         # Frozen weights (requires_grad=False) need their gradient too: without it a frozen layer
@@ -106,7 +115,7 @@ class Taylor(Criterion):
             for x, y in ctx.batches():
                 ctx.model.zero_grad(set_to_none=True)
                 with untouched(ctx.model), torch.enable_grad():
-                    ctx.loss(ctx.model(x), y).backward()
+                    ctx.loss(ctx.forward(x), y).backward()
                 for n, w in weights.items():
                     if w.grad is not None:
                         total[n] += (w.detach() * w.grad).abs()
@@ -133,8 +142,10 @@ class Attribution(Criterion):
     layer to layer, and ranking them raw removed whole layers first).
 
     Layers that are never called as modules in the forward pass (MultiheadAttention's
-    ``out_proj`` runs inside a functional call) have no attribution; their units all get the mean
-    score of the other layers, so they are ranked by magnitude alone.
+    ``out_proj`` runs inside a functional call), and weights whose units are not a module's
+    outputs (a recurrent layer's gate rows, MultiheadAttention's packed ``in_proj_weight``), have
+    no attribution; their units all get the mean score of the other layers, so they are ranked by
+    magnitude alone.
     """
 
     name = "attribution"
@@ -157,16 +168,28 @@ class Attribution(Criterion):
         if method_cls is None:
             raise ValueError(f"captum has no layer attribution method {self.method!r}; "
                              "try 'LayerGradientXActivation' or 'LayerConductance'.")
-        called = _called_layers(ctx)
+        called, out_dims = _called_layers(ctx)
+        if out_dims != 2:
+            raise ValueError(f"criterion='attribution' attributes toward one class per sample, but the model's "
+                             f"outputs have {out_dims} dimensions (a language model's are [batch, tokens, vocab]), "
+                             "so there is no one class to attribute to. Use 'taylor', 'wanda' or 'magnitude'.")
         layers = [l for l in ctx.layers if l.name in called]
-        totals = {l.name: torch.zeros(l.units, device=l.module.weight.device) for l in layers}
+        totals = {l.name: torch.zeros(l.units, device=l.weight.device) for l in layers}
         count = 0
         try:
             for x, y in ctx.batches():
+                # captum takes positional tensors: keyword inputs go in as a tuple, in key order
+                keys = list(x.keys()) if isinstance(x, Inputs) else None
+                args = tuple(x[k] for k in keys) if keys else x
+
+                def run(*tensors, keys=keys):
+                    out = ctx.model(**dict(zip(keys, tensors))) if keys else ctx.model(*tensors)
+                    return select_output(out, ctx.output)
+
                 for l in layers:  # one layer at a time keeps captum's hooks simple and memory flat
-                    method = method_cls(ctx.model, l.module)
+                    method = method_cls(run, l.module)
                     with untouched(ctx.model):
-                        a = method.attribute(x, target=y, **self.attribute_kwargs)
+                        a = method.attribute(args, target=y, **self.attribute_kwargs)
                     a = a[0] if isinstance(a, (tuple, list)) else a
                     totals[l.name] += _per_unit(a.detach(), l)
                 count += 1
@@ -176,16 +199,16 @@ class Attribution(Criterion):
         fallback = torch.stack([u.mean() for u in units.values()]).mean() if units else torch.tensor(1.0)
         for l in ctx.layers:
             if l.name not in units:
-                units[l.name] = torch.full((l.units,), float(fallback), device=l.module.weight.device)
+                units[l.name] = torch.full((l.units,), float(fallback), device=l.weight.device)
         return units
 
     def weight_scores(self, ctx):
         units = self.unit_scores(ctx)
         out = {}
         for l in ctx.layers:
-            w = l.module.weight.detach().abs().reshape(l.units, -1)
+            w = l.rows(l.weight.detach().abs())
             unit = units[l.name] / units[l.name].mean().clamp_min(1e-12)
-            out[l.name] = (unit[:, None] * w).reshape(l.shape)
+            out[l.name] = l.from_rows(unit[:, None] * w)
         return out
 
 
@@ -204,9 +227,14 @@ class Wanda(Criterion):
             (globally it then removes the same fraction of every layer too). Unit scores stay the
             row sums of the plain scores (quantiles sum alike in every row).
 
-    Layers never called as modules in the forward pass (MultiheadAttention's ``out_proj``) see no
-    input; their features all get the mean norm of the other layers' features, so they are
-    ranked by magnitude alone.
+    transformers' Conv1D (weight ``[in, out]``) reads its features along the weight's first axis; a recurrent layer's
+    ``weight_ih_l0`` (and ``_reverse``) reads the module's input, the last layer's ``weight_hh``
+    the hidden states it outputs (the step before each: the initial state, zero unless given, is
+    left out); MultiheadAttention's ``in_proj_weight`` reads the query, key and value for its
+    three blocks of rows. Weights whose input is not seen (a deeper recurrent layer's
+    ``weight_ih``, inputs passed by keyword, a packed sequence's hidden states) and layers never
+    called as modules in the forward pass (MultiheadAttention's ``out_proj``) get the mean norm of
+    the other layers' features, so they are ranked by magnitude alone.
     """
 
     name = "wanda"
@@ -220,23 +248,22 @@ class Wanda(Criterion):
         return f"Wanda(per_row={self.per_row})"
 
     def feature_norms(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
-        """``{layer name: ||X||}`` shaped like one output unit's weights (``weight.shape[1:]``); for
-        grouped convolutions ``(groups, *weight.shape[1:])``, the norms seen by each group."""
+        """``{layer name: ||X||}``, one norm per weight of an output unit's row (``(row_length,)``,
+        ``weight.shape[1:]`` for Linear and Conv); for grouped convolutions
+        ``(groups, *weight.shape[1:])``, the norms seen by each group; for MultiheadAttention's
+        ``in_proj_weight`` ``(3, embed_dim)``, those of the query, key and value."""
         sums: dict[str, torch.Tensor] = {}
 
-        def record(module, inputs, name):
-            if not inputs or not isinstance(inputs[0], torch.Tensor):  # called by keyword: left to the fallback
-                return
-            x = inputs[0].detach().float()
-            sq = _linear_sq(x) if isinstance(module, nn.Linear) else _conv_sq(x, module)
-            sums[name] = sums[name] + sq if name in sums else sq
+        def record(layer, inputs, output):
+            sq = input_sq(layer, inputs, output)
+            if sq is not None:
+                sums[layer.name] = sums[layer.name] + sq if layer.name in sums else sq
 
-        hooks = [l.module.register_forward_pre_hook(lambda m, i, n=l.name: record(m, i, n))
-                 for l in ctx.layers]
+        hooks = [l.module.register_forward_hook(lambda m, i, o, l=l: record(l, i, o)) for l in ctx.layers]
         try:
             for x, _ in ctx.batches():
                 with untouched(ctx.model), torch.no_grad():
-                    ctx.model(x)
+                    call(ctx.model, x)
         finally:
             for h in hooks:
                 h.remove()
@@ -244,9 +271,9 @@ class Wanda(Criterion):
         fallback = float(torch.stack([v.mean() for v in norms.values()]).mean()) if norms else 1.0
         for l in ctx.layers:
             if l.name not in norms:
-                groups = getattr(l.module, "groups", 1)
-                shape = l.shape[1:] if isinstance(l.module, nn.Linear) else (groups, *l.shape[1:])
-                norms[l.name] = torch.full(shape, fallback, device=l.module.weight.device)
+                conv = isinstance(l.module, nn.modules.conv._ConvNd)
+                shape = (l.module.groups, *l.shape[1:]) if conv else (l.row_length,)
+                norms[l.name] = torch.full(shape, fallback, device=l.weight.device)
         return norms
 
     def plain_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -254,11 +281,11 @@ class Wanda(Criterion):
         out = {}
         norms = self.feature_norms(ctx)
         for l in ctx.layers:
-            w = l.module.weight.detach().abs()
+            w = l.rows(l.weight.detach().abs())
             norm = norms[l.name].to(w.device)
-            if not isinstance(l.module, nn.Linear):  # output unit i belongs to group i // (units / groups)
-                norm = norm.repeat_interleave(l.units // norm.shape[0], dim=0)
-            out[l.name] = w * norm
+            groups = norm.numel() // l.row_length  # output unit i belongs to group i // (units / groups)
+            norm = norm.reshape(groups, l.row_length).repeat_interleave(l.units // groups, dim=0)
+            out[l.name] = l.from_rows(w * norm)
         return out
 
     def weight_scores(self, ctx):
@@ -266,70 +293,47 @@ class Wanda(Criterion):
         if not self.per_row:
             return scores
         out = {}
-        for name, s in scores.items():
-            rows = s.reshape(s.shape[0], -1)
-            ranks = rows.argsort(1).argsort(1).to(s.dtype)
-            out[name] = ((ranks + 1) / rows.shape[1]).reshape(s.shape)
+        for l in ctx.layers:
+            rows = l.rows(scores[l.name])
+            ranks = rows.argsort(1).argsort(1).to(rows.dtype)
+            out[l.name] = l.from_rows((ranks + 1) / rows.shape[1])
         return out
 
     def unit_scores(self, ctx):
-        return {n: s.reshape(s.shape[0], -1).sum(1) for n, s in self.plain_scores(ctx).items()}
+        by_name = {l.name: l for l in ctx.layers}
+        return {n: by_name[n].rows(s).sum(1) for n, s in self.plain_scores(ctx).items()}
 
 
-def _linear_sq(x: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of each input feature (the last dim) over every other dim."""
-    return x.reshape(-1, x.shape[-1]).pow(2).sum(0)
-
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-def _conv_sq(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    """``(groups, in_channels / groups, *kernel)``: the sum of squares of each input channel at each
-    kernel position over every patch the convolution sees (padding as it pads), i.e. the squared
-    column norms of the unfolded input. Taken as the weight gradient of a one-filter convolution
-    of ``x**2`` whose output gradient is 1 everywhere."""
-    dims = x.dim() - 2
-    if dims not in _CONV:  # an unbatched input
-        x, dims = x.unsqueeze(0), x.dim() - 1
-    kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
-    if isinstance(conv.padding, str):  # 'valid' or 'same' (stride 1), as torch pads them
-        pads = [0] * (2 * dims)
-        if conv.padding == "same":
-            for i in range(dims):
-                total = dilation[i] * (kernel[i] - 1)
-                pads[2 * (dims - 1 - i)], pads[2 * (dims - 1 - i) + 1] = total // 2, total - total // 2
-    else:
-        pads = [p for p in reversed(conv.padding) for _ in range(2)]
-    if any(pads):
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        x = F.pad(x, pads, mode=mode)
-    probe = torch.ones((1, x.shape[1], *kernel), device=x.device, dtype=x.dtype, requires_grad=True)
-    with torch.enable_grad():
-        _CONV[dims](x.pow(2), probe, stride=stride, dilation=dilation).sum().backward()
-    groups = conv.groups
-    return probe.grad[0].reshape(groups, x.shape[1] // groups, *kernel)
+def _unit_sums(s, layer: Layer | None):
+    """A unit's score: the sum of its row of weight scores (anything else is left for the check)."""
+    if not isinstance(s, torch.Tensor) or layer is None or tuple(s.shape) != tuple(layer.shape):
+        return s.reshape(s.shape[0], -1).sum(1) if isinstance(s, torch.Tensor) and s.dim() else s
+    return layer.rows(s).sum(1)
 
 
 def _per_unit(a: torch.Tensor, layer: Layer) -> torch.Tensor:
-    """Mean |attribution| per output unit: dim 1 for convolutions, the last dim for Linear."""
+    """Mean |attribution| per output unit: dim 1 for convolutions, the last dim for Linear and
+    transformers' Conv1D."""
     a = a.abs()
-    if isinstance(layer.module, nn.Linear):
+    if not isinstance(layer.module, nn.modules.conv._ConvNd):
         return a.reshape(-1, a.shape[-1]).mean(0)
     return a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
 
 
-def _called_layers(ctx: ScoringContext) -> set[str]:
+def _called_layers(ctx: ScoringContext) -> tuple[set[str], int]:
+    """Layers whose units are their module's outputs and whose module a forward pass calls, and the
+    number of dimensions of the output."""
     called: set[str] = set()
-    hooks = [l.module.register_forward_hook(lambda m, i, o, n=l.name: called.add(n)) for l in ctx.layers]
+    hooks = [l.module.register_forward_hook(lambda m, i, o, n=l.name: called.add(n)) for l in ctx.layers
+             if l.attr == "weight"]
     try:
         x, _ = next(iter(ctx.batches()))
         with untouched(ctx.model), torch.no_grad():
-            ctx.model(x[:1])
+            out = ctx.forward(x[:1])
     finally:
         for h in hooks:
             h.remove()
-    return called
+    return called, out.dim()
 
 
 CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (Magnitude, Random, Taylor, Attribution, Wanda)}

@@ -1,5 +1,5 @@
 """Measuring a model: outputs on a fixed evaluation set (recomputing only what changed), metrics,
-and FLOPs.
+and FLOPs (counted in :mod:`.flops`, re-exported here).
 
 Incremental evaluation: the model is traced once with torch.fx. After each evaluation the values
 alive just before every parametrised node (for a chain, the input of each layer; with residual
@@ -17,8 +17,9 @@ import torch
 from torch import fx, nn
 
 from .checks import LOSS_FIX, METRIC_FIX, check_real
-from .layers import PRUNABLE_TYPES
+from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
+from .tokens import is_token_task, token_scores
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Metrics:
     ``accuracy`` is top-1 accuracy, or the user's metric when one was given (``metric_name``
     says which). Sizes are bytes: ``dense_bytes`` stores every parameter as fp32; ``sparse_bytes``
     stores masked weights as a bitmask plus their nonzero values. FLOPs are per sample.
+    For token outputs (a language model, :mod:`~prunelab.core.tokens`) ``accuracy`` is the
+    (next-)token accuracy over the labelled tokens, ``loss`` their mean cross-entropy and
+    ``perplexity`` its exponential (None for other models).
     """
 
     accuracy: float
@@ -43,6 +47,7 @@ class Metrics:
     nonzero_flops: int
     metric_name: str = "accuracy"
     accuracy_interval: tuple[float, float] | None = field(default=None)
+    perplexity: float | None = None
 
     @property
     def compression_ratio(self) -> float:
@@ -64,7 +69,8 @@ class Metrics:
     def __str__(self) -> str:
         return (f"{self.metric_name} {self.accuracy:.1%} on {self.samples} {self.data} samples, "
                 f"{self.nonzero_params:,}/{self.params:,} params nonzero "
-                f"({self.compression_ratio:.1f}x smaller, {self.theoretical_speedup:.1f}x fewer FLOPs)")
+                f"({self.compression_ratio:.1f}x smaller, {self.theoretical_speedup:.1f}x fewer FLOPs)"
+                + ("" if self.perplexity is None else f", perplexity {self.perplexity:.3f}"))
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -95,7 +101,8 @@ def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int,
 
     Args:
         outputs: the model's outputs on the evaluation inputs.
-        targets: the targets.
+        targets: the targets (token labels ``[batch, tokens]`` for outputs ``[batch, tokens,
+            vocab]``: scored per labelled token, see :mod:`~prunelab.core.tokens`).
         classes: the number of classes when the targets are class indices, else 0.
         metric: ``f(outputs, targets) -> float`` replacing top-1 accuracy (required when
             ``classes`` is 0).
@@ -110,121 +117,25 @@ def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int,
         >>> score_outputs(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), classes=2)[0]
         0.5
     """
+    tokens = is_token_task(outputs, targets)
+    if metric is None and tokens:
+        return (*token_scores(outputs, targets)[:2], (), None)
     if metric is None:
         acc, mean_loss, per_class, correct = classification_scores(outputs, targets, classes)
         return acc, mean_loss, per_class, wilson_interval(correct, len(targets))
-    per_class = classification_scores(outputs, targets, classes)[2] if classes else ()
+    per_class = classification_scores(outputs, targets, classes)[2] if classes and not tokens else ()
     value = check_real(metric(outputs, targets), f"the metric {getattr(metric, '__name__', '')}".rstrip(), METRIC_FIX)
     return value, None if loss is None else check_real(loss(outputs, targets), "the loss", LOSS_FIX), per_class, None
 
 
-def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer.
-
-    A layer's FLOPs are those of the operations that read its weight (matched by storage), so a
-    layer used functionally inside another module, like MultiheadAttention's ``out_proj``, counts.
-    Models whose only matrix products are plain Linear/Conv modules are counted with hooks instead,
-    to the same numbers, because FlopCounterMode imports torch._dynamo (seconds, on opening)."""
-    counted = hooked_flops(model, example, layer_names)
-    if counted is not None:
-        return counted
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
-
-    modules = dict(model.named_modules())
-    owner = {_storage(modules[n].weight): n for n in layer_names}
-    per_layer = dict.fromkeys(layer_names, 0)
-
-    def attributing(formula):
-        def counted(*args, out_val=None, **kwargs):
-            flops = formula(*args, out_val=out_val, **kwargs)
-            readers = {owner.get(_storage(a)) for a in (*args, *kwargs.values())} - {None}
-            for n in readers:
-                per_layer[n] += int(flops)
-            return flops
-        counted._get_raw = True  # FlopCounterMode passes raw tensors to such formulas
-        return counted
-
-    # Grad enabled on purpose: under no_grad, eval-mode MultiheadAttention (and Transformer
-    # layers) take a fused fast path whose op FlopCounterMode does not count, hiding its FLOPs.
-    mapping = {op: attributing(f) for op, f in flop_registry.items()}
-    with untouched(model), torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(example)
-    return int(counter.get_total_flops()), per_layer
-
-
-def _storage(t) -> int | None:
-    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
-
-
-# Ops that FlopCounterMode counts (matrix products, convolutions, attention), by name fragment.
-_MATMUL_NAMES = ("matmul", "mm", "einsum", "tensordot", "linear", "conv", "attention", "multi_dot", "bilinear",
-                 "inner", "dot")
-
-
-def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
-    """The same count as FlopCounterMode, without it, when every matrix product of the model is a
-    plain Linear or Conv module: 2 * multiply-adds of those modules. FlopCounterMode imports
-    torch._dynamo (seconds); this takes one forward pass. None when the model does anything else
-    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it.
-
-    Args:
-        model: the model (its train/eval mode is restored after).
-        example: one sample's inputs.
-        layer_names: the layers to report.
-
-    Returns:
-        ``(total, {layer name: flops})``, or None when hooks cannot count this model.
-
-    Example:
-        >>> hooked_flops(nn.Sequential(nn.Linear(4, 2)), torch.zeros(1, 4), ["0"])
-        (16, {'0': 16})
-    """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:
-        return None
-    modules = dict(model.named_modules())
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            m = modules.get(node.target)
-            if type(m) in PRUNABLE_TYPES:
-                continue
-            if any(k in type(m).__name__.lower() for k in ("linear", "conv", "attention", "transformer", "rnn",
-                                                              "lstm", "gru", "bilinear")):
-                return None
-        elif node.op in ("call_function", "call_method"):
-            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-            if any(k in name.lower() for k in _MATMUL_NAMES):
-                return None
-    # Each module's FLOPs go to the layer whose weight it uses (a tied module counts for its layer).
-    layer_of = {id(modules[n].weight): n for n in layer_names}
-    names = {m: layer_of.get(id(getattr(m, "weight", None)), n) for n, m in modules.items()}
-    flops: dict[str, int] = {}
-
-    def count(module, inputs, output):
-        n = names[module]
-        if isinstance(module, nn.Linear):
-            f = 2 * inputs[0].numel() * module.out_features
-        else:
-            f = 2 * output.numel() * module.weight.shape[1] * module.weight[0, 0].numel()
-        flops[n] = flops.get(n, 0) + int(f)
-
-    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in PRUNABLE_TYPES]
-    try:
-        with untouched(model), torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sum(flops.values()), {n: flops.get(n, 0) for n in layer_names}
-
-
 class Evaluator:
-    """Outputs of ``model`` on fixed inputs, recomputing from the first changed module onward."""
+    """Outputs of ``model`` on fixed inputs, recomputing from the first changed module onward.
+    ``output`` selects the measured tensor (:func:`~prunelab.core.inputs.forward`); keyword inputs
+    (:class:`~prunelab.core.inputs.Inputs`) take the plain forward."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024,
-                 cache_bytes: int = 512 * 2**20):
-        self.model = model
+                 cache_bytes: int = 512 * 2**20, output=None):
+        self.model, self.output = model, output
         self.inputs = inputs
         self.batch_size = batch_size
         self.cache_bytes = cache_bytes
@@ -238,6 +149,8 @@ class Evaluator:
 
     def _trace(self):
         self._graph = None
+        if isinstance(self.inputs, Inputs):  # keyword inputs: one placeholder cannot take them
+            return
         try:
             with untouched(self.model):
                 gm = fx.symbolic_trace(self.model)
@@ -296,10 +209,10 @@ class Evaluator:
             with untouched(self.model):
                 if self._graph is None or self._graph_hooks() != self._traced_hooks or {"", "*"} & set(self._traced_hooks):
                     self._caches = []  # the traced caches are not kept up to date by a plain run
-                    out = torch.cat([self.model(x) for x in self.inputs.split(self.batch_size)])
+                    out = torch.cat([forward(self.model, x, self.output) for x in self.inputs.split(self.batch_size)])
                 else:
                     start = 0 if (changed is None or self._outputs is None) else self.first_reader(changed)
-                    out = torch.cat([self._run(b, x, start)
+                    out = torch.cat([select_output(self._run(b, x, start), self.output)
                                      for b, x in enumerate(self.inputs.split(self.batch_size))])
                     self._trim_caches()
         except BaseException:

@@ -19,28 +19,32 @@ def pruned_count(amount: float, n: int) -> int:
     return int(round(amount * n))
 
 
-def row_length(shape) -> int:
-    """Weights per output unit of a weight shaped ``shape`` (a convolution's kernel included).
+def row_length(shape, out_dim: int = 0) -> int:
+    """Weights per output unit of a weight shaped ``shape`` (a convolution's kernel included):
+    every axis but ``out_dim``, the axis of output units (0 for Linear and Conv; 1 for
+    transformers' Conv1D, stored ``[in, out]``). A unit's weights are its *row*.
 
     Example:
-        >>> row_length((8, 3, 3, 3))
-        27
+        >>> row_length((8, 3, 3, 3)), row_length((6, 10), out_dim=1)
+        (27, 6)
     """
     n = 1
-    for d in tuple(shape)[1:]:
-        n *= int(d)
+    for i, d in enumerate(tuple(shape)):
+        if i != out_dim:
+            n *= int(d)
     return n
 
 
-def fits_n_of_m(shape, m: int = 4) -> bool:
-    """Whether a weight shaped ``shape`` can take an n:m pattern: its rows (see :func:`row_length`)
-    must be a multiple of ``m``. The one place this rule is written.
+def fits_n_of_m(shape, m: int = 4, out_dim: int = 0) -> bool:
+    """Whether a weight shaped ``shape`` can take an n:m pattern: its rows (see :func:`row_length`),
+    which the groups of ``m`` run along, must be a multiple of ``m``. The one place this rule is
+    written (a :class:`~prunelab.core.layers.Layer` asks it with its own ``out_dim``).
 
     Example:
-        >>> fits_n_of_m((16, 8)), fits_n_of_m((16, 6))
-        (True, False)
+        >>> fits_n_of_m((16, 8)), fits_n_of_m((16, 6)), fits_n_of_m((8, 6), out_dim=1)
+        (True, False, True)
     """
-    return row_length(shape) % m == 0
+    return row_length(shape, out_dim) % m == 0
 
 
 class Ranking:

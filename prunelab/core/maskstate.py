@@ -27,7 +27,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .layers import Layer, UnitGroup
+from .layers import Layer
+from .units import UnitGroup
 from .modes import param_versions
 
 

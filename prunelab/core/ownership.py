@@ -18,7 +18,7 @@ import weakref
 
 from torch import nn
 
-from .layers import PRUNABLE_TYPES
+from .layers import holds_layers
 
 _HOLDERS: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
 
@@ -106,7 +106,7 @@ class Custody:
         self.closed = False
         self.masks, self.meter = masks, meter
         self._pruner = weakref.ref(pruner)
-        claim(pruner, masks.model, [m for m in masks.model.modules() if isinstance(m, PRUNABLE_TYPES)])
+        claim(pruner, masks.model, [m for m in masks.model.modules() if holds_layers(m)])
 
     def close(self) -> None:
         """Release the model; every later use of the Pruner is an error."""

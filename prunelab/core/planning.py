@@ -17,8 +17,9 @@ import torch
 
 from .checks import GRANULARITIES, SCOPES, check_choice, check_fraction, check_layer_names, check_threshold
 from .criteria import get_criterion
-from .layers import UnitGroup
-from .masks import fits_n_of_m, n_of_m_mask, row_length
+from .units import UnitGroup
+from .masks import n_of_m_mask
+from .reasons import summarize
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,7 @@ def eligible(pruner, granularity: str, names: list[str] | None) -> list[str]:
     groups, blocked = pruner.unit_groups(), pruner.structured_blocked
     if names is None:
         if not groups:
-            reasons = "; ".join(f"{n}: {r}" for n, r in blocked.items())
-            raise ValueError(f"no layer of this model can be pruned structurally ({reasons}). "
+            raise ValueError(f"no layer of this model can be pruned structurally ({summarize(blocked)}). "
                              "Use granularity='unstructured' or '2:4'.")
         return [n for n in pruner.layer_names if n in groups]
     for n in names:
@@ -170,21 +170,63 @@ def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict
         raise ValueError(f"2:4 sparsity removes exactly half of the weights, so its amount is 0.5 (or 0 to "
                          f"undo it); got {bad[0]}. Use granularity='unstructured' for other amounts.")
     name = get_criterion(criterion).name
-    misfits = {n: row_length(pruner.layer(n).shape) for n in amounts if not fits_n_of_m(pruner.layer(n).shape)}
+    misfits = {n: r for n, r in nm_blocked(pruner).items() if n in amounts}
     if misfits and strict:
-        n, rows = next(iter(misfits.items()))
-        raise ValueError(f"layer {n!r} has rows of {rows} weights; 2:4 needs a multiple of 4. Leave it out of the "
-                         "dict, or use granularity='unstructured' for it.")
+        raise ValueError(f"2:4 cannot prune {summarize(misfits)}. Leave {'it' if len(misfits) == 1 else 'them'} out "
+                         "of the dict, or use granularity='unstructured' for "
+                         f"{'it' if len(misfits) == 1 else 'them'}.")
     if misfits and any(amounts.values()):
-        listed = ", ".join(f"{n!r} (rows of {r})" for n, r in misfits.items())
-        warnings.warn(f"2:4 left {len(misfits)} layer(s) dense, whose rows are not a multiple of 4: {listed}. "
-                      "Prune them with granularity='unstructured' if they should be sparse too.", stacklevel=5)
+        warnings.warn(f"2:4 left {len(misfits)} of {len(amounts)} layers dense: {summarize(misfits)}. Prune "
+                      "what should be sparse too with granularity='unstructured' (pruner.blocked('2:4') lists "
+                      "these layers).", stacklevel=5)
     plans: dict[str, Plan | None] = {}
     scores = pruner.scores(criterion) if any(amounts.values()) else {}
     for n, a in amounts.items():
         if n not in misfits:
-            plans[n] = Plan("2:4", name, 0.5, None, n_of_m_mask(scores[n])) if a else None
+            layer = pruner.layer(n)
+            plans[n] = Plan("2:4", name, 0.5, None, layer.from_rows(n_of_m_mask(layer.rows(scores[n])))) if a else None
     return plans
+
+
+def nm_blocked(pruner, m: int = 4) -> dict[str, str]:
+    """``{layer name: reason}`` for the layers an n:m pattern (2:4) cannot take: their rows (the
+    weights of one output unit, along which the groups of ``m`` run) are not a multiple of ``m``.
+
+    Args:
+        pruner: the Pruner.
+        m: the group size (4 for 2:4).
+
+    Returns:
+        ``{layer name: "its rows are N weights long, not a multiple of 4"}``, in layer order.
+
+    Example:
+        >>> nm_blocked(pruner)  # doctest: +SKIP
+        {'features.0.conv': 'its rows are 27 weights long, not a multiple of 4'}
+    """
+    return {l.name: f"its rows are {l.row_length} weights long, not a multiple of {m}"
+            for l in pruner.layers if not l.fits_n_of_m(m)}
+
+
+def blocked(pruner, granularity: str) -> dict[str, str]:
+    """``{layer name: reason}`` for the layers ``granularity`` cannot prune: for "structured"
+    :attr:`structured_blocked`, for "2:4" :func:`nm_blocked` (with each row length), for
+    "unstructured" none. :func:`prunelab.core.reasons.summarize` makes it one short line.
+
+    Args:
+        pruner: the Pruner.
+        granularity: one of GRANULARITIES.
+
+    Returns:
+        ``{layer name: reason}``.
+
+    Example:
+        >>> pruner.blocked("2:4")  # doctest: +SKIP
+        {'0': 'its rows are 6 weights long, not a multiple of 4'}
+    """
+    check_choice(granularity, GRANULARITIES, "granularity")
+    if granularity == "structured":
+        return pruner.structured_blocked
+    return nm_blocked(pruner) if granularity == "2:4" else {}
 
 
 def threshold_plans(pruner, threshold, criterion, granularity: str) -> dict[str, Plan | None]:
@@ -219,7 +261,7 @@ def threshold_plans(pruner, threshold, criterion, granularity: str) -> dict[str,
             plans[n] = Plan(granularity, crit.name, _pruned(keep), t, keep) if _pruned(keep) > 0 else None
         else:
             g = pruner.unit_groups()[n]
-            mean_abs = sum(weights[pruner.layer(l).weight_name].abs().reshape(g.units, -1).mean(1)
+            mean_abs = sum(pruner.layer(l).rows(weights[pruner.layer(l).weight_name].abs()).mean(1)
                            for l in g.layers) / len(g.layers)
             keep = mean_abs >= t
             _set_group(plans, g, Plan(granularity, crit.name, _pruned(keep), t, keep) if _pruned(keep) > 0 else None)
@@ -249,15 +291,18 @@ def checked_plans(pruner, plans: Mapping[str, Plan | None]) -> dict[str, Plan | 
         if not isinstance(plan, Plan) or plan.granularity not in GRANULARITIES:
             raise TypeError(f"plans[{name!r}] must be a prunelab Plan (or None for dense), got {plan!r}.")
         layer = pruner.layer(name)
-        shape = (layer.units,) if plan.granularity == "structured" else layer.shape
+        if plan.granularity == "structured":
+            eligible(pruner, "structured", [name])
+        heads = plan.granularity == "structured" and pruner.unit_groups()[name].heads
+        shape = (pruner.unit_groups()[name].units,) if plan.granularity == "structured" else layer.shape
         keep = plan.keep
         if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(shape):
-            raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)} "
+            unit = f" (one per attention head: {heads.describe()})" if heads else ""
+            raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)}{unit} "
                              f"(True = kept), got {getattr(keep, 'dtype', type(keep))} "
                              f"{tuple(getattr(keep, 'shape', ()))}.")
         plan = replace(plan, keep=keep.detach().to(pruner.device).clone())
         if plan.granularity == "structured":
-            eligible(pruner, "structured", [name])
             _set_group(changes, pruner.unit_groups()[name], plan)
         else:
             changes[name] = plan

@@ -19,7 +19,7 @@ import torch
 from .checks import check_scores
 from .criteria import Criterion, ScoringContext, get_criterion
 from .data import batches, first_samples
-from .layers import UnitGroup
+from .units import UnitGroup
 from .masks import Ranking
 
 
@@ -60,8 +60,10 @@ def scoring_samples(pruner, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         >>> x, y = scoring_samples(pruner, 256)
     """
     train = pruner.train_data
-    source = train if train is not None else (pruner.val_inputs, pruner.val_targets)
-    x, y = first_samples(source, samples, "train_data" if train is not None else "val_data", device=pruner.device)
+    if train is None:  # read already (labels shifted once, for a causal LM): sliced, not read again
+        x, y = pruner.val_inputs[:samples], pruner.val_targets[:samples]
+    else:
+        x, y = first_samples(train, samples, "train_data", device=pruner.device, label_key=pruner.label_key)
     return x, (y.long() if pruner.classification and not y.dtype.is_floating_point else y)
 
 
@@ -74,7 +76,7 @@ def scoring_context(pruner, x: torch.Tensor, y: torch.Tensor) -> ScoringContext:
     """
     batch = min(pruner.batch_size, 256)
     return ScoringContext(pruner.model, pruner.layers, lambda: batches(x, y, batch), pruner.loss or _missing_loss,
-                          pruner.classification, pruner.seed)
+                          pruner.classification, pruner.seed, pruner.output)
 
 
 def score_dense(pruner, criterion: Criterion, units: bool) -> dict[str, torch.Tensor]:
@@ -146,7 +148,7 @@ class ScoreCache:
         if key not in self._rankings:
             if granularity == "structured":
                 unit = self.scores(criterion, units=True, version=version)
-                per_group = [sum(unit[l] for l in groups[n].layers) for n in names]
+                per_group = [groups[n].unit_scores(unit) for n in names]  # a head's rows: one unit
                 if len(per_group) > 1:  # comparable across layers: each layer's scores over their mean
                     per_group = [s / s.mean().clamp_min(1e-12) for s in per_group]
                     # Each layer's best unit ranks last, so a global amount below 1 never cuts a

@@ -118,9 +118,34 @@ def percent(digits: int = 1) -> Callable[[object], str]:
     return lambda v: "" if v is None else f"{v:.{digits}%}"
 
 
-def signed_points(v) -> str:
-    """An accuracy difference in percentage points."""
-    return "" if v is None else f"{100 * v:+.1f} pt"
+def points(change) -> str:
+    """An accuracy change in percentage points: THE one format for accuracy changes and drops,
+    in the explorer's readout, its panels and every table prunelab prints (negative: lost).
+
+    Args:
+        change: accuracy after minus accuracy before, as a fraction (-0.289: 28.9 points lost).
+
+    Returns:
+        The text, e.g. ``'-28.9 pts'`` ("" for None).
+
+    Example:
+        >>> points(-0.289)
+        '-28.9 pts'
+    """
+    return "" if change is None else f"{100 * change:+.1f} pts"
+
+
+def signed_points(drop) -> str:
+    """A drop (accuracy lost; positive is worse) in the one format of :func:`points`, as the change
+    it is: a drop of 0.6 reads ``'-60.0 pts'``, as the explorer's readout would say it.
+
+    Args:
+        drop: accuracy before minus accuracy after, as a fraction.
+
+    Returns:
+        The text ("" for None). Example: ``signed_points(0.289)`` gives ``'-28.9 pts'``.
+    """
+    return "" if drop is None else points(0.0 - drop)
 
 
 def count(v) -> str:

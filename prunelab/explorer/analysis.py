@@ -23,6 +23,7 @@ from torch import nn
 
 from ..core.copies import ModelCopy, State, model_state
 from ..core.criteria import get_criterion
+from ..core.inputs import Inputs, select_output
 
 def unit_and_weight_scores(shadow: ModelCopy, dense: State, ctx, criterion: str, weights: bool,
                            progress: Callable[[float], None] = lambda f: None) -> dict:
@@ -79,17 +80,21 @@ def pick_samples(targets: torch.Tensor, n: int, classification: bool) -> np.ndar
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
-                         steps: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(attributions, predicted classes) of ``model`` for inputs ``x`` toward ``target``."""
+                         steps: int = 32, output=None) -> tuple[np.ndarray, np.ndarray]:
+    """(attributions, predicted classes) of ``model`` for inputs ``x`` toward ``target``;
+    ``output`` selects the attributed tensor (:func:`prunelab.core.inputs.select_output`)."""
     from captum.attr import IntegratedGradients
 
+    def run(inputs):
+        return select_output(model(inputs), output)
+
     with torch.no_grad():
-        out = model(x)
+        out = run(x)
     several = out.dim() == 2 and out.shape[1] > 1
     predicted = out.argmax(1) if several else torch.zeros(len(x), dtype=torch.long)
     if target is None and several:
         target = torch.zeros(len(x), dtype=torch.long, device=x.device)  # no classes: explain output 0
-    attr = IntegratedGradients(model).attribute(x, target=target, n_steps=steps,
+    attr = IntegratedGradients(run).attribute(x, target=target, n_steps=steps,
                                                 internal_batch_size=max(1, 2048 // max(1, len(x))))
     return attr.detach().float().cpu().numpy(), predicted.cpu().numpy()
 
@@ -108,8 +113,14 @@ class Explainer:
     """Computes Explanations on the worker thread; the original model's are computed once."""
 
     def __init__(self, shadow: ModelCopy, inputs: torch.Tensor, targets: torch.Tensor, classification: bool,
-                 samples: int = 6):
-        self.shadow = shadow
+                 samples: int = 6, output=None):
+        if isinstance(inputs, Inputs) or not (inputs.is_floating_point() or inputs.is_complex()):
+            raise RuntimeError(
+                "Input attributions are not available for this model: integrated gradients interpolate "
+                "the inputs from a baseline, and token ids (or other integer or keyword inputs) cannot be "
+                "interpolated. Everything else works; for importance, prune by 'taylor', 'wanda' or "
+                "'magnitude'.")
+        self.shadow, self.output = shadow, output
         self.samples = pick_samples(targets, samples, classification)
         idx = torch.as_tensor(self.samples)
         self.x = inputs[idx].clone()
@@ -119,9 +130,11 @@ class Explainer:
     def __call__(self, original: State, current: State, revision: int, sparsity: float,
                  progress: Callable[[float], None] = lambda f: None) -> Explanations:
         if self._original is None:
-            self._original = integrated_gradients(self.shadow.load(original), self.x, self.target)
+            self._original = integrated_gradients(self.shadow.load(original), self.x, self.target,
+                                                  output=self.output)
         progress(0.5)
-        pruned, predicted = integrated_gradients(self.shadow.load(current), self.x, self.target)
+        pruned, predicted = integrated_gradients(self.shadow.load(current), self.x, self.target,
+                                                 output=self.output)
         progress(1.0)
         orig, orig_pred = self._original
         target = self.target.cpu().numpy() if self.target is not None else np.zeros(len(self.x), dtype=int)

@@ -17,12 +17,13 @@ import ipywidgets as w
 import torch
 
 from ..core.evaluation import Metrics, score_outputs
+from ..core.inputs import forward
 from ..pruner import Pruner
 from .actions import Action
 from ..core.copies import ModelCopy, model_state
 from .analysis import Explainer, unit_and_weight_scores
 from .background import Scheduler
-from .bokeh_loader import load_bokehjs
+from .bokeh_loader import RERUN, load_bokehjs
 from .controls import Controls
 from .state import COMPARED, NEEDS_SCORING, ExplorerState, dense_reference, follow, magnitude_scores, measure
 from .views.connectivity import ConnectivityView
@@ -32,9 +33,39 @@ from .views.metrics import MetricsView
 from .panels.export import ExportPanel
 from .panels.tables import TablesPanel
 from .panels.training import TrainingPanel
+from .views.sizes import MAX_WIDTH
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
+
+
+CONTROLS_PX = 360   # the column of controls (and the trace under them)
+VIEWS_MIN_PX = 560  # narrower than this beside the controls, the views go below them
+VIEWS_MAX_PX = MAX_WIDTH
+
+
+def reflowing(controls: w.Widget, views: w.Widget) -> w.Box:
+    """The controls and the views side by side where the output area is wide enough, the views
+    below the controls where it is not (a wrapping flex row); the views take the width they get
+    (their bokeh figures stretch to it, up to ``VIEWS_MAX_PX``), so nothing needs a horizontal
+    scrollbar on a laptop with JupyterLab's file browser open.
+
+    Args:
+        controls: the column of controls (fixed width). views: the tabs of views.
+
+    Returns:
+        The box (class ``prunelab-body``).
+
+    Example:
+        >>> body = reflowing(w.VBox([w.FloatSlider()]), w.Tab())
+    """
+    controls.layout = w.Layout(flex=f"0 0 {CONTROLS_PX}px", width=f"{CONTROLS_PX}px", min_width="0",
+                               margin="0 12px 8px 0")
+    views.layout = w.Layout(flex=f"1 1 {VIEWS_MIN_PX}px", min_width="0", max_width=f"{VIEWS_MAX_PX}px")
+    body = w.Box([controls, views], layout=w.Layout(display="flex", flex_flow="row wrap", align_items="flex-start",
+                                                    width="100%"))
+    body.add_class("prunelab-body")
+    return body
 
 
 class Explorer(w.VBox):
@@ -78,12 +109,13 @@ class Explorer(w.VBox):
 
         post = self._scheduler.post
         self.controls = Controls(pruner, self.state, self.apply, post=post)
+        later = self._scheduler.later if self._scheduler.live else None  # heavy views paced during a drag
         self.views = {
-            "connectivity": ConnectivityView(pruner, self.state, post=post),
-            "weights": WeightsView(pruner, self.state, post=post),
-            "importance": ImportanceView(pruner, self.state, post=post),
+            "connectivity": ConnectivityView(pruner, self.state, post=post, later=later),
+            "weights": WeightsView(pruner, self.state, post=post, later=later),
+            "importance": ImportanceView(pruner, self.state, post=post, later=later),
             "interpretability": InterpretabilityView(pruner, self.state, image_shape=image_shape,
-                                                     class_names=class_names, post=post),
+                                                     class_names=class_names, post=post, later=later),
             "metrics": MetricsView(pruner, self.state, post=post),
         }
         # widget messages arrive on a kernel subshell thread: act on the main thread
@@ -99,11 +131,10 @@ class Explorer(w.VBox):
                                                               "interpretability")])
         self.tabs = w.Tab(children=[inspect_tab], titles=("Inspect",))
         self.tabs.add_class("prunelab-tabs")
-        left = w.VBox([self.controls.widget, self.views["metrics"].widget], layout=w.Layout(flex="0 0 auto"))
         self.children = [
             w.HBox([heading, self.progress], layout=w.Layout(justify_content="space-between", align_items="center")),
             self.views["metrics"].readout,
-            w.HBox([left, self.tabs], layout=w.Layout(align_items="flex-start")),
+            reflowing(w.VBox([self.controls.widget, self.views["metrics"].widget]), self.tabs),
         ]
         # Dependent work follows the hub: scores for a new criterion or new weights, explanations.
         self.state.observe(lambda _: self._prefetch(), ["criterion", "granularity", "mode"])
@@ -118,6 +149,15 @@ class Explorer(w.VBox):
             self.add_panel(title, panel)
         self._score_in_background()
         self._schedule_explain()
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, with a text and HTML line for where it cannot show (a notebook saved and
+        opened elsewhere, untrusted, or rendered without a kernel): run the cell again."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if data:
+            data["text/plain"] = f"prunelab explorer ({self.pruner.overall_sparsity():.1%} sparsity when saved): {RERUN}"
+            data["text/html"] = f'<p class="prunelab-rerun">{html.escape(data["text/plain"])}</p>'
+        return data
 
     # -------------------------------------------------------------- panels
 
@@ -161,7 +201,7 @@ class Explorer(w.VBox):
             return p.evaluate()
         model = self.shadow().load({**model_state(p.model), **p.original_weights})
         with torch.no_grad():
-            out = torch.cat([model(x) for x in p.val_inputs.split(p.batch_size)])
+            out = torch.cat([forward(model, x, p.output) for x in p.val_inputs.split(p.batch_size)])
         acc, loss, per_class, _ = score_outputs(out, p.val_targets, classes=p.classes, metric=p.metric, loss=p.loss)
         m = self.state.metrics
         return dataclasses.replace(m, accuracy=acc, loss=loss, per_class=per_class, nonzero_params=m.params,
@@ -302,7 +342,8 @@ class Explorer(w.VBox):
         p = self.pruner
         try:
             if self._explainer is None:
-                self._explainer = Explainer(self.shadow(), p.val_inputs, p.val_targets, p.classification)
+                self._explainer = Explainer(self.shadow(), p.val_inputs, p.val_targets, p.classification,
+                                            output=p.output)
         except RuntimeError as e:
             self.state.explain_error = str(e)
             return
@@ -347,11 +388,13 @@ class Explorer(w.VBox):
         Returns:
             None. Example: ``ex.close(); ex.pruner.prune(0.5)`` (the closed explorer stays as it was).
         """
-        self._unsubscribe()
-        self._scheduler.close()
-        for view in self.views.values():
+        getattr(self, "_unsubscribe", lambda: None)()  # a failed __init__ leaves a part-built Explorer
+        if hasattr(self, "_scheduler"):
+            self._scheduler.close()
+        for view in getattr(self, "views", {}).values():
             view.widget.close()
-            view.bokeh.close()
-        for panel in self.panels.values():
+            if view.bokeh is not None:  # a view that could not draw has none
+                view.bokeh.close()
+        for panel in getattr(self, "panels", {}).values():
             panel.close()
         super().close()

@@ -1,12 +1,33 @@
 """Loading BokehJS into the notebook page from the installed bokeh package (no network).
 
 jupyter_bokeh renders through ``window.Bokeh``, which must be in the page first. bokeh's default
-``output_notebook()`` fetches it from a CDN, which fails offline, so the explorer publishes the
-JavaScript itself: only the core bundle (no widgets, tables or MathJax, which the views do not
-use), once per kernel.
+``output_notebook()`` fetches it from a CDN, which fails offline, and its inline form publishes
+the 1.3 MB of JavaScript twice in one output (as ``application/javascript`` for the classic
+notebook and again for JupyterLab), so a saved notebook carried it twice. The explorer publishes
+the core bundle (no widgets, tables or MathJax, which the views do not use) once per kernel,
+under the MIME type jupyter_bokeh's extension runs (JupyterLab and Notebook 7 alike), with a
+one-line text fallback.
+
+The same script, when a saved notebook is reopened without its kernel's widgets, turns
+ipywidgets' "Error displaying widget: model not found" into one line saying to re-run the cell.
 """
 
 from __future__ import annotations
+
+LOAD_MIME = "application/vnd.bokehjs_load.v0+json"  # bokeh.io.notebook.LOAD_MIME_TYPE
+MISSING_MODEL = "Error displaying widget: model not found"
+RERUN = "This widget lived in a kernel that has stopped: run the cell again to show it."
+# For a minute after the page loads (a reopened notebook restores its widgets in seconds).
+_RERUN_JS = """
+(function () {
+  var seen = 0, timer = setInterval(function () {
+    document.querySelectorAll('.jp-OutputArea-output.jupyter-widgets').forEach(function (el) {
+      if (el.textContent === %(missing)s) { el.textContent = %(rerun)r; el.classList.add('prunelab-rerun'); }
+    });
+    if (++seen > 60) clearInterval(timer);
+  }, 1000);
+})();
+"""
 
 _loaded = False
 
@@ -21,14 +42,33 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def bokehjs_bundle() -> dict[str, str]:
+    """The display data that loads BokehJS: its inline JavaScript once, and a text line.
+
+    Returns:
+        ``{LOAD_MIME: javascript, "text/plain": line}``.
+
+    Example:
+        >>> len(bokehjs_bundle()[LOAD_MIME]) > 100_000
+        True
+    """
+    from bokeh import __version__
+    from bokeh.resources import Resources
+
+    js = "\n".join(Resources(mode="inline", components=["bokeh"]).js_raw)
+    # the message is pieced together, so that the page's text (this script included) never holds it
+    missing = " + ".join(repr(part) for part in MISSING_MODEL.partition("displaying"))
+    js += _RERUN_JS % {"missing": missing, "rerun": RERUN}
+    return {LOAD_MIME: js, "text/plain": f"BokehJS {__version__} (loaded by prunelab for its explorer)"}
+
+
 def load_bokehjs(force: bool = False) -> bool:
     """Publish BokehJS inline into the current output; returns True when it did."""
     global _loaded
     if (_loaded and not force) or not in_kernel():
         return False
-    from bokeh.io import output_notebook
-    from bokeh.resources import Resources
+    from IPython.display import publish_display_data
 
-    output_notebook(Resources(mode="inline", components=["bokeh"]), hide_banner=True)
+    publish_display_data(bokehjs_bundle())
     _loaded = True
     return True

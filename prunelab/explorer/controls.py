@@ -19,7 +19,6 @@ import ipywidgets as w
 import numpy as np
 
 from ..core.checks import GRANULARITIES
-from ..core.masks import fits_n_of_m, row_length
 from ..core.planning import amount_plans, threshold_plans
 from .actions import Action
 from .slider_values import same_plans, short_name, slider_fraction, threshold_range
@@ -71,7 +70,7 @@ class Controls:
         self._syncing = False  # True while this code sets widget values, which are then no gestures
 
         slider = dict(min=0.0, max=1.0, step=0.01, readout_format=".0%", continuous_update=True)
-        wide = w.Layout(width="100%")
+        wide = w.Layout(width="calc(100% - 4px)")  # a widget's 2px margins stay inside the column
         self.global_slider = w.FloatSlider(value=0.0, description="global", layout=wide,
                                            tooltip="fraction of all prunable weights (units, for structured) removed",
                                            style={"description_width": "60px"}, **slider)
@@ -91,10 +90,10 @@ class Controls:
                                     style={"description_width": "70px"}, layout=wide)
         self.criterion.add_class("prunelab-criterion")
         self.granularity = w.ToggleButtons(options=GRANULARITIES, value=state.granularity,
-                                           style={"button_width": "112px"})
+                                           style={"button_width": "104px"})
         self.granularity.add_class("prunelab-granularity")
         self.mode = w.ToggleButtons(options=[(MODE_LABELS[m][0], m) for m in MODES],
-                                    value=state.mode, style={"button_width": "105px"},
+                                    value=state.mode, style={"button_width": "104px"},
                                     tooltips=[MODE_LABELS[m][1] for m in MODES])
         self.mode.add_class("prunelab-mode")
         button = dict(layout=w.Layout(width="78px"))
@@ -109,12 +108,12 @@ class Controls:
         rows = []
         for l in pruner.layers:
             # a long name (features.0.block.1) is shortened in the middle; the tooltip has it whole
-            s = w.FloatSlider(value=0.0, description=short_name(l.name), layout=w.Layout(width="215px"),
+            s = w.FloatSlider(value=0.0, description=short_name(l.name), layout=w.Layout(width="205px"),
                               style={"description_width": "62px"},
                               tooltip=f"{l.describe()}: fraction of its weights (units, for structured) removed",
                               **slider)
             s.add_class("prunelab-layer-slider")
-            label = w.HTML(layout=w.Layout(width="125px"))
+            label = w.HTML(layout=w.Layout(width="118px"))
             self.layer_sliders[l.name], self.layer_labels[l.name] = s, label
             self._on(s, f"layer:{l.name}", lambda value, name=l.name: self._layer_moved(name, value))
             rows.append(w.HBox([s, label], layout=w.Layout(align_items="center")))
@@ -229,12 +228,7 @@ class Controls:
             >>> "4" in controls.uncovered("structured")   # digits-mlp: its outputs cannot go
             True
         """
-        if granularity == "structured":
-            return self.pruner.structured_blocked
-        if granularity == "2:4":
-            return {l.name: f"its rows of {row_length(l.shape)} weights are not a multiple of 4"
-                    for l in self.pruner.layers if not fits_n_of_m(l.shape)}
-        return {}
+        return self.pruner.blocked(granularity)
 
     def _uncovered_cleared(self, granularity: str) -> dict:
         """Layers the new granularity cannot prune but that are pruned another way become dense

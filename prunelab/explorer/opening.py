@@ -28,8 +28,9 @@ def explore(model_or_demo, val_data=None, train_data=None, **pruner_options) -> 
         val_data: labelled data to measure on (a DataLoader, a Dataset, or an ``(inputs,
             targets)`` pair of tensors); required for a model, brought along by demos.
         train_data: data for Taylor/attribution scoring and fine-tuning (optional).
-        **pruner_options: passed to :class:`prunelab.Pruner` (metric, loss, eval_samples,
-            batch_size, seed).
+        **pruner_options: passed to :class:`prunelab.Pruner` (output, label_key, metric, loss,
+            eval_samples, batch_size, seed): ``output=`` selects the measured tensor of a model
+            that returns several, ``label_key=`` names the labels of dict batches.
 
     Returns:
         An :class:`Explorer`: an ipywidgets widget that shows itself as a cell's output.

@@ -63,7 +63,7 @@ def dense_reference(pruner) -> DenseReference:
         True
     """
     with pruner.dense():
-        weights = {l.name: l.module.weight.detach().clone() for l in pruner.layers}
+        weights = {l.name: l.weight.detach().clone() for l in pruner.layers}
     return DenseReference(pruner.weights_version, weights)
 
 

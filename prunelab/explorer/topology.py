@@ -8,8 +8,7 @@ norm for convolutions, and the norm over all positions of a channel when a convo
 is flattened into a Linear layer.
 
 Big layers are capped: at most ``max_units`` (MAX_UNITS) units per column (the largest by weight
-norm) and ``max_edges`` (MAX_EDGES) edges per layer (a uniform random sample, so the faded share
-matches the sparsity).
+norm) and ``max_edges`` (MAX_EDGES) edges per layer: the strongest by dense norm.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from ..core.layers import Layer
 
 INPUT = "input"
 MAX_UNITS = 512    # units drawn per column at most (the largest by weight norm)
-MAX_EDGES = 2500   # edges drawn per layer at most (a uniform random sample)
+MAX_EDGES = 400    # edges drawn per layer at most (the strongest by dense norm)
 
 
 @dataclass
@@ -57,29 +56,54 @@ def layer_sources(model: nn.Module, layers: list[Layer]) -> dict[str, list[str]]
     """For each layer, the layers (or ``"input"``) whose outputs reach it without passing through
     another prunable layer, in the order their units appear in its input (a concatenation lists
     its parts in order). Untraceable models are taken as a chain in module order."""
+    return traced_sources(model, layers)[0]
+
+
+# Operations after which a channel is no longer its source's unit of the same index (a split,
+# a slice, a shuffle by view/transpose/reshape); a convolution after one is not drawn.
+_REMAPPING = {"chunk", "split", "tensor_split", "narrow", "view", "reshape", "transpose", "permute", "flatten",
+              "unflatten", "getitem", "movedim", "swapaxes", "roll", "index_select", "gather"}
+
+
+def traced_sources(model: nn.Module, layers: list[Layer]) -> tuple[dict[str, list[str]], set[str]]:
+    """:func:`layer_sources`, and the layers whose input passes through a split, slice or reshape
+    on the way from those sources (its channels then do not follow the sources' units in order).
+
+    Returns:
+        ``({layer: sources}, {layers whose inputs are remapped})``.
+
+    Example:
+        >>> sources, remapped = traced_sources(model, pruner.layers)  # doctest: +SKIP
+    """
     names = [l.name for l in layers]
     chain = {n: [names[i - 1] if i else INPUT] for i, n in enumerate(names)}
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception:  # data-dependent control flow: fall back to module order
-        return chain
+        return chain, set()
     reaches: dict[fx.Node, list[str]] = {}
+    remapped: dict[fx.Node, bool] = {}
     found: dict[str, list[str]] = {}
+    moved: set[str] = set()
     wanted = set(names)
     for node in graph.nodes:
         if node.op == "placeholder":
-            reaches[node] = [INPUT]
+            reaches[node], remapped[node] = [INPUT], False
             continue
         if _is_cat(node) and node.args and isinstance(node.args[0], (list, tuple)):
             upstream = [s for part in node.args[0] if isinstance(part, fx.Node) for s in reaches.get(part, [])]
         else:
             upstream = list(dict.fromkeys(s for a in node.all_input_nodes for s in reaches.get(a, [])))
+        target = getattr(node.target, "__name__", node.target) if node.op != "call_module" else None
+        mixed = any(remapped.get(a, False) for a in node.all_input_nodes) or target in _REMAPPING
         if node.op == "call_module" and node.target in wanted:
             found.setdefault(node.target, upstream)
-            reaches[node] = [node.target]
+            if mixed:
+                moved.add(node.target)
+            reaches[node], remapped[node] = [node.target], False
         else:
-            reaches[node] = upstream
-    return {n: found[n] if found.get(n) else chain[n] for n in names}
+            reaches[node], remapped[node] = upstream, mixed
+    return {n: found[n] if found.get(n) else chain[n] for n in names}, moved & set(found)
 
 
 def _is_cat(node: fx.Node) -> bool:
@@ -90,18 +114,21 @@ def _is_cat(node: fx.Node) -> bool:
 def in_groups(layer: Layer) -> int:
     """Input width of a layer: features (Linear) or channels (Conv)."""
     m = layer.module
-    return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+    return m.in_channels if isinstance(m, nn.modules.conv._ConvNd) else layer.row_length
 
 
 def edge_norms(weight: torch.Tensor, layer: Layer, groups: int) -> np.ndarray:
     """(units, groups) matrix of the norm of the weights joining each unit to each input group."""
-    w = weight.detach()
+    w = weight.detach() if layer.out_dim == 0 else layer.rows(weight.detach())
     out = w.shape[0]
     conv_groups = getattr(layer.module, "groups", 1)
     if conv_groups == 1:
         return w.reshape(out, groups, -1).float().norm(dim=2).cpu().numpy()
     # grouped convolution: output o sees only the input channels of its group
     per_group_in = w.shape[1]
+    if groups != per_group_in * conv_groups:
+        raise ValueError(f"layer {layer.name} is a convolution of {per_group_in * conv_groups} input channels in "
+                         f"{conv_groups} groups; its edges cannot be split into {groups} input groups.")
     norms = w.reshape(out, per_group_in, -1).float().norm(dim=2).cpu().numpy()
     full = np.zeros((out, groups), dtype=np.float32)
     first = (np.arange(out) // (out // conv_groups)) * per_group_in
@@ -117,7 +144,7 @@ class UnitGraph:
                  max_units: int = MAX_UNITS, max_edges: int = MAX_EDGES, seed: int = 0):
         self.layers = layers
         self.max_units, self.max_edges = max_units, max_edges
-        sources = layer_sources(model, layers)
+        sources, self.remapped = traced_sources(model, layers)
         first_input = next((l for l in layers if INPUT in sources[l.name]), layers[0])
         units = {INPUT: in_groups(first_input), **{l.name: l.units for l in layers}}
         self.edges: dict[str, LayerEdges] = {}
@@ -128,7 +155,7 @@ class UnitGraph:
                             if self.edges[l.name].groups else None for l in layers}
         self.columns = [Column(INPUT, units[INPUT], self._shown_inputs(units[INPUT]))]
         for l in layers:
-            self.columns.append(Column(l.name, l.units, self._top(dense[l.name].reshape(l.units, -1).abs().sum(1))))
+            self.columns.append(Column(l.name, l.units, self._top(l.rows(dense[l.name]).abs().sum(1))))
         self.column_index = {c.name: i for i, c in enumerate(self.columns)}
         rng = np.random.default_rng(seed)
         for l in layers:
@@ -140,13 +167,18 @@ class UnitGraph:
     def _map_inputs(self, layer: Layer, sources: list[str], units: dict[str, int]) -> LayerEdges:
         width = in_groups(layer)
         sizes = [units[s] for s in sources]
-        if len(sources) > 1 and sum(sizes) == width:  # concatenated sources, in order
+        conv = isinstance(layer.module, nn.modules.conv._ConvNd)
+        if len(sources) > 1 and sum(sizes) == width and not (conv and layer.name in self.remapped):  # a concat
             offsets = np.cumsum([0] + sizes[:-1]).tolist()
             return LayerEdges(layer.name, list(zip(sources, offsets)), width)
-        if len(set(sizes)) == 1 and width % sizes[0] == 0:  # one source (maybe flattened), or a sum
+        # one source (maybe flattened into a Linear), or a sum; a convolution's input channels are
+        # its sources' units one to one (a split or a shuffle in between maps them otherwise)
+        if len(set(sizes)) == 1 and width % sizes[0] == 0 and (not conv or sizes[0] == width
+                                                              and layer.name not in self.remapped):
             return LayerEdges(layer.name, [(s, 0) for s in dict.fromkeys(sources)], sizes[0])
         return LayerEdges(layer.name, [], 0, note=f"inputs of {layer.name} ({width}) do not map onto "
-                                                  f"the units of {', '.join(sources)}")
+                                                  f"the units of {', '.join(sources)} (a split or reshape "
+                                                  "in between): its edges are not drawn")
 
     def _top(self, strength: torch.Tensor) -> np.ndarray:
         if len(strength) <= self.max_units:
@@ -180,8 +212,8 @@ class UnitGraph:
             srcs.append(s[keep]), dsts.append(d[keep]), grps.append(s[keep] + off)
         col, src, dst, grp = (np.concatenate(a) for a in (cols, srcs, dsts, grps))
         e.total = len(col)
-        if len(col) > self.max_edges:
-            pick = np.sort(rng.choice(len(col), self.max_edges, replace=False))
+        if len(col) > self.max_edges:  # the strongest (dense norm), in their original order
+            pick = np.sort(np.argpartition(-dense[dst, grp], self.max_edges - 1)[: self.max_edges])
             col, src, dst, grp = col[pick], src[pick], dst[pick], grp[pick]
         e.src_col, e.src_unit, e.dst_unit, e.group = col, src, dst, grp
 
@@ -232,7 +264,7 @@ class UnitGraph:
         for l in self.layers:
             e = self.edges[l.name]
             w = weights[l.name].detach()
-            alive_in[l.name] = w.reshape(l.units, -1).ne(0).any(1).cpu().numpy()
+            alive_in[l.name] = l.rows(w).ne(0).any(1).cpu().numpy()
             if not e.groups:
                 continue
             norms = edge_norms(w, l, e.groups)
@@ -257,7 +289,7 @@ class UnitGraph:
         """What was left out, in words, for the view's caption."""
         notes = [f"{c.name}: {len(c.shown):,} of {c.units:,} units (largest |w|)"
                  for c in self.columns if len(c.shown) < c.units]
-        notes += [f"{e.layer}: {len(e.dst_unit):,} of {e.total:,} edges (random sample)"
+        notes += [f"{e.layer}: the {len(e.dst_unit):,} strongest of {e.total:,} edges"
                   for e in self.edges.values() if e.total > len(e.dst_unit)]
         notes += [e.note for e in self.edges.values() if e.note]
         return notes

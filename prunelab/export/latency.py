@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
+from ..core.inputs import call
 from ..core.tables import Table, fixed, percent
 from .structured import shrink
 
@@ -38,7 +39,7 @@ class Latency:
 
 def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, threads: int = 1,
                     warmup: int = 5, repeats: int = 30) -> dict[str, Latency]:
-    """Time ``model(inputs)`` for each of ``models`` (eval mode, no grad), interleaved.
+    """Time ``model(inputs)`` (``model(**inputs)`` for keyword Inputs) for each of ``models`` (eval mode, no grad), interleaved.
 
     Args:
         models: ``{label: module}``; each is run on the same ``inputs``.
@@ -68,11 +69,11 @@ def measure_latency(models: Mapping[str, nn.Module], inputs: torch.Tensor, *, th
         with torch.inference_mode():
             for _ in range(warmup):
                 for m in models.values():
-                    m(inputs)
+                    call(m, inputs)
             for _ in range(repeats):
                 for k, m in models.items():
                     start = time.perf_counter()
-                    m(inputs)
+                    call(m, inputs)
                     times[k].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)

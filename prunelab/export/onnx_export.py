@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..core.files import atomic_paths
+from ..core.inputs import Inputs
 from .structured import CHECK_SAMPLES, exact_outputs, example_inputs, shrink
 
 KIND = "onnx"
@@ -41,6 +42,10 @@ def save_onnx(pruner, path) -> tuple[Path, dict]:
     """Export ``pruner``'s model to ``path`` and verify it with onnxruntime. Returns the path and
     ``{"network": ..., "max_abs_diff": ..., "checked": n}``."""
     require_onnx()
+    if isinstance(pruner.val_inputs, Inputs):
+        raise ValueError(f"ONNX export here takes a model called with one tensor; this one takes keyword inputs "
+                         f"({', '.join(pruner.val_inputs.keys())}), so no ONNX file was written. Export 'state_dict' "
+                         "or 'sparse' (and convert with your framework's own exporter, e.g. optimum for Hugging Face).")
     try:
         shrunk = shrink(pruner)
         model = shrunk.model
@@ -55,7 +60,7 @@ def save_onnx(pruner, path) -> tuple[Path, dict]:
     with atomic_paths(path) as (tmp,):
         program.save(tmp, external_data=False)
         x = pruner.val_inputs[:CHECK_SAMPLES]
-        diff = check_with_onnxruntime(tmp, x.cpu(), exact_outputs(pruner.model, x).cpu(), path)
+        diff = check_with_onnxruntime(tmp, x.cpu(), exact_outputs(pruner.model, x, pruner.output).cpu(), path)
     return path, {"network": network, "max_abs_diff": diff, "checked": len(x)}
 
 

@@ -18,6 +18,8 @@ import hashlib
 import io
 import json
 import re
+import types
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -43,11 +45,16 @@ def program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
     """``model`` as a ``torch.export`` program archive (dynamic batch where the model allows),
     with ``info``, the prunelab marker and a SHA-256 of every other entry inside."""
     batch = torch.export.Dim("batch")
+    if isinstance(example, torch.Tensor):
+        args, kwargs, dynamic = (example,), None, ({0: batch},)
+    else:  # keyword inputs (prunelab.core.inputs.Inputs): the program takes them by name
+        args, kwargs = (), dict(example)
+        dynamic = {k: {0: batch} for k in kwargs}
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)
     except Exception:  # a model that fixes its batch size: export it for the example's batch
         try:
-            program = torch.export.export(model, (example,))
+            program = torch.export.export(model, args, kwargs)
         except Exception as e:
             raise ValueError(f"torch.export could not capture {type(model).__name__} as a program ({e}), so "
                              "the structured export was not written. Export 'sparse' or 'state_dict', which "
@@ -65,6 +72,34 @@ def program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
     entries[PROGRAM_INFO] = json.dumps({"format": marker(PROGRAM_KIND), **info,
                                         "sha256": entries_digest(entries)}).encode()
     return rebuilt(root, entries).getvalue()
+
+
+def program_module(program: "torch.export.ExportedProgram") -> nn.Module:
+    """The program's module, on which ``.eval()``, ``.train()`` and ``.to()`` work as on any
+    nn.Module (torch's own ``.module()`` raises on ``eval()`` and ``train()``).
+
+    The program was captured in eval mode and always computes that way (dropout off, BatchNorm
+    on its running statistics): ``train()`` sets the flags, and warns that the graph stays as it
+    is. To fine-tune, load the weights into the class instead (``load_structured(path, model)``).
+
+    Returns:
+        The ``torch.fx.GraphModule``, in eval mode.
+
+    Example:
+        >>> small = program_module(load_program("model.pt2")).eval().to("cpu")
+    """
+    module = program.module()
+
+    def train(self, mode: bool = True):
+        if mode:
+            warnings.warn("a structured export's program computes as in eval mode whatever train() says (it "
+                          "was captured that way); to fine-tune, load it into the class: "
+                          "pl.load_structured(path, model).", stacklevel=2)
+        return nn.Module.train(self, mode)
+
+    module.train = types.MethodType(train, module)
+    module.eval = types.MethodType(lambda self: nn.Module.train(self, False), module)
+    return module.eval()
 
 
 def entries_digest(entries: dict[str, bytes]) -> str:

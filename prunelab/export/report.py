@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..core.evaluation import score_outputs
+from ..core.inputs import forward
 from .formats import FORMATS, GIVES, SUFFIXES, export
 from .int8 import int8_model, save_int8
 from .latency import Latency, measure_latency
@@ -232,7 +233,7 @@ def model_accuracy(model, pruner) -> float:
     model.eval()
     try:
         with torch.inference_mode():
-            outs = torch.cat([model(x[i:i + bs]).float().cpu() for i in range(0, len(x), bs)])
+            outs = torch.cat([forward(model, x[i:i + bs], pruner.output).float().cpu() for i in range(0, len(x), bs)])
     finally:
         model.train(was)
     return float(score_outputs(outs, y.cpu(), classes=pruner.classes, metric=pruner.metric, loss=pruner.loss)[0])

@@ -30,9 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.evaluation import count_flops
+from ..core.flops import count_flops
+from ..core.inputs import Inputs, forward, plain_example, select_output
+from ..core.heads import cut_heads
+from ..core.kinds import tp_pruners
 from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
-from .program import load_program, program_bytes
+from .program import load_program, program_bytes, program_module
 
 KIND = "structured"
 CHECK_SAMPLES = 256
@@ -101,24 +104,32 @@ def example_inputs(pruner) -> torch.Tensor:
     """Two validation inputs (repeated when there is one) to trace ``pruner.model`` with.
 
     Returns:
-        A tensor of two inputs, a copy (a view would drag the whole validation set into a .pt2).
+        A tensor of two inputs (Inputs for keyword inputs), a copy (a view would drag the whole
+        validation set into a .pt2).
 
     Example:
         >>> example_inputs(pruner).shape[0]
         2
     """
     x = pruner.val_inputs[:2].clone()  # a copy: a view would drag the whole validation set into the .pt2
+    if isinstance(x, Inputs):
+        return x if len(x) == 2 else Inputs.cat([x, x])
     return x if len(x) == 2 else x.expand(2, *x.shape[1:]).clone()
 
 
-def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor]) -> nn.Module:
-    """Remove the given units from ``model`` in place with torch-pruning."""
+def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor], groups, output=None) -> nn.Module:
+    """Remove the given units from ``model`` in place: attention heads (core/heads.py), then the
+    rest with torch-pruning (tracing the output ``output`` selects)."""
     import torch_pruning as tp
 
+    for root in [r for r in remove if groups[r].heads is not None]:
+        cut_heads(model, groups[root].heads, ~remove.pop(root))
     if not remove:
         return model
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=plain_example(example), verbose=False,
+                                                      output_transform=lambda out: select_output(out, output),
+                                                      customized_pruners=tp_pruners(model))
     for root, mask in remove.items():
         module = model.get_submodule(root)
         fn = graph.get_pruner_of_module(module).prune_out_channels
@@ -128,10 +139,11 @@ def _cut(model: nn.Module, example: torch.Tensor, remove: dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def exact_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def exact_outputs(model: nn.Module, x: torch.Tensor, output=None) -> torch.Tensor:
     """``model(x)`` in eval mode (its mode restored after) in full fp32: on GPUs TF32 convolutions
     and matrix products (cuDNN's default) round differently for different shapes, which would hide
-    a real mismatch or fake one (seen: 1.4e-3 on an H200 for a correct cut).
+    a real mismatch or fake one (seen: 1.4e-3 on an H200 for a correct cut). ``output``: the
+    Pruner's selector (:func:`prunelab.core.inputs.forward`).
 
     Returns:
         The outputs.
@@ -145,7 +157,7 @@ def exact_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
-            return model(x)
+            return forward(model, x, output)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
         model.train(was)
@@ -160,14 +172,14 @@ def shrink(pruner) -> Shrunk:
     against the masked model. Raises ValueError (naming the layers) when outputs differ."""
     example = example_inputs(pruner)
     x = pruner.val_inputs[:CHECK_SAMPLES]
-    reference = exact_outputs(pruner.model, x)
+    reference = exact_outputs(pruner.model, x, pruner.output)
     for silent in (True, False):
         # Units pruned structurally always cut cleanly (their consumers' input columns are masked
         # too). A silent unit outputs f(0), which is not 0 after sigmoid, say: if removing the
         # silent ones changes the outputs, they stay.
         remove = removable_units(pruner, silent=silent)
-        small = _cut(copy.deepcopy(pruner.model).eval(), example, remove)
-        got = exact_outputs(small, x)
+        small = _cut(copy.deepcopy(pruner.model).eval(), example, dict(remove), pruner.unit_groups(), pruner.output)
+        got = exact_outputs(small, x, pruner.output)
         diff = float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
         if diff <= _tolerance(reference):
             break
@@ -175,7 +187,7 @@ def shrink(pruner) -> Shrunk:
         raise ValueError(_diagnose(pruner, example, x, reference, remove, diff))
     units = {}
     for layer in pruner.layers:
-        after = small.get_submodule(layer.name).weight.shape[0]
+        after = small.get_parameter(layer.weight_name).shape[layer.out_dim]
         if after != layer.units:
             units[layer.name] = (layer.units, after)
     before_flops, _ = count_flops(pruner.model, example[:1], [])
@@ -186,8 +198,8 @@ def shrink(pruner) -> Shrunk:
 def _diagnose(pruner, example, x, reference, remove, diff) -> str:
     culprits = []
     for root, mask in remove.items():
-        one = _cut(copy.deepcopy(pruner.model).eval(), example, {root: mask})
-        got = exact_outputs(one, x)
+        one = _cut(copy.deepcopy(pruner.model).eval(), example, {root: mask}, pruner.unit_groups(), pruner.output)
+        got = exact_outputs(one, x, pruner.output)
         if got.shape != reference.shape or float((got - reference).abs().max()) > _tolerance(reference):
             culprits.append(root)
     where = f" Removing the units of layer(s) {culprits} alone already changes them." if culprits else ""
@@ -199,16 +211,15 @@ def _diagnose(pruner, example, x, reference, remove, diff) -> str:
 
 
 def _changed_attrs(original: nn.Module, small: nn.Module) -> dict[str, dict]:
-    """Per module whose tensors changed shape: the int/tuple attributes that torch-pruning changed
-    (in_features, out_channels, num_features, normalized_shape, groups, ...)."""
+    """Per module whose tensors or int attributes changed: the int/tuple attributes the cut changed
+    (in_features, out_channels, num_features, normalized_shape, groups, num_attention_heads...)."""
     out = {}
     originals = dict(original.named_modules())
     for name, m in small.named_modules():
         o = originals[name]
         tensors = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
         old = {**dict(o.named_parameters(recurse=False)), **dict(o.named_buffers(recurse=False))}
-        if all(t is None or old.get(k) is None or t.shape == old[k].shape for k, t in tensors.items()):
-            continue
+        same = all(t is None or old.get(k) is None or t.shape == old[k].shape for k, t in tensors.items())
         attrs = {}
         for k, v in vars(m).items():
             if k.startswith("_") or isinstance(v, bool) or not isinstance(v, (int, tuple)):
@@ -217,6 +228,8 @@ def _changed_attrs(original: nn.Module, small: nn.Module) -> dict[str, dict]:
                 continue
             if getattr(o, k, None) != v:
                 attrs[k] = list(v) if isinstance(v, tuple) else v
+        if same and not attrs:  # an attention module holds no tensors, but its head counts change
+            continue
         out[name] = {"type": type(m).__name__, "attrs": attrs,
                      "shapes": {k: list(t.shape) for k, t in tensors.items() if t is not None}}
     return out
@@ -273,7 +286,7 @@ def load_structured(path, model: nn.Module | None = None) -> nn.Module:
     """
     weights_path, program_path = structured_paths(path)
     if model is None:
-        return load_program(program_path).module()
+        return program_module(load_program(program_path))
     tensors, info = load_safetensors(weights_path, KIND, "prunelab.load_structured")
     expected = resize_modules(weights_path, model, tensors, info)
     try:

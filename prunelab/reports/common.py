@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..core.base import BasePruner
+from ..core.inputs import forward
 from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
 from ..core.evaluation import score_outputs
@@ -148,7 +149,7 @@ def accuracy_of(model: nn.Module, twin: BasePruner) -> float:
     model.eval()
     try:
         with torch.inference_mode():
-            outs = torch.cat([logits(model(x[i:i + bs])).float().cpu() for i in range(0, len(x), bs)])
+            outs = torch.cat([forward(model, x[i:i + bs], twin.output).float().cpu() for i in range(0, len(x), bs)])
     finally:
         model.train(was)
     return float(score_outputs(outs, y.cpu(), classes=twin.classes, metric=twin.metric, loss=twin.loss)[0])

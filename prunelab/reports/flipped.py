@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 
 from ..core.base import BasePruner
+from ..core.inputs import forward
 from ..core.copies import ModelCopy
 from ..core.modes import untouched
 from ..core.tables import Table
-from .common import logits
 
 SAMPLE_COLUMNS = ("index", "label", "before", "after", "confidence_before", "confidence_after")
 """One row per changed sample: its index in the evaluation data, its label, the predicted class
@@ -62,7 +62,7 @@ def dense_outputs(pruner: BasePruner) -> torch.Tensor:
     model = copy.load(pruner.original_weights)
     x, bs = pruner.val_inputs, pruner.batch_size
     with untouched(model), torch.inference_mode():
-        return torch.cat([logits(model(x[i:i + bs])).float().cpu() for i in range(0, len(x), bs)])
+        return torch.cat([forward(model, x[i:i + bs], pruner.output).float().cpu() for i in range(0, len(x), bs)])
 
 
 def _predictions(outputs: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:

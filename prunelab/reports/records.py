@@ -114,7 +114,8 @@ def compare_table(ctx: Context, models: Mapping[str, object] | None = None, *, s
     for label, entry in entries.items():
         other = as_model(reference, entry)
         pruners[str(label)] = BasePruner(other, (twin.val_inputs, twin.val_targets), train_data=twin.train_data,
-                                         metric=twin.metric, loss=twin.loss, batch_size=twin.batch_size, seed=twin.seed)
+                                         metric=twin.metric, loss=twin.loss, batch_size=twin.batch_size, seed=twin.seed,
+                                         output=twin.output, label_key=twin.label_key)
     ctx.total = 2 * len(pruners)
     rows = []
     x = twin.val_inputs[:1]

@@ -104,7 +104,7 @@ def default_thresholds(ctx: Context, at: Sequence[float] = DEFAULT_SPARSITIES) -
     """Thresholds of |w| that prune about each fraction in ``at`` of the weights (3 significant digits)."""
     twin = ctx.twin()
     twin.reset()
-    weights = torch.cat([twin.layer(n).module.weight.detach().abs().flatten().float().cpu()
+    weights = torch.cat([twin.layer(n).weight.detach().abs().flatten().float().cpu()
                          for n in twin.layer_names])
     out = []
     for q in at:

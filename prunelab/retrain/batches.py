@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from ..core.data import as_dataset, check_class_targets, is_stream
+from ..core.data import LABEL_KEY, PairDataset, as_dataset, check_class_targets, is_stream, labelled, split_batch
 from .settings import check_batch_size
 
 STREAM_HELP = ("train_data is a stream (an IterableDataset, or a DataLoader over one): training shuffles its "
@@ -32,6 +32,8 @@ class Batches:
         seed: the shuffling seed (each pass over the data draws a new order from it).
         classes: the model's outputs when the targets are class indices (0: not checked). Tensor
             targets are checked here, at once; other data batch by batch, before each batch trains.
+        label_key: where dict batches keep their labels (causal LM labels are shifted to the
+            next token as each batch is read, see :func:`prunelab.core.data.labelled`).
 
     Raises:
         ValueError: no data, empty data, a bad batch size, or class targets out of range.
@@ -43,23 +45,24 @@ class Batches:
         (3, [4, 4, 2])
     """
 
-    def __init__(self, train_data, batch_size: int, device, seed: int = 0, *, classes: int = 0):
+    def __init__(self, train_data, batch_size: int, device, seed: int = 0, *, classes: int = 0,
+                 label_key: str = LABEL_KEY):
         if train_data is None:
             raise ValueError("training needs train_data: create the Pruner with train_data=... (a DataLoader, "
                              "a Dataset, or an (inputs, targets) pair of tensors).")
         check_batch_size(batch_size)
         if is_stream(train_data):
             raise TypeError(STREAM_HELP)
-        self.device, self.classes = device, classes
+        self.device, self.classes, self.label_key = device, classes, label_key
         self.generator = torch.Generator().manual_seed(seed)
         self.loader = None
         self.tensors = None
         if isinstance(train_data, torch.utils.data.DataLoader):
             self.loader = train_data
         else:
-            ds = as_dataset(train_data, "train_data")
-            if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
-                self.tensors = ds.tensors
+            ds = as_dataset(train_data, "train_data", label_key)
+            if isinstance(ds, PairDataset) or (isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2):
+                self.tensors = (ds.x, ds.y) if isinstance(ds, PairDataset) else ds.tensors
                 if classes:
                     check_class_targets(self.tensors[1], classes, "train_data")
             else:
@@ -87,9 +90,7 @@ class Batches:
                 yield x[idx].to(self.device), y[idx].to(self.device)
             return
         for batch in self.loader:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise TypeError(f"train_data: each batch must be an (inputs, targets) pair, got "
-                                f"{type(batch).__name__}.")
-            if self.classes and isinstance(batch[1], torch.Tensor):
-                check_class_targets(batch[1], self.classes, "train_data")
-            yield batch[0].to(self.device), batch[1].to(self.device)
+            x, y = labelled(*split_batch(batch, "train_data", self.label_key))
+            if self.classes:
+                check_class_targets(y, self.classes, "train_data")
+            yield x.to(self.device), y.to(self.device)

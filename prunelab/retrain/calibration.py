@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..core.base import BasePruner
+from ..core.inputs import call
 from ..core.modes import untouched
 from .loop import keeps_statistics
 
@@ -48,6 +49,8 @@ def _mean_inputs(model: nn.Module, modules: dict[str, nn.Module], batches) -> di
 
     def hook(name):
         def record(module, args):
+            if not args or not isinstance(args[0], torch.Tensor):
+                return  # called with keyword inputs only: nothing to average here
             x = args[0].detach()
             if isinstance(module, nn.modules.conv._ConvNd):
                 x = x.transpose(0, 1).reshape(x.shape[1], -1)  # channels x (samples * positions)
@@ -64,7 +67,7 @@ def _mean_inputs(model: nn.Module, modules: dict[str, nn.Module], batches) -> di
             handles.append(m.register_forward_pre_hook(hook(name)))
         with torch.no_grad():
             for x, _ in batches:
-                model(x)
+                call(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -107,7 +110,7 @@ def calibration_loss(pruner: BasePruner, batches) -> float | None:
     total, n = 0.0, 0
     with untouched(pruner.model), torch.no_grad():
         for x, y in batches:
-            total += float(pruner.loss(pruner.model(x), y)) * len(x)
+            total += float(pruner.loss(pruner.forward(x), y)) * len(x)
             n += len(x)
     return total / max(n, 1)
 

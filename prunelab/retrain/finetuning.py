@@ -111,7 +111,7 @@ class FinetuneJob:
         twin = c.pruner()
         self.accuracy_before = twin.evaluate().accuracy
         losses = train_masked(twin.model, twin.masks(), self._batches, c.loss, epochs=s.epochs, lr=s.lr,
-                              optimizer=s.optimizer, hooks=hooks, seed=c.seed)
+                              optimizer=s.optimizer, hooks=hooks, seed=c.seed, output=c.output)
         weights = trained_weights(twin.model)
         twin.set_weights(weights, note="fine-tune")
         self.accuracy_after = twin.evaluate().accuracy

@@ -201,14 +201,15 @@ class IterateJob:
             if s.regrow:
                 weights = dict(twin.model.named_parameters())
                 keep = {twin.layer(n).weight_name: twin.mask(n) for n in twin.plans}
-                new, grown = regrow_masks(keep, weights, dense_gradients(twin.model, batches, loss), s.regrow)
+                new, grown = regrow_masks(keep, weights, dense_gradients(twin.model, batches, loss, output=twin.output),
+                                           s.regrow)
                 if new:
                     by_param = {l.weight_name: l.name for l in twin.layers}
                     twin.set_plans({by_param[p]: replace(twin.plans[by_param[p]], keep=m) for p, m in new.items()})
             epochs = s.epochs_per_step + (s.final_epochs if k == s.steps else 0)
             train_masked(twin.model, twin.masks(), batches, loss, epochs=epochs, lr=s.lr,
                          optimizer=s.optimizer, hooks=hooks, done=(k - 1) * s.epochs_per_step * len(batches),
-                         total=self.total, what=f"step {k}/{s.steps}", seed=twin.seed + k)
+                         total=self.total, what=f"step {k}/{s.steps}", seed=twin.seed + k, output=twin.output)
             weights = trained_weights(twin.model)
             buffers = reestimate(twin.model, batches) if s.recalibrate else None
             twin.set_weights(weights, note="fine-tune", buffers=buffers or None)

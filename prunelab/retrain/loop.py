@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from ..core.inputs import forward
 from ..core.modes import untouched
 from .batches import Batches
 from .settings import check_optimizer, check_whole
@@ -234,7 +235,7 @@ def apply_masks(params: Mapping[str, torch.Tensor], dropped: Mapping[str, torch.
 
 def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: Batches, loss: Callable, *,
                  epochs: int, lr: float, optimizer="adam", hooks: Hooks | None = None, done: int = 0,
-                 total: int | None = None, what: str = "fine-tuning", seed: int = 0) -> list[float]:
+                 total: int | None = None, what: str = "fine-tuning", seed: int = 0, output=None) -> list[float]:
     """Train ``model`` in place for ``epochs`` with ``masks`` held (pruned weights stay +0.0).
 
     The learning rate follows a cosine decay to zero over the run.
@@ -250,6 +251,7 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
         done, total: place this run's batches inside a longer run for ``hooks.progress``.
         what: the label passed to ``hooks.progress``.
         seed: seeds dropout (on the main thread only).
+        output: the Pruner's output selector (:func:`prunelab.core.inputs.forward`).
 
     Returns:
         The mean training loss of each epoch.
@@ -289,7 +291,7 @@ def train_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], batches: B
 
                 def closure(x=x, y=y):  # LBFGS calls it several times a step; the first loss is the batch's
                     opt.zero_grad(set_to_none=True)
-                    value = checked_loss(loss(model(x), y), lr)
+                    value = checked_loss(loss(forward(model, x, output), y), lr)
                     value.backward()
                     for name, d in dropped.items():
                         g = params[name].grad

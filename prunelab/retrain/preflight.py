@@ -19,6 +19,7 @@ from torch import nn
 
 from ..core.copies import PrunerCopy
 from ..core.data import first_samples
+from ..core.inputs import forward
 from .batches import Batches
 from ..core.modes import untouched
 from .loop import check_scalar_loss, make_optimizer
@@ -59,7 +60,8 @@ def preflight(pruner, batch_size: int) -> Batches:
     """
     require_training(pruner.train_data, pruner.loss)
     check_trainable(pruner.model)
-    return Batches(pruner.train_data, batch_size, pruner.device, pruner.seed, classes=pruner.classes)
+    return Batches(pruner.train_data, batch_size, pruner.device, pruner.seed, classes=pruner.classes,
+                   label_key=pruner.label_key)
 
 
 def rehearse(copy: PrunerCopy, settings: TrainingSettings) -> None:
@@ -78,8 +80,8 @@ def rehearse(copy: PrunerCopy, settings: TrainingSettings) -> None:
     """
     model = copy.model
     device = next(model.parameters()).device
-    x, y = first_samples(copy.train_data, 2, "train_data", device=device)
+    x, y = first_samples(copy.train_data, 2, "train_data", device=device, label_key=copy.label_key)
     with untouched(model), torch.enable_grad():
-        check_scalar_loss(copy.loss(model(x), y))
+        check_scalar_loss(copy.loss(forward(model, x, copy.output), y))
         model.zero_grad(set_to_none=True)
     make_optimizer(settings.optimizer, check_trainable(model), settings.lr)

@@ -12,11 +12,12 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..core.inputs import forward
 from .loop import Batches, training_mode
 
 
 def dense_gradients(model: nn.Module, batches: Batches, loss: Callable,
-                    max_batches: int = 8) -> dict[str, torch.Tensor]:
+                    max_batches: int = 8, output=None) -> dict[str, torch.Tensor]:
     """Gradient of the loss for every weight, pruned ones included (at the current sparse
     weights), summed over the first ``max_batches`` batches: what RigL grows by.
 
@@ -25,6 +26,7 @@ def dense_gradients(model: nn.Module, batches: Batches, loss: Callable,
         batches: training batches.
         loss: ``f(outputs, targets) -> scalar tensor``.
         max_batches: how many batches to sum over.
+        output: the Pruner's output selector (:func:`prunelab.core.inputs.forward`).
 
     Returns:
         Parameter name -> summed gradient (the model's gradients are cleared after).
@@ -41,7 +43,7 @@ def dense_gradients(model: nn.Module, batches: Batches, loss: Callable,
             if i >= max_batches:
                 break
             model.zero_grad(set_to_none=True)
-            loss(model(x), y).backward()
+            loss(forward(model, x, output), y).backward()
             for n, p in params.items():
                 if p.grad is not None:
                     grads[n] = grads[n] + p.grad if n in grads else p.grad.detach().clone()

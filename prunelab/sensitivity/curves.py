@@ -27,6 +27,7 @@ from ..core.checks import check_fraction
 from ..core.copies import ModelCopy, PrunerCopy, model_state
 from ..core.criteria import get_criterion
 from ..core.evaluation import score_outputs
+from ..core.inputs import forward
 from ..core.tables import Table, percent, signed_points
 from ..retrain import VARIABLE_GRANULARITIES, Hooks
 
@@ -36,7 +37,8 @@ DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 # ---------------------------------------------------------------------- the measuring task
 
 def evaluate_masked(model: nn.Module, masks_list: Sequence[Mapping[str, torch.Tensor]], inputs: torch.Tensor,
-                    targets: torch.Tensor, metric: Callable | None, batch_size: int, classes: int = 0) -> list[float]:
+                    targets: torch.Tensor, metric: Callable | None, batch_size: int, classes: int = 0,
+                    output=None) -> list[float]:
     """Accuracy (or ``metric``) of ``model`` with each set of masks applied in turn.
 
     Works on its own :class:`~prunelab.core.copies.ModelCopy`, so tasks sharing one model object
@@ -49,6 +51,7 @@ def evaluate_masked(model: nn.Module, masks_list: Sequence[Mapping[str, torch.Te
         metric: ``f(outputs, targets) -> float``, or None for top-1 accuracy.
         batch_size: evaluation batch size.
         classes: the number of classes (for top-1 accuracy).
+        output: the Pruner's output selector (:func:`prunelab.core.inputs.forward`).
 
     Returns:
         One number per set of masks.
@@ -64,7 +67,7 @@ def evaluate_masked(model: nn.Module, masks_list: Sequence[Mapping[str, torch.Te
     with torch.no_grad():
         for masks in masks_list:
             masked = copy.load_masked(weights, masks)
-            out = torch.cat([masked(x) for x in inputs.split(batch_size)])
+            out = torch.cat([forward(masked, x, output) for x in inputs.split(batch_size)])
             results.append(score_outputs(out, targets, classes=classes, metric=metric)[0])
     return results
 
@@ -234,8 +237,8 @@ def measure(copy: PrunerCopy, sparsities: Sequence[float], layers: Sequence[str]
         tasks.append(masks_list)
     args = (twin.val_inputs, twin.val_targets, twin.metric, twin.batch_size, twin.classes)
     model = twin.model  # holds the reference weights after reset()
-    baseline_future = executor.submit(evaluate_masked, model, [{}], *args)
-    futures = [executor.submit(evaluate_masked, model, masks_list, *args) for masks_list in tasks]
+    baseline_future = executor.submit(evaluate_masked, model, [{}], *args, output=twin.output)
+    futures = [executor.submit(evaluate_masked, model, masks_list, *args, output=twin.output) for masks_list in tasks]
     baseline = baseline_future.result()[0]
     rows = []
     for done, (layer, future) in enumerate(zip(layers, futures), start=1):

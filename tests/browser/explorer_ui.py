@@ -128,3 +128,61 @@ def assert_offline(nb: NotebookPage) -> None:
     assert loaders, "no BokehJS loader output"
     assert not [d for d in loaders if "cdn.bokeh.org" in json.dumps(d)], "BokehJS is loaded from the CDN"
     assert nb.outside_requests() == []
+
+
+# Boxes of everything the explorer draws (shadow roots included: bokeh draws inside them), against
+# the box of the output area that holds it. Playwright's Chromium hides scrollbars, so a scrollbar
+# is found from sizes: an element that scrolls sideways (overflow-x auto/scroll and wider content).
+_JS_FIT = """(sel) => {
+  const ex = document.querySelector(sel);
+  if (!ex) return null;
+  const area = ex.closest('.jp-OutputArea-output') || ex.parentElement;
+  const a = area.getBoundingClientRect();
+  const outside = [], scrollers = [];
+  const name = (el) => {
+    const cls = (typeof el.className === 'string' ? el.className : '').split(/\\s+/)
+        .filter(c => c.startsWith('prunelab') || c.startsWith('bk-') || c.startsWith('widget') ||
+                     c.startsWith('jupyter') || c.startsWith('lm-')).slice(0, 3).join('.');
+    const text = (el.innerText || '').trim().slice(0, 30);
+    return el.tagName.toLowerCase() + (cls ? '.' + cls : '') + (text ? ' "' + text + '"' : '');
+  };
+  // An element inside a box that clips (overflow hidden/clip, itself checked) cannot show outside it.
+  const clips = (el) => /(hidden|clip)/.test(getComputedStyle(el).overflowX);
+  const clipped = (el, top) => { for (let p = el.parentElement || (el.getRootNode().host);
+                                      p && p !== top; p = p.parentElement || (p.getRootNode().host)) {
+                                   if (clips(p)) return true; }
+                                 return false; };
+  const visit = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      const r = el.getBoundingClientRect();
+      const style = getComputedStyle(el);
+      if (r.width > 0 && r.height > 0 && style.visibility !== 'hidden' && style.display !== 'none') {
+        if ((r.right > a.right + 1 || r.left < a.left - 1) && !clipped(el, ex))
+          outside.push(name(el) + ' spans x ' + Math.round(r.left) + '..' + Math.round(r.right));
+        if (/(auto|scroll)/.test(style.overflowX) && el.scrollWidth > el.clientWidth + 1)
+          scrollers.push(name(el) + ' scrolls sideways: ' + el.scrollWidth + ' > ' + el.clientWidth);
+      }
+      if (el.shadowRoot) visit(el.shadowRoot);
+    }
+  };
+  visit(ex);
+  const r = ex.getBoundingClientRect();
+  if (r.right > a.right + 1 || r.left < a.left - 1) outside.push('the explorer itself spans x ' + r.left + '..' + r.right);
+  for (let el = ex; el && el !== document.body; el = el.parentElement) {
+    const style = getComputedStyle(el);
+    if (/(auto|scroll)/.test(style.overflowX) && el.scrollWidth > el.clientWidth + 1)
+      scrollers.push('around the explorer: ' + name(el) + ' scrolls sideways: ' + el.scrollWidth + ' > ' + el.clientWidth);
+  }
+  const box = (s) => { const e = ex.querySelector(s); if (!e) return null;
+                       const r = e.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top, width: r.width}; };
+  return {area: {left: a.left, right: a.right, width: a.width}, explorer: (() => { const r = ex.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top, width: r.width}; })(),
+          controls: box('.prunelab-controls'), tabs: box('.prunelab-tabs'), connectivity: box('.prunelab-connectivity'),
+          outside: [...new Set(outside)].slice(0, 20), scrollers: [...new Set(scrollers)].slice(0, 20)};
+}"""
+
+
+def fit(nb: NotebookPage) -> dict:
+    """Where the explorer lies in its output area: the boxes of the area, the explorer, the controls,
+    the tabs and the connectivity view; every visible element that reaches outside the area
+    ("outside") and every element that would show a horizontal scrollbar ("scrollers")."""
+    return nb.page.evaluate(_JS_FIT, EXPLORER)

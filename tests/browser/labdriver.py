@@ -84,6 +84,7 @@ class LabServer:
     root_dir: Path
     log_path: Path
     proc: subprocess.Popen
+    app: str = "lab"  # "lab" (JupyterLab) or "notebook" (Jupyter Notebook 7)
     _log_offset: int = 0
 
     @property
@@ -91,7 +92,10 @@ class LabServer:
         return f"http://127.0.0.1:{self.port}"
 
     def url(self, notebook: str, workspace: str) -> str:
-        """The address that opens `notebook` in a fresh, private workspace (no tabs left over)."""
+        """The address that opens `notebook` in a fresh, private workspace (no tabs left over);
+        in Notebook 7, its page (one notebook per page, no workspaces)."""
+        if self.app == "notebook":
+            return f"{self.base}/notebooks/{notebook}?token={self.token}"
         return f"{self.base}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={self.token}"
 
     def api(self, path: str, method: str = "GET"):
@@ -137,8 +141,9 @@ def _write_kernelspec(data_dir: Path) -> None:
 
 
 @contextmanager
-def lab_server(notebooks: dict[str, Path], startup_timeout: float = 90.0):
-    """Start JupyterLab on a free local port with a random token; stop it on exit.
+def lab_server(notebooks: dict[str, Path], startup_timeout: float = 90.0, app: str = "lab"):
+    """Start JupyterLab (or, with ``app="notebook"``, Jupyter Notebook 7) on a free local port with
+    a random token; stop it on exit.
 
     `notebooks` maps a folder name under the server's root to a source folder, which is copied
     (the tests never write into the repository). Config, data, settings, workspaces and IPython
@@ -174,13 +179,15 @@ def lab_server(notebooks: dict[str, Path], startup_timeout: float = 90.0):
     proc = port = None
     for _attempt in range(3):  # a free port can be taken between our check and the server's bind
         port = _free_port()
+        cls = "JupyterNotebookApp" if app == "notebook" else "LabApp"
         cmd = [
-            sys.executable, "-m", "jupyter", "lab", "--no-browser",
+            sys.executable, "-m", "jupyter", app, "--no-browser",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-            "--ServerApp.allow_root=True", "--LabApp.expose_app_in_browser=True",
-            f"--LabApp.app_settings_dir={app_settings}",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--ServerApp.allow_root=True", f"--{cls}.expose_app_in_browser=True",
+            # Notebook 7 keeps its own settings schemas in its app settings dir: it gets no overrides
+            *([f"--LabApp.app_settings_dir={app_settings}",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"] if app == "lab" else []),
             "--MappingKernelManager.default_kernel_name=python3",
             "--KernelSpecManager.ensure_native_kernel=False",
         ]  # fmt: skip
@@ -196,7 +203,7 @@ def lab_server(notebooks: dict[str, Path], startup_timeout: float = 90.0):
         log_tail = log_path.read_text(errors="replace")[-3000:]
         shutil.rmtree(tmp, ignore_errors=True)
         raise LabError(f"JupyterLab did not start; its log ends with:\n{log_tail}")
-    server = LabServer(port=port, token=token, root_dir=root, log_path=log_path, proc=proc)
+    server = LabServer(port=port, token=token, root_dir=root, log_path=log_path, proc=proc, app=app)
     try:
         yield server
     finally:

@@ -6,7 +6,8 @@ from torch import nn
 
 from core_models import (IMAGE, MODELS, make_attention_net, make_bn_cnn, make_concat_cnn, make_depthwise_cnn,
                       make_mlp, make_residual_cnn)
-from prunelab.core.layers import find_layers, find_unit_groups
+from prunelab.core.layers import find_layers
+from prunelab.core.units import find_unit_groups
 
 
 def groups_of(model, shape):
@@ -37,9 +38,9 @@ def test_unprunable_parameters_are_skipped_with_a_reason():
     model = nn.ModuleDict({"emb": nn.Embedding(10, 4), "rnn": nn.GRU(4, 4), "att": nn.MultiheadAttention(4, 1),
                            "lazy": nn.LazyLinear(3), "fc": nn.Linear(4, 2)})
     layers, skipped = find_layers(model)
-    assert [l.name for l in layers] == ["att.out_proj", "fc"]
-    assert "Embedding" in skipped["emb"] and "GRU" in skipped["rnn"]
-    assert "out_proj" in skipped["att.in_proj_weight"]
+    assert [l.name for l in layers] == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "att.in_proj_weight",
+                                        "att.out_proj", "fc"]
+    assert "Embedding" in skipped["emb"] and set(skipped) == {"emb", "lazy"}
     assert "forward pass" in skipped["lazy"]
 
 
@@ -101,7 +102,8 @@ def test_multihead_attention_blocks_structured_pruning_of_its_inputs():
     groups, blocked = groups_of(make_attention_net(), (5, 4))
     assert "MultiheadAttention" in blocked["embed"]
     assert "inside attn's fused MultiheadAttention forward" in blocked["attn.out_proj"]
-    assert set(blocked) == {"embed", "attn.out_proj", "head"}
+    assert "attention heads" in blocked["attn.in_proj_weight"]
+    assert set(blocked) == {"embed", "attn.in_proj_weight", "attn.out_proj", "head"}
     assert groups == {}
 
 
@@ -125,8 +127,8 @@ def test_recurrent_model_is_skipped_and_blocked_with_reasons_not_a_crash():
     model = RecurrentNet()
     tokens, y = torch.randint(0, 20, (30, 5)), torch.arange(30) % 3
     pruner = Pruner(model, (tokens, y))
-    assert pruner.layer_names == ["pre", "head"]
-    assert "Embedding" in pruner.skipped["emb"] and "GRU" in pruner.skipped["gru"]
+    assert pruner.layer_names == ["pre", "gru.weight_ih_l0", "gru.weight_hh_l0", "head"]
+    assert "Embedding" in pruner.skipped["emb"] and "recurrent weight" in pruner.structured_blocked["gru.weight_hh_l0"]
     assert "torch-pruning could not follow its units" in pruner.structured_blocked["pre"]
     with pytest.raises(ValueError, match="no layer of this model can be pruned structurally"):
         pruner.prune(0.5, granularity="structured")

@@ -288,7 +288,7 @@ def test_two_of_four_zeroes_exactly_two_in_every_four(small_pruner, mlp):
 
 
 def test_two_of_four_skips_rows_that_do_not_divide_by_four_in_a_global_call(small_cnn_pruner):
-    with pytest.warns(UserWarning, match=r"'0' \(rows of 9\)"):  # conv "0" has rows of 9 weights
+    with pytest.warns(UserWarning, match=r"0: its rows are 9 weights long"):  # conv "0" has rows of 9 weights
         small_cnn_pruner.prune(0.5, granularity="2:4")
     assert small_cnn_pruner.sparsity()["0"] == 0.0
     assert small_cnn_pruner.sparsity()["3"] == 0.5

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import prunelab as pl
-from prunelab.core.evaluation import hooked_flops, count_flops
+from prunelab.core.flops import count_flops, hooked_flops
 
 
 def test_weights_version_follows_set_weights_and_history(mlp_demo_pruner):

@@ -66,7 +66,7 @@ def test_the_same_layer_twice_in_one_dict_is_an_error(mlp, mlp_data):
 
 def test_global_two_of_four_names_the_layers_it_leaves_dense_with_their_row_length(image_data):
     pruner = Pruner(make_bn_cnn(), image_data)
-    with pytest.warns(UserWarning, match=r"2:4 left 2 layer\(s\) dense.*'0' \(rows of 9\), '10' \(rows of 10\)"):
+    with pytest.warns(UserWarning, match=r"2:4 left 2 of 4 layers dense: 0: its rows are 9 weights long.*10: its rows are 10 weights long"):
         pruner.prune(0.5, granularity="2:4")
     assert pruner.sparsity()["0"] == 0.0 and pruner.sparsity()["3"] == 0.5
 

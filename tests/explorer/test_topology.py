@@ -54,7 +54,8 @@ def test_skip_connections_and_concatenations_are_followed():
 
 def test_measure_finds_dead_units_and_removed_edges(mlp_demo_pruner):
     mlp_demo_pruner.reset()
-    g = UnitGraph(mlp_demo_pruner.model, mlp_demo_pruner.layers, make_state(mlp_demo_pruner).reference.weights)
+    g = UnitGraph(mlp_demo_pruner.model, mlp_demo_pruner.layers, make_state(mlp_demo_pruner).reference.weights,
+                  max_edges=10_000)  # every edge drawn
     dense, alive = g.measure({l.name: l.module.weight for l in mlp_demo_pruner.layers})
     assert alive.all() and (dense > 0).all()
     mlp_demo_pruner.prune({"2": 0.3}, granularity="structured")  # 30 of layer 2's units go

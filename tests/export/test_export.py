@@ -232,15 +232,16 @@ def test_silent_units_stay_when_what_follows_does_not_map_zero_to_zero():
     assert close(outputs(shrunk.model, x), outputs(model, x))
 
 
-def test_structured_refuses_when_removing_units_would_change_outputs(tmp_path):
+def test_structured_refuses_at_prune_time_when_a_layernorm_mixes_the_units(tmp_path):
     torch.manual_seed(0)
     model = Normed().eval()
     x = torch.randn(32, 16)
     pruner = pl.Pruner(model, (x, torch.randint(0, 4, (32,))))
-    pruner.prune(0.5, granularity="structured")
-    with pytest.raises(ValueError, match=r"would change the model's outputs.*\['net.0'\].*LayerNorm"):
-        pruner.export(tmp_path / "normed", "structured")
-    assert list(tmp_path.iterdir()) == []
+    assert "normalised together by LayerNorm 'net.1'" in pruner.structured_blocked["net.0"]
+    with pytest.raises(ValueError, match=r"'net.0' cannot be pruned structurally: .*LayerNorm 'net.1'"):
+        pruner.prune({"net.0": 0.5}, granularity="structured")
+    pruner.export(tmp_path / "normed", "structured")  # nothing to remove: the dense network, exactly
+    assert shrink(pruner).units == {}
 
 
 @pytest.fixture(scope="module")

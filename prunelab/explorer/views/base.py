@@ -3,7 +3,9 @@ only the columns that changed."""
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 from typing import Callable
 
 import ipywidgets as w
@@ -61,6 +63,23 @@ class BokehWidget(BokehModel):
             pass
 
 
+def _guarded(fn):
+    """``fn`` (a view's method) that turns an exception into the view's failure message, and does
+    nothing once the view has failed."""
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        if self.failed and fn.__name__ != "__init__":
+            return None
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as e:
+            self.fail(e)
+            return None
+
+    return run
+
+
 def update_columns(source: ColumnDataSource, **columns) -> list[str]:
     """Replace the given columns of ``source``, sending only those whose values changed (one
     patch event).
@@ -109,23 +128,64 @@ class View:
     """
 
     title = ""
+    failed = ""  # why this view cannot draw (shown inside it instead); "" while it works
+
+    def __init_subclass__(cls, **kwargs):
+        # A view that cannot draw a model (a layout its code does not expect) shows a short message
+        # where it would be, and the explorer and the other views go on: every method a subclass
+        # defines (its observers included) is guarded, and does nothing once the view has failed.
+        super().__init_subclass__(**kwargs)
+        for name, fn in list(vars(cls).items()):
+            if inspect.isfunction(fn) and name != "build" and (name == "__init__" or not name.startswith("__")):
+                setattr(cls, name, _guarded(fn))
 
     def __init__(self, pruner, state, post=None):
         self.pruner = pruner
         self.state = state
         self._post = post
         self.caption = w.HTML(layout=w.Layout(margin="0 0 2px 4px"))
-        self.root = self.build()
         self.bokeh: BokehWidget | None = None
         self.widget = w.VBox([self.caption])
         self.widget.add_class("prunelab-view")
         self.widget.add_class(f"prunelab-{self.slug}")
+        try:
+            self.root = self.build()
+        except Exception as e:
+            self.root = None
+            self.fail(e)
 
     def mount(self, header: w.Widget | None = None) -> None:
         """Wrap the filled bokeh layout in its widget (subclasses call this once their data is in,
         so the first picture a page draws is complete)."""
+        if self.failed:
+            return
         self.bokeh = BokehWidget(self.root, post=self._post, layout=w.Layout(overflow="visible"))
         self.widget.children = (header or self.caption, self.bokeh)
+
+    def fail(self, error: BaseException) -> None:
+        """Show, instead of the view, that it cannot draw this model and why; it stops updating.
+
+        Args:
+            error: what went wrong.
+
+        Returns:
+            None.
+
+        Example:
+            >>> view.fail(IndexError("index 8 is out of bounds"))  # doctest: +SKIP
+        """
+        if self.failed:
+            return
+        self.failed = f"{type(error).__name__}: {error}"[:300]
+        if not hasattr(self, "widget"):  # it failed before View.__init__ made its widget
+            self.caption, self.bokeh = w.HTML(), None
+            self.widget = w.VBox()
+            self.widget.add_class("prunelab-view")
+            self.widget.add_class(f"prunelab-{self.slug}")
+        message = w.HTML(f'<div class="prunelab-view-failed" style="{FONT}; color:#7a5a00; background:#fff3cd; '
+                         f'padding:4px 6px; border-radius:3px"><b>{html.escape(self.title)}</b> cannot be drawn '
+                         f'for this model ({html.escape(self.failed)}). The other views and the controls work.</div>')
+        self.widget.children = (message,)
 
     @property
     def slug(self) -> str:

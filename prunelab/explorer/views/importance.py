@@ -11,6 +11,8 @@ from bokeh.plotting import figure
 
 from ..analysis import rank_correlation
 from ..state import COMPARED
+from .pacing import Pacer
+from .sizes import MAX_WIDTH
 from .base import CRITERION_COLOURS as COLOURS, View, update_columns
 
 BAND = 1.3  # vertical space per criterion; bars reach 1
@@ -22,19 +24,20 @@ class ImportanceView(View):
 
     title = "Importance"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 230, post=None):
+    def __init__(self, pruner, state, width: int = 620, height: int = 230, post=None, later=None):
         self.size = (width, height)
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "scores", "score_errors", "reference"])
-        state.observe(self._refresh, "revision")
+        self.pacer = Pacer(self._refresh, later, "importance")  # a drag redraws a few times a second
+        state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
 
     def build(self):
         self.src = ColumnDataSource(dict(unit=[], alpha=[], **{f"{c}_top": [] for c in COMPARED},
                                          **{c: [] for c in COMPARED}))
-        self.fig = figure(width=self.size[0], height=self.size[1], tools="xpan,xwheel_zoom,reset,save",
+        self.fig = figure(width=self.size[0], height=self.size[1], sizing_mode="stretch_width", max_width=MAX_WIDTH, tools="xpan,xwheel_zoom,reset,save",
                           toolbar_location="above", x_axis_label="unit", min_border=4)
         self.fig.toolbar.logo = None
         self.fig.ygrid.visible = False
@@ -73,7 +76,7 @@ class ImportanceView(View):
         self._caption(layer)
 
     def _alpha(self, layer) -> np.ndarray:
-        keep = self.pruner.mask(layer.name).reshape(layer.units, -1).float().mean(1).cpu().numpy()
+        keep = layer.rows(self.pruner.mask(layer.name)).float().mean(1).cpu().numpy()
         return 0.15 + 0.85 * keep
 
     def _refresh(self, change=None):

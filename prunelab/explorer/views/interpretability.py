@@ -19,6 +19,8 @@ from bokeh.palettes import RdBu11, Greys256
 from bokeh.plotting import figure
 
 from ..analysis import Explanations
+from .pacing import Pacer
+from .sizes import MAX_WIDTH
 from .base import FONT, View, update_columns
 
 MAX_FEATURES = 32     # bars shown per sample for 1-D inputs (the largest attributions)
@@ -42,7 +44,7 @@ class InterpretabilityView(View):
     title = "Interpretability"
 
     def __init__(self, pruner, state, image_shape: tuple[int, int] | None = None, class_names=None,
-                 width: int = 620, height: int = 250, post=None):
+                 width: int = 620, height: int = 250, post=None, later=None):
         self.size = (width, height)
         self.image_shape = image_shape
         self.class_names = class_names
@@ -59,7 +61,8 @@ class InterpretabilityView(View):
         self.auto.observe(lambda c: send("auto", lambda: setattr(state, "auto_explain", c["new"])), "value")
         state.observe(lambda c: setattr(self.auto, "value", c["new"]), "auto_explain")
         state.observe(self._show, ["explanations", "explanations_stale", "explain_error", "auto_explain"])
-        state.observe(self._per_class, ["metrics", "baseline"])
+        self.pacer = Pacer(self._per_class, later, "per-class")  # a drag redraws a few times a second
+        state.observe(self.pacer.request, ["metrics", "baseline"])
         self._show()
         self._per_class()
         self.mount(header=w.HBox([self.caption, self.explain, self.auto], layout=w.Layout(align_items="center")))
@@ -87,6 +90,7 @@ class InterpretabilityView(View):
                         text_baseline="middle", text_color="color")
 
         self.classes = figure(width=int(self.size[0] * 0.3), height=self.size[1], tools="save",
+                              sizing_mode="stretch_width", min_width=150, max_width=480,
                               toolbar_location=None, title="Δ accuracy per class (pts)",
                               x_range=Range1d(-1, 1), y_range=FactorRange(), min_border=4)
         self.classes.title.text_font_size = "11px"
@@ -98,7 +102,7 @@ class InterpretabilityView(View):
                                                                     ("now", "@now{0.0%}"), ("change", "@delta{+0.0} pts")])
                                )
         self.classes.ygrid.visible = False
-        return row(self.tiles, self.classes)
+        return row(self.tiles, self.classes, sizing_mode="stretch_width", max_width=MAX_WIDTH)
 
     # -------------------------------------------------------------- attributions
 

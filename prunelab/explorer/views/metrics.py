@@ -11,6 +11,7 @@ from bokeh.plotting import figure
 
 from ...core.checks import GRANULARITIES
 from ...core.evaluation import Metrics
+from ...core.tables import points  # the one format for drops (re-exported for the panels)
 from .base import CRITERION_COLOURS, FONT, View, update_columns
 
 COLOURS = {**CRITERION_COLOURS, "mixed": "#7f7f7f"}  # a state whose layers differ is "mixed"
@@ -34,23 +35,6 @@ def si(n: float, unit: str = "") -> str:
         if abs(n) >= factor:
             return f"{n / factor:.3g} {prefix}{unit}"
     return f"{n:.3g} {unit}".rstrip()
-
-
-def points(change: float) -> str:
-    """An accuracy change in percentage points: the explorer's one format for drops, in the
-    readout and in every table and line it writes (negative: accuracy lost).
-
-    Args:
-        change: accuracy now minus accuracy before, as a fraction (-0.289 for 28.9 points lost).
-
-    Returns:
-        The text, e.g. ``'-28.9 pts'``.
-
-    Example:
-        >>> points(-0.289)
-        '-28.9 pts'
-    """
-    return f"{change * 100:+.1f} pts"
 
 
 def format_value(m: Metrics, value: float) -> str:

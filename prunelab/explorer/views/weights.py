@@ -12,6 +12,8 @@ from bokeh.models import ColumnDataSource, CustomJSHover, HoverTool, LinearColor
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
+from .pacing import Pacer
+from .sizes import MAX_WIDTH
 from .base import View, update_columns
 
 BINS = 60
@@ -60,18 +62,19 @@ class WeightsView(View):
 
     title = "Weight magnitudes"
 
-    def __init__(self, pruner, state, width: int = 620, height: int = 240, post=None):
+    def __init__(self, pruner, state, width: int = 620, height: int = 240, post=None, later=None):
         self.size = (width, height)
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "reference"])
-        state.observe(self._refresh, "revision")
+        self.pacer = Pacer(self._refresh, later, "weights")  # a drag redraws a few times a second
+        state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
 
     def build(self):
         w, h = self.size
-        self.hist = figure(width=w // 2 - 10, height=h, tools="xpan,xwheel_zoom,reset,save", toolbar_location="above",
+        self.hist = figure(width=w // 2 - 10, height=h, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,reset,save", toolbar_location="above",
                            x_axis_label="|w|", y_axis_label="weights", min_border=4)
         self.hist.toolbar.logo = None
         self.hist_src = ColumnDataSource(dict(left=[], right=[], total=[], kept=[]))
@@ -89,7 +92,7 @@ class WeightsView(View):
         self.hist.add_layout(self.threshold)
         self.hist.y_range.start = 0
 
-        self.heat = figure(width=w // 2 + 10, height=h, tools="pan,wheel_zoom,reset,save", toolbar_location="above",
+        self.heat = figure(width=w // 2 + 10, height=h, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save", toolbar_location="above",
                            x_axis_label="input", y_axis_label="output unit", min_border=4,
                            x_range=Range1d(0, 1), y_range=Range1d(1, 0))
         self.heat.toolbar.logo = None
@@ -102,7 +105,7 @@ class WeightsView(View):
         self.heat.add_tools(HoverTool(renderers=[image], tooltips=[("out", "$y{custom}"), ("in", "$x{custom}"),
                                                                    ("|w|", "@image{0.0000}")],
                                       formatters={"$x": floor, "$y": floor}))
-        return row(self.hist, self.heat)
+        return row(self.hist, self.heat, sizing_mode="stretch_width", max_width=MAX_WIDTH)
 
     # -------------------------------------------------------------- data
 
@@ -135,7 +138,7 @@ class WeightsView(View):
         keep = self.pruner.mask(layer.name).reshape(-1).cpu().numpy()
         kept = np.bincount(self._bin[keep], minlength=BINS)
         update_columns(self.hist_src, kept=kept)
-        current = heatmap_matrix(layer.module.weight)
+        current = heatmap_matrix(layer.weight)
         image, block = block_reduce(current)
         update_columns(self.heat_src, image=[image])
         line = self._threshold(keep)

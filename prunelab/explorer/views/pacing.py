@@ -1,0 +1,56 @@
+"""Pacing a heavy view during a drag: redraw at once, then at most every ``interval`` seconds
+while changes keep coming, and always once more for the latest state (leading and trailing
+edges; the states in between are skipped, the last one always drawn). The readout is not paced:
+it follows every state."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+REDRAW_S = 0.3  # a heavy view redraws at most about three times a second during a drag
+
+
+class Pacer:
+    """Calls ``fn`` for the latest state, at most once per ``interval`` while requests keep coming.
+
+    Args:
+        fn: the redraw, taking no arguments (it reads the current state itself).
+        later: ``later(key, delay, fn)`` (``Scheduler.later``) to call the trailing redraw; None:
+            every request redraws at once (no event loop: scripts and tests).
+        key: the timer's name. interval: seconds between redraws at most. clock: for tests.
+
+    Example:
+        >>> pacer = Pacer(view.refresh, later=scheduler.later, key="weights")
+        >>> state.observe(pacer.request, "revision")
+    """
+
+    def __init__(self, fn: Callable[[], None], later=None, key: str = "pace", interval: float = REDRAW_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.fn, self.later, self.key, self.interval, self.clock = fn, later, f"pace:{key}", interval, clock
+        self._last = -float("inf")
+        self._pending = False
+        self.calls = 0  # redraws done (for benchmarks and tests)
+
+    def request(self, change=None) -> None:
+        """A new state to show: redraw now if the last redraw is old enough, else once, later."""
+        if self.later is None:
+            self._run()
+            return
+        if self._pending:
+            return  # the trailing redraw already on its way will read the latest state
+        wait = self.interval - (self.clock() - self._last)
+        if wait <= 0:
+            self._run()
+        else:
+            self._pending = True
+            self.later(self.key, wait, self._trailing)
+
+    def _trailing(self) -> None:
+        self._pending = False
+        self._run()
+
+    def _run(self) -> None:
+        self._last = self.clock()
+        self.calls += 1
+        self.fn()
