@@ -28,14 +28,15 @@ def header(path) -> dict:
 
 
 def test_quantize_weight_keeps_zeros_and_rounds_within_half_a_step():
-    w = torch.randn(6, 5, 3)
+    w = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(0))
     w[2] = 0
     w[0, 1] = 0
     q, scale = quantize_weight(w)
     assert q.dtype == torch.int8 and scale.shape == (6,)
     back = dequantize_weight(q, scale)
     assert bool((back[w == 0] == 0).all())
-    assert bool(((back - w).abs() <= scale.reshape(-1, 1, 1) / 2 + 1e-7).all())
+    # half a step at most (the largest entry is clamped at 127 of 127.5 steps: exactly half a step, rounded)
+    assert bool(((back - w).abs() <= scale.reshape(-1, 1, 1) * 0.5 * (1 + 1e-3)).all())
 
 
 def test_unstructured_int8_loads_without_pickle_a_quarter_of_the_size(cnn_demo_pruner, cnn_demo, tmp_path):
