@@ -375,7 +375,7 @@ def next_token_accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
     not counted): the metric a language model is measured by."""
     predicted, target = outputs[:, :-1].argmax(-1), labels[:, 1:]
     counted = target != -100
-    return float((predicted == target)[counted].float().mean())
+    return int((predicted == target)[counted].sum()) / int(counted.sum())
 
 
 def next_token_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

