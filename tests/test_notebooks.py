@@ -38,9 +38,11 @@ LEAVES = {
     "03-iterative-pruning.ipynb": ("SCHEDULE", "baseline", "one_shot", "iterative", "random_one_shot",
                                    "random_iterative"),
     "04-export.ipynb": (),
+    "05-hugging-face.ipynb": (),
     "07-tables.ipynb": ("KINDS_MADE",),
 }
 SAYS = {"04-export.ipynb": ("same masks: True", "only 'structured'"),
+        "05-hugging-face.ipynb": ("whole heads: True", "same outputs: True"),
         "07-tables.ipynb": ("| Pruned | Accuracy |", "made 9 tables")}  # what its computed output must say
 
 
@@ -105,9 +107,15 @@ def run_notebook(tmp_path_factory):
     return _run
 
 
+# waiting for other branches of the wave, by name (strict: the lead removes a mark at the merge)
+WAITING = {"05-hugging-face.ipynb": "issue 11: needs hf + heads"}
+HERE_CASES = [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, reason=WAITING[p.name])]
+                           if p.name in WAITING else []) for p in HERE]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the kernel's start and every cell (nbclient gives each cell 300 s)
-@pytest.mark.parametrize("path", HERE, ids=[p.name for p in HERE])
+@pytest.mark.parametrize("path", HERE_CASES)
 def test_notebook_runs_without_errors_in_this_checkout(path, run_notebook):
     nb, probe = run_notebook(path)
     assert Path(probe["executable"]).resolve() == Path(sys.executable).resolve(), "the kernel is not this venv's"
