@@ -41,6 +41,9 @@ class Pruner(BasePruner):
     per token: given ``labels = input_ids`` (a causal LM, as Hugging Face trains one) the labels
     are shifted to the next token, and ``evaluate()`` reports next-token accuracy and
     ``perplexity`` (the exponential of the model's own loss); see :mod:`prunelab.core.tokens`.
+    A ``metric`` or ``loss`` of yours receives the targets as they are scored, so for a causal LM
+    already shifted (position t's target is token t + 1, -100 where there is none): write it
+    without a shift of its own.
 
     Example:
         >>> pl.Pruner(bert, ({"input_ids": ids, "attention_mask": mask}, labels))  # doctest: +SKIP

@@ -107,15 +107,9 @@ def run_notebook(tmp_path_factory):
     return _run
 
 
-# waiting for other branches of the wave, by name (strict: the lead removes a mark at the merge)
-WAITING = {"05-hugging-face.ipynb": "issue 11: needs hf + heads"}
-HERE_CASES = [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, reason=WAITING[p.name])]
-                           if p.name in WAITING else []) for p in HERE]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the kernel's start and every cell (nbclient gives each cell 300 s)
-@pytest.mark.parametrize("path", HERE_CASES)
+@pytest.mark.parametrize("path", HERE, ids=lambda p: p.name)
 def test_notebook_runs_without_errors_in_this_checkout(path, run_notebook):
     nb, probe = run_notebook(path)
     assert Path(probe["executable"]).resolve() == Path(sys.executable).resolve(), "the kernel is not this venv's"

@@ -22,6 +22,9 @@ from .modes import untouched
 
 # Modules whose per-channel parameters can be zeroed so that a removed channel outputs exactly 0.
 _CHANNEL_AFFINE = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+# torch-pruning's nodes for ops that take some channels of a tensor: its cut maps their indices
+# wrongly in some graphs (seen: a split after a concat removed every unit of a convolution).
+_SPLITS = {"_SplitOp", "_UnbindOp", "_SliceOp"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,10 @@ def find_unit_groups(
             root = torch.as_tensor(item.root_idxs, dtype=torch.long, device=layer.weight.device)
             if isinstance(target, nn.MultiheadAttention) or isinstance(target, nn.RNNBase):
                 reason = f"its units feed a {type(target).__name__}, which cannot be masked unit by unit"
+                break
+            if type(target).__name__ in _SPLITS:
+                reason = ("its units pass through a channel split (torch.split, chunk or a slice), whose "
+                          "channel indices the structured cut does not follow exactly")
                 break
             if not isinstance(target, nn.Module):
                 continue

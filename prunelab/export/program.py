@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core.files import check_marker, marker, read_file
+from ..core.inputs import select_output
 
 PROGRAM_KIND = "program"
 PROGRAM_INFO = "extra/prunelab.json"  # our entry inside the .pt2 archive, below its root folder
@@ -41,9 +42,30 @@ PAYLOADS = {WEIGHTS_CONFIG: ("data/weights/", re.compile(r"weight_\d+")),
 JSON_ENTRIES = ("models/model.json", WEIGHTS_CONFIG, CONSTANTS_CONFIG, PROGRAM_INFO)
 
 
-def program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
+class Selected(nn.Module):
+    """``model`` with only its measured output (:func:`prunelab.core.inputs.forward`): what the
+    program captures when the full output cannot be (a language model's cache object, say)."""
+
+    def __init__(self, model: nn.Module, output=None):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, *args, **kwargs):
+        return select_output(self.model(*args, **kwargs), self.output)
+
+
+def _capture(model: nn.Module, args, kwargs, dynamic):
+    try:
+        return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)
+    except Exception:  # a model that fixes its batch size: export it for the example's batch
+        return torch.export.export(model, args, kwargs)
+
+
+def program_bytes(model: nn.Module, example: torch.Tensor, info: dict, output=None) -> bytes:
     """``model`` as a ``torch.export`` program archive (dynamic batch where the model allows),
-    with ``info``, the prunelab marker and a SHA-256 of every other entry inside."""
+    with ``info``, the prunelab marker and a SHA-256 of every other entry inside. When the model's
+    full output cannot be captured, the program returns the output ``output`` selects (the
+    logits), and ``info["program_output"]`` says so."""
     batch = torch.export.Dim("batch")
     if isinstance(example, torch.Tensor):
         args, kwargs, dynamic = (example,), None, ({0: batch},)
@@ -51,11 +73,12 @@ def program_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
         args, kwargs = (), dict(example)
         dynamic = {k: {0: batch} for k in kwargs}
     try:
-        program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic)
-    except Exception:  # a model that fixes its batch size: export it for the example's batch
+        program = _capture(model, args, kwargs, dynamic)
+    except Exception as e:
         try:
-            program = torch.export.export(model, args, kwargs)
-        except Exception as e:
+            program = _capture(Selected(model, output), args, kwargs, dynamic)
+            info = {**info, "program_output": "the measured output only (the full output could not be captured)"}
+        except Exception:
             raise ValueError(f"torch.export could not capture {type(model).__name__} as a program ({e}), so "
                              "the structured export was not written. Export 'sparse' or 'state_dict', which "
                              "work for any model.") from None

@@ -252,7 +252,7 @@ def save_structured(pruner, path) -> tuple[tuple[Path, Path], Shrunk]:
     info = {"model_class": type(pruner.model).__qualname__, "modules": shrunk.module_attrs,
             "units": {k: list(v) for k, v in shrunk.units.items()}, "program": program_path.name,
             "max_abs_diff": shrunk.max_abs_diff}
-    program = program_bytes(cpu, example_inputs(pruner).cpu(), info)
+    program = program_bytes(cpu, example_inputs(pruner).cpu(), info, pruner.output)
     weights = safetensors_bytes(cpu.state_dict(), KIND, info)
     with atomic_paths(weights_path, program_path) as (tmp_weights, tmp_program):
         write_file(tmp_weights, weights)

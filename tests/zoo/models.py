@@ -384,6 +384,17 @@ def next_token_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
                                        ignore_index=-100)
 
 
+def token_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy per position against targets given per position (-100 not counted)."""
+    counted = targets != -100
+    return int((outputs.argmax(-1) == targets)[counted].sum()) / int(counted.sum())
+
+
+def token_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per position against targets given per position (-100 not counted)."""
+    return nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
 @dataclass(frozen=True)
 class Heads:
     """One attention block, by parameter name. ``q``, ``k``, ``v``: (parameter, first output
@@ -458,9 +469,9 @@ class Entry:
                 tensors.setdefault("x", []).append(inputs[self.key])
                 tensors.setdefault("y", []).append(labels)
             return torch.cat(tensors["x"]), torch.cat(tensors["y"])
-        # a language model's metric and loss said by hand, as a user had to before "hf": the
-        # Pruner measured class-index targets only
-        options = {"metric": next_token_accuracy, "loss": next_token_loss} if self.language else {}
+        # a language model's metric and loss said by hand: the Pruner hands them the targets it
+        # scores, for labels = input_ids already shifted to the next token (so they do not shift)
+        options = {"metric": token_accuracy, "loss": token_loss} if self.language else {}
         return Entry(f"{self.name}[logits_only]", lambda: logits_only(self.build(), self.key), data,
                      hf=False, key=None, language=self.language, options=options,
                      attention=self.attention, prefix="model.")

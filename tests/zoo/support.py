@@ -127,15 +127,18 @@ def assert_whole_units(model: nn.Module, masks: dict[str, torch.Tensor]) -> None
         assert torch.equal(m, rows[:, None] & cols[None, :]), f"{name}: masked weights that are not whole units"
 
 
-def assert_two_of_four(model: nn.Module, masks: dict[str, torch.Tensor], layers, warned: str) -> None:
-    """Every layer has 2 of every 4 consecutive weights of each row kept, or is named, with its
-    row length, in the warning 2:4 gave."""
+def assert_two_of_four(model: nn.Module, masks: dict[str, torch.Tensor], layers, warned: str,
+                       blocked: dict[str, str]) -> None:
+    """Every layer has 2 of every 4 consecutive weights of each row kept, or is left dense and
+    listed, with its row length, in ``pruner.blocked("2:4")``, and the warning 2:4 gave says so
+    (short: a row length shared by many layers once, with the count)."""
     params = dict(model.named_parameters())
     for layer in layers:
         mask = masks.get(layer.weight_name)
         rows = as_rows(model, layer.weight_name, torch.ones_like(params[layer.weight_name]) if mask is None else mask)
         if rows.shape[1] % 4:
-            assert mask is None and repr(layer.name) in warned and f"rows of {rows.shape[1]}" in warned, \
+            said = f"rows are {rows.shape[1]} weights long"
+            assert mask is None and said in blocked.get(layer.name, "") and said in warned, \
                 f"2:4 left {layer.name} (rows of {rows.shape[1]}) dense without saying so: {warned!r}"
             continue
         assert mask is not None, f"{layer.name}: rows of {rows.shape[1]} but left dense by 2:4"

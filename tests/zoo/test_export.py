@@ -31,7 +31,9 @@ def test_structured_export_equals_the_masked_model_or_was_refused_at_prune(name,
     if set(pruner.structured_blocked) >= set(pruner.layer_names):
         with pytest.raises(ValueError):
             pruner.prune(0.3, granularity="structured")
-        assert not entry.heads(), "structured export of attention must work (issue 11: ViT, BERT)"
+        # GPT-2 may be refused whole (torch-pruning cannot build its graph), with the reason said
+        assert not entry.heads() or name.startswith("gpt2"), "structured export of attention must work (ViT, BERT)"
+        assert all("torch-pruning" in r for r in pruner.structured_blocked.values()) or not name.startswith("gpt2")
         return
     pruner.prune(0.3, granularity="structured")
     done = pruner.export(tmp_path / "small", format="structured")
