@@ -39,10 +39,12 @@ LEAVES = {
                                    "random_iterative"),
     "04-export.ipynb": (),
     "05-hugging-face.ipynb": (),
+    "06-beyond.ipynb": ("QUICK", "WANDA_GAIN_90", "RECALIBRATED", "ALLOCATE", "INT8"),
     "07-tables.ipynb": ("KINDS_MADE",),
 }
 SAYS = {"04-export.ipynb": ("same masks: True", "only 'structured'"),
         "05-hugging-face.ipynb": ("whole heads: True", "same outputs: True"),
+        "06-beyond.ipynb": ("after recalibration:", "| structured+int8 |", "changed class", "loaded back"),
         "07-tables.ipynb": ("| Pruned | Accuracy |", "made 9 tables")}  # what its computed output must say
 
 
@@ -150,3 +152,18 @@ def test_notebook_03_reads_the_quick_switch_itself():
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert 'os.environ.get("PRUNELAB_QUICK") == "1"' in code
     assert code.count("**SCHEDULE") == code.count(".iterate(") == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_beyond_notebook_shows_each_part_beating_its_baseline(run_notebook):
+    """What notebook 06 exists to show, read from what it measured on the demos."""
+    _, probe = run_notebook(ROOT / "notebooks" / "06-beyond.ipynb")
+    v = probe["values"]
+    assert v["QUICK"], "the notebook did not take the quick settings PRUNELAB_QUICK=1 asks for"
+    assert all(gain > 0.03 for gain in v["WANDA_GAIN_90"].values()), v["WANDA_GAIN_90"]  # wanda beats |W| at 90%
+    assert all(after > before + 0.03 for before, after in v["RECALIBRATED"].values()), v["RECALIBRATED"]
+    for name, a in v["ALLOCATE"].items():  # half the FLOPs within 2%, at least as accurate as uniform
+        assert abs(a["flops_kept"] - 0.5) <= 0.02 and a["allocated"] >= a["uniform"] - 0.01, (name, a)
+    (int8_bytes, int8_acc), (cut_bytes, cut_acc) = v["INT8"]["int8"], v["INT8"]["structured+int8"]
+    assert cut_bytes < int8_bytes and int8_acc > 0.5 and cut_acc > 0.5, v["INT8"]

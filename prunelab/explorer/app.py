@@ -30,6 +30,7 @@ from .views.connectivity import ConnectivityView
 from .views.importance import ImportanceView
 from .views.interpretability import InterpretabilityView
 from .views.metrics import MetricsView
+from .panels.beyond import beyond_panels
 from .panels.export import ExportPanel
 from .panels.tables import TablesPanel
 from .panels.training import TrainingPanel
@@ -37,7 +38,6 @@ from .views.sizes import MAX_WIDTH
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
-
 
 CONTROLS_PX = 360   # the column of controls (and the trace under them)
 VIEWS_MIN_PX = 560  # narrower than this beside the controls, the views go below them
@@ -144,7 +144,7 @@ class Explorer(w.VBox):
         self._unsubscribe = follow(pruner, self._scheduler.soon, self.refresh)  # the one bridge
         self.panels = {"Fine-tune": TrainingPanel(pruner, self.state, post),
                        "Export": ExportPanel(pruner, self.state, post),
-                       "Tables": TablesPanel(pruner, self.state, post)}
+                       "Tables": TablesPanel(pruner, self.state, post), **beyond_panels(self, self._scheduler)}
         for title, panel in self.panels.items():
             self.add_panel(title, panel)
         self._score_in_background()

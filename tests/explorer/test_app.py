@@ -79,7 +79,7 @@ def test_training_and_export_panels_are_tabs_on_the_same_pruner():
     from prunelab.explorer.panels.training import TrainingPanel
 
     ex = pl.explore("digits-mlp")
-    assert ex.tabs.titles == ("Inspect", "Fine-tune", "Export", "Tables")
+    assert ex.tabs.titles == ("Inspect", "Fine-tune", "Export", "Tables", "Recover", "What pruning breaks", "Compare")
     training, export = ex.tabs.children[1:3]
     assert isinstance(training, TrainingPanel) and isinstance(export, ExportPanel)
     assert training.pruner is ex.pruner and export.pruner is ex.pruner

@@ -55,19 +55,26 @@ def measured_gives(report, row) -> str:
 
 
 def measured_table_html(report) -> str:
-    """The formats table as HTML, each "Gives" cell worded from the measurement (:func:`measured_gives`)."""
+    """The formats table as HTML, each "Gives" cell worded from the measurement (:func:`measured_gives`);
+    rows measured as networks of their own (int8, structured+int8) show their accuracy and latency."""
     cells = []
+    right = "<td style='text-align:right'>"
     for r in report.rows:
         share = report.share(r)
         size = "-" if r.bytes is None else f"{r.bytes / 1e3:,.1f} kB"
         rel = "-" if share is None else f"{share:.0%}"
-        cells.append(f"<tr><td>{html.escape(r.format)}</td><td style='text-align:right'>{size}</td>"
-                     f"<td style='text-align:right'>{rel}</td><td>{html.escape(measured_gives(report, r))}</td></tr>")
+        acc = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
+        lat = "-" if r.latency is None else f"{r.latency.median * 1e3:.3f} ms"
+        cells.append(f"<tr><td>{html.escape(r.format)}</td>{right}{size}</td>{right}{rel}</td>{right}{acc}</td>"
+                     f"{right}{lat}</td><td>{html.escape(measured_gives(report, r))}</td></tr>")
     structured = (f"{report.structured.median * 1e3:.2f} ms" if report.structured else "n/a")
+    accuracy = "".join(f"<tr><td>{html.escape(k)}</td>{right}{v:.2%}</td></tr>" for k, v in report.accuracy.items())
     lat = (f"<tr><td>dense</td><td style='text-align:right'>{report.dense.median * 1e3:.2f} ms</td></tr>"
            f"<tr><td>structured</td><td style='text-align:right'>{structured}</td></tr>")
-    return ("<table><tr><th>Format</th><th>File size</th><th>vs dense</th><th>Gives (measured here)</th></tr>"
-            + "".join(cells) + "</table><table><tr><th>Latency</th><th>median</th></tr>" + lat + "</table>")
+    return ("<table><tr><th>Format</th><th>File size</th><th>vs dense</th><th>Accuracy</th><th>Latency</th>"
+            "<th>Gives (measured here)</th></tr>"
+            + "".join(cells) + "</table><table><tr><th>Latency</th><th>median</th></tr>" + lat + "</table>"
+            + (f"<table><tr><th>Accuracy</th><th>float</th></tr>{accuracy}</table>" if accuracy else ""))
 
 
 class ExportPanel(Panel):

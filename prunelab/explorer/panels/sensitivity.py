@@ -20,6 +20,11 @@ from ..views.metrics import points
 from .runner import BackgroundRun
 
 SAFE_DROP = 0.01  # a layer is marked safe up to the highest sparsity within one point of accuracy
+# What Allocate aims at: mode -> (button, allocate()'s keyword, slider min, max, step, start, readout format)
+TARGETS = {"target": ("sparsity", "target_sparsity", 0.0, 0.99, 0.01, 0.9, ".0%"),
+           "flops": ("FLOPs kept", "target_flops", 0.05, 1.0, 0.01, 0.5, ".0%"),
+           "params": ("params kept", "target_params", 0.02, 1.0, 0.01, 0.3, ".0%"),
+           "drop": ("max drop", "max_drop", 0.0, 0.2, 0.001, 0.01, ".1%")}
 
 
 def layer_colours(layer_names: list[str]) -> dict[str, str]:
@@ -114,8 +119,8 @@ class SensitivitySection(widgets.VBox):
         self.plot.layout.display = "none"  # shown with the first curves; until then, what to do
         self.empty = widgets.HTML("<i style='color:#555'>Press <b>Analyse sensitivity</b> to see one accuracy "
                                   "curve per layer (each layer pruned alone), then Allocate from them.</i>")
-        self.allocate_mode = widgets.ToggleButtons(options=[("target sparsity", "target"), ("max drop", "drop")],
-                                                   value="target", style={"button_width": "110px"})
+        self.allocate_mode = widgets.ToggleButtons(options=[(label, mode) for mode, (label, *_r) in TARGETS.items()],
+                                                   value="target", style={"button_width": "96px"})
         self.allocate_value = widgets.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01, readout_format=".0%",
                                                   continuous_update=False)
         self.allocate_button = widgets.Button(description="Allocate", icon="sliders", disabled=True,
@@ -153,12 +158,11 @@ class SensitivitySection(widgets.VBox):
             self.marks.value = self._marks_html(stale=True)
 
     def _on_allocate_mode(self, change):
-        if change["new"] == "target":
-            self.allocate_value.max, self.allocate_value.step, self.allocate_value.value = 0.99, 0.01, 0.9
-            self.allocate_value.readout_format = ".0%"
-        else:
-            self.allocate_value.max, self.allocate_value.step, self.allocate_value.value = 0.2, 0.001, 0.01
-            self.allocate_value.readout_format = ".1%"
+        _label, _keyword, low, high, step, value, fmt = TARGETS[change["new"]]
+        slider = self.allocate_value
+        slider.min, slider.max = 0.0, 1.0  # widen first, so the new range always fits the old value
+        slider.step, slider.value, slider.min, slider.max = step, value, low, high
+        slider.readout_format = fmt
 
     def start_sensitivity(self) -> None:
         """Measure the sensitivity curves in the background (with the panel's executor), for the
@@ -238,14 +242,16 @@ class SensitivitySection(widgets.VBox):
             return None
         value = self.allocate_value.value
         try:
-            kwargs = {"target_sparsity": value} if self.allocate_mode.value == "target" else {"max_drop": value}
-            result = allocate(self.pruner, table=self.table, **kwargs)
+            keyword = TARGETS[self.allocate_mode.value][1]
+            result = allocate(self.pruner, table=self.table, **{keyword: value})
         except ValueError as e:
             self.runner.say(f"allocate: {e}", error=True)
             return None
         self.allocation_html.value = allocation_html(result)
+        kept = "".join(f"; {what} kept {v:.1%}" for what, v in (("FLOPs", result.flops_kept),
+                                                               ("params", result.params_kept)) if v is not None)
         self.runner.say(f"allocated: accuracy {result.accuracy:.1%} measured jointly ({points(-result.drop)} vs dense); "
-                        f"the single-layer changes sum to {points(-result.predicted_drop)}")
+                        f"the single-layer changes sum to {points(-result.predicted_drop)}{kept}")
         return result
 
 
