@@ -24,12 +24,11 @@ from .checks import (check_count, check_layer_names, check_model, check_scores,
                      check_seed)
 from .criteria import Criterion, ScoringContext
 from .datachecks import check_data
-from .evaluation import Metrics
 from .history import History, HistoryView, Step
 from .layers import Layer, UnitGroup, find_unit_groups
 from .masks import Ranking
 from .maskstate import MaskState
-from .meter import Meter
+from .meter import CACHE_BYTES, Measuring, Meter
 from .ownership import Custody
 from .transitions import Transitions
 from .planning import Plan
@@ -38,14 +37,15 @@ from .scores import ScoreCache, score_dense, scoring_context, scoring_samples
 __all__ = ["BasePruner", "Plan"]  # Plan lives in .planning; importable from here too
 
 
-class BasePruner:
+class BasePruner(Measuring):
     """Masks over ``model``'s own weights, with history, scoring and measurement on ``val_data``.
 
     The workflows (retraining, sensitivity, export, recipes) take a BasePruner through its public
     surface; :class:`prunelab.Pruner` adds them as methods.
 
     Args (all as for :class:`prunelab.Pruner`): model, val_data, train_data=None, and keyword-only
-        metric=None, loss=None, eval_samples=None, batch_size=1024, seed=0.
+        metric=None, loss=None, eval_samples=None, batch_size=1024, seed=0, cache_bytes=512 MiB.
+        Measuring (outputs, flops, evaluate, memory) comes from :class:`~prunelab.core.meter.Measuring`.
 
     Example:
         >>> demo = pl.demos.load("digits-mlp")
@@ -55,8 +55,9 @@ class BasePruner:
 
     def __init__(self, model: nn.Module, val_data, train_data=None, *, metric: Callable | None = None,
                  loss: Callable | None = None, eval_samples: int | None = None, batch_size: int = 1024,
-                 seed: int = 0):
+                 seed: int = 0, cache_bytes: int = CACHE_BYTES):
         batch_size, seed = check_count(batch_size, "batch_size"), check_seed(seed)
+        cache_bytes = check_count(cache_bytes, "cache_bytes")
         self.model = model
         self.layers, self.skipped = check_model(model)
         weight = self.layers[0].module.weight
@@ -73,7 +74,7 @@ class BasePruner:
         self._masks = MaskState(model, self.layers, original, self.unit_groups)
         self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
-                            batch_size=batch_size)
+                            batch_size=batch_size, cache_bytes=cache_bytes, seed=seed)
         self._score_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: tuple[dict[str, UnitGroup], dict[str, str]] | None = None
         self._listeners: list[Callable[[], None]] = []
@@ -354,45 +355,6 @@ class BasePruner:
         """The parameters as they were when the Pruner was made, by name (the Pruner's own
         tensors: read them, do not modify them)."""
         return dict(self._history.original.weights)
-
-    # ------------------------------------------------------------------ measuring
-
-    def outputs(self) -> torch.Tensor:
-        """Model outputs on the evaluation data in the current state, recomputed only from the
-        first module changed since the last call.
-
-        Returns: A tensor with one row per evaluation sample.
-        Example: ``predicted = pruner.outputs().argmax(1)``
-        """
-        self._guard()
-        return self._meter.outputs(self._masks.take_changed())
-
-    @property
-    def incremental(self) -> bool:
-        """Whether evaluation resumes from the first changed module (the model traces with fx)."""
-        return self._meter.evaluator.incremental
-
-    def flops(self) -> tuple[int, dict[str, int]]:
-        """FLOPs per sample of the dense model, and per prunable layer (counted once).
-
-        Returns: ``(total, {layer name: flops})``.
-        Example: ``total, per_layer = pruner.flops()``
-        """
-        return self._meter.flops()
-
-    def evaluate(self) -> Metrics:
-        """Measure the current state on the evaluation data (cached per state).
-
-        Returns:
-            :class:`~prunelab.Metrics`: accuracy (or the metric), loss, per-class accuracy,
-            sizes, FLOPs, samples and, for top-1 accuracy, its interval.
-        Example:
-            >>> print(pruner.prune(0.9).evaluate())
-        """
-        self._guard()
-        return self._meter.evaluate(self._history.current.token, changed=self._masks.take_changed,
-                                    sparsity=self.sparsity, counts=self._masks.counts, metric=self.metric,
-                                    loss=self.loss)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.model).__name__}, {len(self.layers)} prunable layers, "

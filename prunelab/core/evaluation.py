@@ -1,6 +1,8 @@
 """Measuring a model: outputs on a fixed evaluation set (recomputing only what changed), metrics,
 and FLOPs.
 
+FLOP counting lives in :mod:`.flops` and Metrics in :mod:`.metrics` (both importable from here).
+
 Incremental evaluation: the model is traced once with torch.fx. After each evaluation the values
 alive just before every parametrised node (for a chain, the input of each layer; with residual
 connections, the skip tensors too) are kept per batch. When only some modules changed, the run
@@ -10,231 +12,88 @@ trace are evaluated with a plain forward; both paths give the same outputs.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+import time
 
 import torch
 from torch import fx, nn
 
-from .checks import LOSS_FIX, METRIC_FIX, check_real
-from .layers import PRUNABLE_TYPES
+from .flops import count_flops, hooked_flops
+from .metrics import Metrics, classification_scores, score_outputs, wilson_interval
 from .modes import forward_hooks, untouched
 
-
-@dataclass(frozen=True)
-class Metrics:
-    """One measurement of the model's current state.
-
-    ``accuracy`` is top-1 accuracy, or the user's metric when one was given (``metric_name``
-    says which). Sizes are bytes: ``dense_bytes`` stores every parameter as fp32; ``sparse_bytes``
-    stores masked weights as a bitmask plus their nonzero values. FLOPs are per sample.
-    """
-
-    accuracy: float
-    loss: float | None
-    per_class: tuple[float, ...]
-    samples: int
-    data: str
-    params: int
-    nonzero_params: int
-    dense_bytes: int
-    sparse_bytes: int
-    flops: int
-    nonzero_flops: int
-    metric_name: str = "accuracy"
-    accuracy_interval: tuple[float, float] | None = field(default=None)
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.params / max(self.nonzero_params, 1)
-
-    @property
-    def theoretical_speedup(self) -> float:
-        return self.flops / max(self.nonzero_flops, 1)
-
-    @property
-    def sparsity(self) -> float:
-        return 1 - self.nonzero_params / max(self.params, 1)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.update(compression_ratio=self.compression_ratio, theoretical_speedup=self.theoretical_speedup)
-        return d
-
-    def __str__(self) -> str:
-        return (f"{self.metric_name} {self.accuracy:.1%} on {self.samples} {self.data} samples, "
-                f"{self.nonzero_params:,}/{self.params:,} params nonzero "
-                f"({self.compression_ratio:.1f}x smaller, {self.theoretical_speedup:.1f}x fewer FLOPs)")
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% interval for an accuracy measured on n samples."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def classification_scores(logits: torch.Tensor, targets: torch.Tensor, classes: int):
-    """(accuracy, mean cross-entropy, per-class accuracy, correct count)."""
-    pred = logits.argmax(1)
-    hit = (pred == targets)
-    loss = float(nn.functional.cross_entropy(logits.float(), targets))
-    totals = torch.bincount(targets, minlength=classes)
-    # A class without samples has no accuracy: NaN, not a misleading 0.
-    per_class = torch.bincount(targets[hit], minlength=classes) / totals
-    correct = int(hit.sum())
-    return correct / len(targets), loss, tuple(per_class.tolist()), correct
-
-
-def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int, metric=None,
-                  loss=None) -> tuple[float, float | None, tuple[float, ...], tuple[float, float] | None]:
-    """Score a model's outputs against the targets, as :meth:`prunelab.Pruner.evaluate` does.
-
-    Args:
-        outputs: the model's outputs on the evaluation inputs.
-        targets: the targets.
-        classes: the number of classes when the targets are class indices, else 0.
-        metric: ``f(outputs, targets) -> float`` replacing top-1 accuracy (required when
-            ``classes`` is 0).
-        loss: ``f(outputs, targets) -> scalar tensor``, used with ``metric`` (without one, the loss
-            is the mean cross-entropy).
-
-    Returns:
-        ``(accuracy or metric, loss or None, per-class accuracy or (), Wilson interval or None)``:
-        the interval only for top-1 accuracy, the per-class accuracies for class-index targets.
-
-    Example:
-        >>> score_outputs(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), classes=2)[0]
-        0.5
-    """
-    if metric is None:
-        acc, mean_loss, per_class, correct = classification_scores(outputs, targets, classes)
-        return acc, mean_loss, per_class, wilson_interval(correct, len(targets))
-    per_class = classification_scores(outputs, targets, classes)[2] if classes else ()
-    value = check_real(metric(outputs, targets), f"the metric {getattr(metric, '__name__', '')}".rstrip(), METRIC_FIX)
-    return value, None if loss is None else check_real(loss(outputs, targets), "the loss", LOSS_FIX), per_class, None
-
-
-def count_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass on ``example`` (one sample), in total and per named layer.
-
-    A layer's FLOPs are those of the operations that read its weight (matched by storage), so a
-    layer used functionally inside another module, like MultiheadAttention's ``out_proj``, counts.
-    Models whose only matrix products are plain Linear/Conv modules are counted with hooks instead,
-    to the same numbers, because FlopCounterMode imports torch._dynamo (seconds, on opening)."""
-    counted = hooked_flops(model, example, layer_names)
-    if counted is not None:
-        return counted
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
-
-    modules = dict(model.named_modules())
-    owner = {_storage(modules[n].weight): n for n in layer_names}
-    per_layer = dict.fromkeys(layer_names, 0)
-
-    def attributing(formula):
-        def counted(*args, out_val=None, **kwargs):
-            flops = formula(*args, out_val=out_val, **kwargs)
-            readers = {owner.get(_storage(a)) for a in (*args, *kwargs.values())} - {None}
-            for n in readers:
-                per_layer[n] += int(flops)
-            return flops
-        counted._get_raw = True  # FlopCounterMode passes raw tensors to such formulas
-        return counted
-
-    # Grad enabled on purpose: under no_grad, eval-mode MultiheadAttention (and Transformer
-    # layers) take a fused fast path whose op FlopCounterMode does not count, hiding its FLOPs.
-    mapping = {op: attributing(f) for op, f in flop_registry.items()}
-    with untouched(model), torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(example)
-    return int(counter.get_total_flops()), per_layer
-
-
-def _storage(t) -> int | None:
-    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
-
-
-# Ops that FlopCounterMode counts (matrix products, convolutions, attention), by name fragment.
-_MATMUL_NAMES = ("matmul", "mm", "einsum", "tensordot", "linear", "conv", "attention", "multi_dot", "bilinear",
-                 "inner", "dot")
-
-
-def hooked_flops(model: nn.Module, example: torch.Tensor, layer_names: list[str]):
-    """The same count as FlopCounterMode, without it, when every matrix product of the model is a
-    plain Linear or Conv module: 2 * multiply-adds of those modules. FlopCounterMode imports
-    torch._dynamo (seconds); this takes one forward pass. None when the model does anything else
-    that FlopCounterMode would count (or cannot be traced), so the caller falls back to it.
-
-    Args:
-        model: the model (its train/eval mode is restored after).
-        example: one sample's inputs.
-        layer_names: the layers to report.
-
-    Returns:
-        ``(total, {layer name: flops})``, or None when hooks cannot count this model.
-
-    Example:
-        >>> hooked_flops(nn.Sequential(nn.Linear(4, 2)), torch.zeros(1, 4), ["0"])
-        (16, {'0': 16})
-    """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:
-        return None
-    modules = dict(model.named_modules())
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            m = modules.get(node.target)
-            if type(m) in PRUNABLE_TYPES:
-                continue
-            if any(k in type(m).__name__.lower() for k in ("linear", "conv", "attention", "transformer", "rnn",
-                                                              "lstm", "gru", "bilinear")):
-                return None
-        elif node.op in ("call_function", "call_method"):
-            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-            if any(k in name.lower() for k in _MATMUL_NAMES):
-                return None
-    # Each module's FLOPs go to the layer whose weight it uses (a tied module counts for its layer).
-    layer_of = {id(modules[n].weight): n for n in layer_names}
-    names = {m: layer_of.get(id(getattr(m, "weight", None)), n) for n, m in modules.items()}
-    flops: dict[str, int] = {}
-
-    def count(module, inputs, output):
-        n = names[module]
-        if isinstance(module, nn.Linear):
-            f = 2 * inputs[0].numel() * module.out_features
-        else:
-            f = 2 * output.numel() * module.weight.shape[1] * module.weight[0, 0].numel()
-        flops[n] = flops.get(n, 0) + int(f)
-
-    hooks = [m.register_forward_hook(count) for m in modules.values() if type(m) in PRUNABLE_TYPES]
-    try:
-        with untouched(model), torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sum(flops.values()), {n: flops.get(n, 0) for n in layer_names}
+__all__ = ["Evaluator", "Metrics", "classification_scores", "count_flops", "hooked_flops", "score_outputs",
+           "wilson_interval"]  # Metrics and scoring live in .metrics; importable from here too
 
 
 class Evaluator:
-    """Outputs of ``model`` on fixed inputs, recomputing from the first changed module onward."""
+    """Outputs of ``model`` on fixed inputs, block by block, recomputing from the first changed
+    module onward, in memory bounded by design.
+
+    Before the first pass a probe on two samples measures the size per sample of every value
+    the traced graph makes. From it the evaluator decides, before anything is cached, (a) how many
+    samples a block holds, so one block's live activations fit ``batch_bytes``, and (b) which cut
+    points it keeps values of, for every block, within ``cache_bytes`` (spread over the network
+    first, then the latest ones). A store that would pass the budget is skipped, so the cached
+    bytes never exceed it at any moment of a pass. Peak memory: the model, one block's
+    activations, the cache budget and the outputs, whatever the number of samples.
+
+    Args:
+        model: the model (run in eval mode; its modes and buffers restored after).
+        inputs: the inputs, one row per sample.
+        batch_size: at most this many samples per block.
+        cache_bytes: budget for the cached values of all blocks together.
+        batch_bytes: budget for one block's live activations (blocks shrink to fit it).
+        order: the order samples are measured in (a permutation of ``range(len(inputs))``, e.g.
+            class-stratified); None: as given.
+        progressive: blocks grow from two samples (2, 2, 4, 4, 8, ...), so that a run with a
+            deadline answers soon; False: every block is full size.
+
+    Example:
+        >>> ev = Evaluator(model, x, batch_size=64)                      # doctest: +SKIP
+        >>> idx, out = ev.run(deadline=time.perf_counter() + 1.0)       # doctest: +SKIP
+        >>> torch.equal(ev.outputs(set()), model(x))                     # doctest: +SKIP
+    """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024,
-                 cache_bytes: int = 512 * 2**20):
+                 cache_bytes: int = 512 * 2**20, *, batch_bytes: int = 256 * 2**20,
+                 order: torch.Tensor | None = None, progressive: bool = False):
         self.model = model
         self.inputs = inputs
         self.batch_size = batch_size
         self.cache_bytes = cache_bytes
+        self.batch_bytes = batch_bytes
+        self.order = order
+        self.progressive = progressive
+        self.blocks: list | None = None  # sample indices of each block (slices or index tensors), planned once
         self._caches: list[dict[int, list[torch.Tensor]]] = []
-        self._outputs: torch.Tensor | None = None
+        self._held: list[int] = []  # cached bytes per block
+        self._done: list[torch.Tensor | None] = []  # outputs per block, for the current state
+        self._spent = [0.0, 0]  # seconds and samples run in the current state (the rate of the next block)
+        self.peak_cached_bytes = 0
         self._trace()
 
     @property
     def incremental(self) -> bool:
         return self._graph is not None
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the activations cached now (all blocks)."""
+        return sum(self._held)
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes of the outputs held for the current state."""
+        return sum(_nbytes(o) for o in self._done if o is not None)
+
+    @property
+    def measured(self) -> int:
+        """How many samples of the current state are measured."""
+        return sum(_count(i) for i, o in zip(self.blocks or [], self._done) if o is not None)
+
+    def _call(self, x):
+        """The model on one block's inputs, outside the traced path (the one place it is called)."""
+        return self.model(x)
 
     def _trace(self):
         self._graph = None
@@ -263,6 +122,9 @@ class Evaluator:
                 self._reads.append(None)
         # Cut points: nodes that read parameters. Live set: earlier values used at or after the cut.
         last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in nodes}
+        self._free_after: dict[int, list[fx.Node]] = {}
+        for n, i in last_use.items():
+            self._free_after.setdefault(i, []).append(n)
         self._cuts = {}
         for i, r in enumerate(self._reads):
             if r is not None and i > 0:
@@ -283,30 +145,71 @@ class Evaluator:
 
     @torch.no_grad()
     def outputs(self, changed: set[str] | None = None) -> torch.Tensor:
-        """Outputs for all inputs, as ``model(x)`` gives them in eval mode. ``changed``: modules
-        whose parameters changed since the last call (None: unknown, recompute everything).
+        """Outputs for all inputs, as ``model(x)`` gives them in eval mode (block by block), in
+        the inputs' order. ``changed``: modules whose parameters changed since the last call
+        (None: unknown, recompute everything; empty: the same state, so finish what is left).
 
         A model with forward hooks the traced graph would skip (on the root module, or on a
         module fx traces through) runs its plain forward, so the hooks run. An error or a
         KeyboardInterrupt part way drops every cached value, so the next call measures the
         current state from scratch; nothing half-updated is served."""
-        if self._outputs is not None and changed is not None and not changed:
-            return self._outputs
+        index, out = self.run(changed)
+        if self.order is None:
+            return out
+        full = torch.empty_like(out)
+        full[index] = out
+        return full
+
+    @torch.no_grad()
+    def run(self, changed: set[str] | None = None, deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Measure the current state's blocks in order until all are done, or until the next
+        one would end after ``deadline`` (a ``time.perf_counter()`` value; one block always runs
+        when none is done). A later call with ``changed`` empty continues where this one stopped.
+
+        Args:
+            changed: as for :meth:`outputs`.
+            deadline: when to stop; None: measure every sample.
+
+        Returns:
+            ``(indices, outputs)``: the samples measured so far for this state (a prefix of the
+            measuring order) and their outputs, row for row.
+        """
         try:
             with untouched(self.model):
-                if self._graph is None or self._graph_hooks() != self._traced_hooks or {"", "*"} & set(self._traced_hooks):
-                    self._caches = []  # the traced caches are not kept up to date by a plain run
-                    out = torch.cat([self.model(x) for x in self.inputs.split(self.batch_size)])
-                else:
-                    start = 0 if (changed is None or self._outputs is None) else self.first_reader(changed)
-                    out = torch.cat([self._run(b, x, start)
-                                     for b, x in enumerate(self.inputs.split(self.batch_size))])
-                    self._trim_caches()
+                if self.blocks is None:
+                    self._plan()
+                plain = (self._graph is None or self._graph_hooks() != self._traced_hooks
+                         or bool({"", "*"} & set(self._traced_hooks)))
+                self._invalidate(changed, plain)
+                for b, idx in enumerate(self.blocks):
+                    if self._done[b] is not None:
+                        continue
+                    seconds, samples = self._spent
+                    if deadline is not None and samples and time.perf_counter() + seconds / samples * _count(idx) > deadline:
+                        break
+                    began = time.perf_counter()
+                    x = self.inputs[idx]
+                    self._done[b] = self._call(x) if plain else self._run(b, x)
+                    self._spent = [seconds + time.perf_counter() - began, samples + _count(idx)]
         except BaseException:
             self.forget()
             raise
-        self._outputs = out
-        return out
+        done = [b for b, o in enumerate(self._done) if o is not None]
+        index = torch.cat([_indices(self.blocks[b]) for b in done])
+        return index, torch.cat([self._done[b] for b in done])
+
+    def _invalidate(self, changed: set[str] | None, plain: bool) -> None:
+        """Drop what ``changed`` makes stale: the outputs, and the cached values downstream of the
+        first node reading a changed module."""
+        if changed is not None and not changed and any(o is not None for o in self._done):
+            return
+        self._done = [None] * len(self.blocks)
+        self._spent = [0.0, 0]
+        start = 0 if (changed is None or plain) else self.first_reader(changed)
+        for b, cache in enumerate(self._caches):
+            for c in [c for c in cache if c > start]:
+                del cache[c]
+            self._held[b] = _unique_bytes(cache.values())
 
     def _graph_hooks(self) -> dict[str, tuple]:
         """The forward hooks the traced graph cannot follow: global ones, on the root, and on the
@@ -315,44 +218,155 @@ class Evaluator:
 
     def forget(self) -> None:
         """Drop the cached outputs and activations: the next call recomputes everything."""
-        self._outputs, self._caches = None, []
+        n = len(self.blocks or [])
+        self._caches, self._held, self._done = [{} for _ in range(n)], [0] * n, [None] * n
+        self._spent = [0.0, 0]
 
-    def _run(self, b: int, x: torch.Tensor, start: int) -> torch.Tensor:
-        if b >= len(self._caches):
-            self._caches.append({})
-        cache = self._caches[b]
-        resume = max((c for c in cache if c <= start), default=0)
+    # ------------------------------------------------------------------ planning the memory
+
+    def _plan(self) -> None:
+        """Probe two samples, then fix the blocks and the cut points kept (before any caching)."""
+        n = len(self.inputs)
+        probe = self.order[:2] if self.order is not None else slice(0, min(2, n))
+        x = self.inputs[probe]
+        k = _count(probe) if isinstance(probe, torch.Tensor) else len(x)
+        if self._graph is not None:
+            sizes: dict = {}
+            self._run(-1, x, record=sizes)
+            peak = sizes.pop("peak", (0, 0))
+        else:
+            sizes, peak = {}, self._probe_plain(x)
+        per_sample = lambda b: b[0] / k  # noqa: E731
+        cap = max(1, min(self.batch_size, int(self.batch_bytes // max(per_sample(peak), 1))))
+        self.blocks = _blocks(n, cap, self.order, self.progressive)
+        self._done = [None] * len(self.blocks)
+        self._caches = [{} for _ in self.blocks]
+        self._held = [0] * len(self.blocks)
+        if self._graph is not None:
+            cost = {node: s / k * n + c * len(self.blocks) for node, (s, c) in sizes.items()}
+            self._kept_cuts = self._choose_cuts(cost)
+
+    def _probe_plain(self, x) -> tuple[int, int]:
+        """(bytes of every module's output for ``x``, 0): an upper bound on the live activations."""
+        total = [_nbytes(x)]
+        hooks = [m.register_forward_hook(lambda m, i, o: total.append(_tree_bytes(o))) for m in self.model.modules()]
+        try:
+            self._call(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return sum(total), 0
+
+    def _choose_cuts(self, cost: dict) -> set[int]:
+        """Cut points whose values, for every block, fit ``cache_bytes``: in each of eight spans
+        of the network its cheapest cut (latest spans first), then the latest cuts that still fit."""
+        kept, have, budget = set(), set(), self.cache_bytes
+
+        def extra(c):
+            return sum(cost.get(v, 0) for v in self._cuts[c] if self._inplace or v not in have)
+
+        cuts = sorted(self._cuts)
+        spans = [cuts[i * len(cuts) // 8:(i + 1) * len(cuts) // 8] for i in range(8)]
+        candidates = [min(span, key=lambda c: (extra(c), -c)) for span in reversed(spans) if span]
+        for c in candidates + cuts[::-1]:
+            if c not in kept and extra(c) <= budget:
+                budget -= extra(c)
+                kept.add(c)
+                have.update(self._cuts[c])
+        return kept
+
+    # ------------------------------------------------------------------ the traced run
+
+    def _run(self, b: int, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        """Run block ``b`` from its latest cached cut (all cached cuts are valid: stale ones were
+        dropped), caching the planned cuts within the budget. ``record``: probe only, no cache:
+        ``{node: (batch-aligned bytes, other bytes)}`` and ``"peak"``: the live bytes at most."""
+        cache = self._caches[b] if record is None else {}
+        resume = max(cache, default=0)
         interp = fx.Interpreter(self._gm, garbage_collect_values=False)
         if resume:
             values = cache[resume]
             interp.env = {n: (v.clone() if self._inplace else v) for n, v in zip(self._cuts[resume], values)}
         else:
             interp.args_iter = iter([x])
+        live = [0, 0]
         for i in range(resume, len(self._nodes)):
             node = self._nodes[i]
-            if i > resume and i in self._kept_cuts:
-                live = [interp.env[n] for n in self._cuts[i]]
-                cache[i] = [v.clone() for v in live] if self._inplace else live
+            if record is None and i > resume and i in self._kept_cuts and i not in cache:
+                self._store(b, cache, i, [interp.env[n] for n in self._cuts[i]])
             result = interp.run_node(node)
             if node.op == "output":
                 return result
             interp.env[node] = result
+            if record is not None:
+                size = (0, 0) if node.op == "get_attr" else _aligned_bytes(result, len(x))
+                record[node] = size
+                live = [live[0] + size[0], live[1] + size[1]]
+                record["peak"] = max(record.get("peak", (0, 0)), tuple(live))
+            for n in self._free_after.get(i, ()):
+                if interp.env.pop(n, None) is not None and record is not None:
+                    live = [live[0] - record[n][0], live[1] - record[n][1]]
         raise RuntimeError("traced graph has no output node")
 
-    def _trim_caches(self):
-        """Keep the latest cut points whose cached values fit the memory budget."""
-        if not self._caches:
+    def _store(self, b: int, cache: dict, i: int, values: list) -> None:
+        """Cache the live values at cut ``i`` of block ``b``, unless that would pass the budget."""
+        held = {id(v) for vs in cache.values() for v in vs}
+        extra = sum(_nbytes(v) for v in {id(v): v for v in values if id(v) not in held or self._inplace}.values()
+                    if not isinstance(v, nn.Parameter))
+        if self.cached_bytes + extra > self.cache_bytes:
             return
-        sizes = {c: sum(_nbytes(v) for cache in self._caches for v in cache.get(c, [])) for c in self._cuts}
-        budget, kept = self.cache_bytes, set()
-        for c in sorted(self._cuts, reverse=True):
-            if sizes[c] <= budget:
-                kept.add(c)
-                budget -= sizes[c]
-        self._kept_cuts = kept
-        for cache in self._caches:
-            for c in [c for c in cache if c not in kept]:
-                del cache[c]
+        cache[i] = [v.clone() for v in values] if self._inplace else values
+        self._held[b] += extra
+        self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
+
+
+def _blocks(n: int, cap: int, order: torch.Tensor | None, progressive: bool) -> list:
+    """Sample indices per block: slices of ``cap`` in the inputs' order, or, with an ``order``,
+    chunks of it (growing 2, 2, 4, 4, ... up to ``cap`` when ``progressive``)."""
+    sizes, done, size = [], 0, 2 if progressive else cap
+    while done < n:
+        step = min(size, cap, n - done)
+        sizes.append(step)
+        done += step
+        if progressive and len(sizes) % 2 == 0:
+            size *= 2
+    if order is None:
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [slice(s, s + z) for s, z in zip(starts, sizes)]
+    return list(order.split(sizes))
+
+
+def _count(index) -> int:
+    return index.stop - index.start if isinstance(index, slice) else len(index)
+
+
+def _indices(index) -> torch.Tensor:
+    return torch.arange(index.start, index.stop) if isinstance(index, slice) else index
+
+
+def _aligned_bytes(v, k: int) -> tuple[int, int]:
+    """(bytes of the tensors in ``v`` whose first dimension is the batch's ``k``, bytes of the others)."""
+    if isinstance(v, torch.Tensor):
+        return (_nbytes(v), 0) if v.dim() and v.shape[0] == k else (0, _nbytes(v))
+    if isinstance(v, (tuple, list)):
+        parts = [_aligned_bytes(t, k) for t in v]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return 0, 0
+
+
+def _tree_bytes(v) -> int:
+    if isinstance(v, torch.Tensor):
+        return _nbytes(v)
+    if isinstance(v, (tuple, list)):
+        return sum(_tree_bytes(t) for t in v)
+    if isinstance(v, dict):
+        return sum(_tree_bytes(t) for t in v.values())
+    return 0
+
+
+def _unique_bytes(lists) -> int:
+    seen = {id(v): v for vs in lists for v in vs}
+    return sum(_nbytes(v) for v in seen.values() if not isinstance(v, nn.Parameter))
 
 
 def _nbytes(v) -> int:
