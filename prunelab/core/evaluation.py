@@ -163,8 +163,9 @@ class Evaluator:
     @torch.no_grad()
     def run(self, changed: set[str] | None = None, deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Measure the current state's blocks in order until all are done, or until the next
-        one would end after ``deadline`` (a ``time.perf_counter()`` value; one block always runs
-        when none is done). A later call with ``changed`` empty continues where this one stopped.
+        one would end after ``deadline`` (a ``time.perf_counter()`` value). Every call measures
+        at least one block when any is left, so calls with short budgets always progress. A later
+        call with ``changed`` empty continues where this one stopped.
 
         Args:
             changed: as for :meth:`outputs`.
@@ -181,12 +182,14 @@ class Evaluator:
                 plain = (self._graph is None or self._graph_hooks() != self._traced_hooks
                          or bool({"", "*"} & set(self._traced_hooks)))
                 self._invalidate(changed, plain)
+                ran = 0
                 for b, idx in enumerate(self.blocks):
                     if self._done[b] is not None:
                         continue
                     seconds, samples = self._spent
-                    if deadline is not None and samples and time.perf_counter() + seconds / samples * _count(idx) > deadline:
+                    if deadline is not None and ran and time.perf_counter() + seconds / samples * _count(idx) > deadline:
                         break
+                    ran += 1
                     began = time.perf_counter()
                     x = self.inputs[idx]
                     self._done[b] = self._call(x) if plain else self._run(b, x)

@@ -206,7 +206,7 @@ class Measuring:
         """Measure the current state on the evaluation data (cached per state).
 
         Args:
-            time_budget: seconds. Measure only the samples that fit (at least the first block),
+            time_budget: seconds. Measure only the samples that fit (at least one more block),
                 taken in a fixed, class-stratified, seeded order; call again (with or without a
                 budget) on the same state to continue from where it stopped. None: every sample.
                 Cheap models are always measured whole.
