@@ -298,6 +298,7 @@ class BasePruner(Measuring):
         (``reset().close()`` returns the originals first). The Pruner cannot be used after.
         Example: ``old.close(); pruner = pl.Pruner(model, data)``"""
         self._custody.close()
+        self._meter.forget()  # its cached activations are released with the model
 
     @property
     def closed(self) -> bool:

@@ -187,7 +187,8 @@ class Evaluator:
                     if self._done[b] is not None:
                         continue
                     seconds, samples = self._spent
-                    if deadline is not None and ran and time.perf_counter() + seconds / samples * _count(idx) > deadline:
+                    late = deadline is not None and time.perf_counter() + seconds / max(samples, 1) * _count(idx) > deadline
+                    if ran and late:
                         break
                     ran += 1
                     began = time.perf_counter()

@@ -182,7 +182,8 @@ def shrink(pruner) -> Shrunk:
         if after != layer.units:
             units[layer.name] = (layer.units, after)
     attrs = _changed_attrs(pruner.model, small)
-    small, folded = fold_batchnorms(small, lambda m: float((exact_outputs(m, x) - reference).abs().max()) <= _tolerance(reference))
+    small, folded = fold_batchnorms(small, lambda m: float((exact_outputs(m, x) - reference).abs().max())
+                                    <= _tolerance(reference))
     before_flops, _ = count_flops(pruner.model, example[:1], [])
     after_flops, _ = count_flops(small, example[:1], [])
     gone = {bn for bn, _ in folded}  # a folded BatchNorm is an Identity now: no spec, no tensors
