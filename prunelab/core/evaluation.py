@@ -187,8 +187,8 @@ class Evaluator:
                     if self._done[b] is not None:
                         continue
                     seconds, samples = self._spent
-                    late = deadline is not None and time.perf_counter() + seconds / max(samples, 1) * _count(idx) > deadline
-                    if ran and late:
+                    expected = seconds / max(samples, 1) * _count(idx)  # at the rate of this state so far
+                    if ran and deadline is not None and time.perf_counter() + expected > deadline:
                         break
                     ran += 1
                     began = time.perf_counter()
