@@ -157,7 +157,7 @@ class Evaluator:
         if self.order is None:
             return out
         full = torch.empty_like(out)
-        full[index] = out
+        full[index.to(out.device)] = out
         return full
 
     @torch.no_grad()

@@ -128,7 +128,7 @@ class Meter:
         moved = changed()
         index, out = self._layout().run(None if outside is None else moved | outside, deadline)
         self._stamp = stamp(self.model)
-        y = self.targets if len(index) == len(self.targets) and self.evaluator.order is None else self.targets[index]
+        y = self.targets if len(index) == len(self.targets) and self.evaluator.order is None else self.targets[index.to(self.targets.device)]
         acc, loss, per_class, interval = score_outputs(out, y, classes=self.classes, metric=metric, loss=loss)
         nonzero_flops = total_flops - sum(layer_flops[n] * s for n, s in sparsity().items())
         params, masked, mask_bits = counts()
