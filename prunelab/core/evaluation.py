@@ -32,8 +32,8 @@ class Evaluator:
     Before the first pass a probe on two samples measures the size per sample of every value
     the traced graph makes. From it the evaluator decides, before anything is cached, (a) how many
     samples a block holds, so one block's live activations fit ``batch_bytes``, and (b) which cut
-    points it keeps values of, for every block, within ``cache_bytes`` (spread over the network
-    first, then the latest ones). A store that would pass the budget is skipped, so the cached
+    points it keeps values of, for every block, within ``cache_bytes`` (greedily, by the time a
+    cut saves per byte it costs). A store that would pass the budget is skipped, so the cached
     bytes never exceed it at any moment of a pass. Peak memory: the model, one block's
     activations, the cache budget and the outputs, whatever the number of samples.
 
@@ -240,15 +240,12 @@ class Evaluator:
             peak = sizes.pop("peak", (0, 0))
         else:
             sizes, peak = {}, self._probe_plain(x)
-        per_sample = lambda b: b[0] / k  # noqa: E731
-        cap = max(1, min(self.batch_size, int(self.batch_bytes // max(per_sample(peak), 1))))
+        cap = max(1, min(self.batch_size, int(self.batch_bytes // max(peak[0] / k, 1))))  # samples per block
         self.blocks = _blocks(n, cap, self.order, self.progressive)
-        self._done = [None] * len(self.blocks)
-        self._caches = [{} for _ in self.blocks]
-        self._held = [0] * len(self.blocks)
+        self.forget()  # empty caches and outputs, one per block
         if self._graph is not None:
-            cost = {node: s / k * n + c * len(self.blocks) for node, (s, c) in sizes.items()}
-            self._kept_cuts = self._choose_cuts(cost)
+            cost = {node: v[0] / k * n + v[1] * len(self.blocks) for node, v in sizes.items()}
+            self._kept_cuts = self._choose_cuts(cost, [sizes.get(node, (0, 0, 0.0))[2] for node in self._nodes])
 
     def _probe_plain(self, x) -> tuple[int, int]:
         """(bytes of every module's output for ``x``, 0): an upper bound on the live activations."""
@@ -261,30 +258,44 @@ class Evaluator:
                 h.remove()
         return sum(total), 0
 
-    def _choose_cuts(self, cost: dict) -> set[int]:
-        """Cut points whose values, for every block, fit ``cache_bytes``: in each of eight spans
-        of the network its cheapest cut (latest spans first), then the latest cuts that still fit."""
+    def _choose_cuts(self, cost: dict, seconds: list[float]) -> set[int]:
+        """Cut points whose values, for every block, fit ``cache_bytes``, chosen greedily by the
+        time they save per byte: a move at any parametrised node resumes at the latest kept cut
+        before it, so keeping cut ``c`` saves the probe's time from the previous kept cut to ``c``
+        for every cut point between ``c`` and the next kept one."""
+        cuts = sorted(self._cuts)
+        done = [0.0]
+        for t in seconds:  # done[i]: time to reach node i from the start
+            done.append(done[-1] + t)
         kept, have, budget = set(), set(), self.cache_bytes
 
         def extra(c):
             return sum(cost.get(v, 0) for v in self._cuts[c] if self._inplace or v not in have)
 
-        cuts = sorted(self._cuts)
-        spans = [cuts[i * len(cuts) // 8:(i + 1) * len(cuts) // 8] for i in range(8)]
-        candidates = [min(span, key=lambda c: (extra(c), -c)) for span in reversed(spans) if span]
-        for c in candidates + cuts[::-1]:
-            if c not in kept and extra(c) <= budget:
-                budget -= extra(c)
-                kept.add(c)
-                have.update(self._cuts[c])
-        return kept
+        while True:
+            marks = sorted(kept)
+            best, best_value = None, 0.0
+            for j, c in enumerate(cuts):
+                if c in kept or extra(c) > budget:
+                    continue
+                before = max((m for m in marks if m < c), default=0)
+                after = min((m for m in marks if m > c), default=len(self._nodes))
+                served = sum(1 for d in cuts[j:] if d < after)
+                value = (done[c] - done[before]) * served / max(extra(c), 1)
+                if value > best_value:
+                    best, best_value = c, value
+            if best is None:
+                return kept
+            budget -= extra(best)
+            kept.add(best)
+            have.update(self._cuts[best])
 
     # ------------------------------------------------------------------ the traced run
 
     def _run(self, b: int, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
         """Run block ``b`` from its latest cached cut (all cached cuts are valid: stale ones were
         dropped), caching the planned cuts within the budget. ``record``: probe only, no cache:
-        ``{node: (batch-aligned bytes, other bytes)}`` and ``"peak"``: the live bytes at most."""
+        ``{node: (batch-aligned bytes, other bytes, seconds)}`` and ``"peak"``: the live bytes at most."""
         cache = self._caches[b] if record is None else {}
         resume = max(cache, default=0)
         interp = fx.Interpreter(self._gm, garbage_collect_values=False)
@@ -298,13 +309,14 @@ class Evaluator:
             node = self._nodes[i]
             if record is None and i > resume and i in self._kept_cuts and i not in cache:
                 self._store(b, cache, i, [interp.env[n] for n in self._cuts[i]])
+            began = time.perf_counter()
             result = interp.run_node(node)
             if node.op == "output":
                 return result
             interp.env[node] = result
             if record is not None:
                 size = (0, 0) if node.op == "get_attr" else _aligned_bytes(result, len(x))
-                record[node] = size
+                record[node] = (*size, time.perf_counter() - began)
                 live = [live[0] + size[0], live[1] + size[1]]
                 record["peak"] = max(record.get("peak", (0, 0)), tuple(live))
             for n in self._free_after.get(i, ()):
@@ -359,13 +371,9 @@ def _aligned_bytes(v, k: int) -> tuple[int, int]:
 
 
 def _tree_bytes(v) -> int:
-    if isinstance(v, torch.Tensor):
-        return _nbytes(v)
-    if isinstance(v, (tuple, list)):
-        return sum(_tree_bytes(t) for t in v)
     if isinstance(v, dict):
-        return sum(_tree_bytes(t) for t in v.values())
-    return 0
+        v = list(v.values())
+    return _nbytes(v) if isinstance(v, torch.Tensor) else sum(map(_tree_bytes, v)) if isinstance(v, (tuple, list)) else 0
 
 
 def _unique_bytes(lists) -> int:
