@@ -49,7 +49,9 @@ class Pruner(BasePruner):
         >>> pl.Pruner(bert, ({"input_ids": ids, "attention_mask": mask}, labels))  # doctest: +SKIP
         eval_samples: measure on a fixed class-stratified subset of this size (default: all).
         batch_size: evaluation and scoring batch size.
-        seed: for the random criterion and anything else random.
+        seed: for the random criterion, the stratified measuring order and anything else random.
+        cache_bytes: the budget for activations cached between evaluations (default 512 MiB); the
+            evaluation never holds more, whatever the number of samples (``pruner.memory()``).
     """
 
     def export(self, path, format: str = "state_dict"):

@@ -23,14 +23,13 @@ from . import planning
 from .checks import check_count, check_layer_names, check_model, check_scores, check_seed
 from .criteria import Criterion, ScoringContext
 from .datachecks import check_data, default_loss
-from .evaluation import Metrics
 from .history import History, HistoryView, Step
 from .layers import Layer
 from .units import UnitGroup, find_unit_groups
 from .masks import Ranking
 from .maskstate import MaskState
 from .inputs import check_label_key, check_output, plain_example, select_output
-from .meter import Measuring, Meter
+from .meter import CACHE_BYTES, Measuring, Meter
 from .ownership import Custody
 from .transitions import Transitions
 from .planning import Plan
@@ -47,7 +46,8 @@ class BasePruner(Measuring):
 
     Args (all as for :class:`prunelab.Pruner`): model, val_data, train_data=None, and keyword-only
         output=None, label_key="labels", metric=None, loss=None, eval_samples=None, batch_size=1024,
-        seed=0.
+        seed=0, cache_bytes=512 MiB. Measuring (outputs, flops, evaluate, memory) comes from
+        :class:`~prunelab.core.meter.Measuring`.
 
     Example:
         >>> demo = pl.demos.load("digits-mlp")
@@ -57,8 +57,9 @@ class BasePruner(Measuring):
 
     def __init__(self, model: nn.Module, val_data, train_data=None, *, output=None, label_key: str = "labels",
                  metric: Callable | None = None, loss: Callable | None = None, eval_samples: int | None = None,
-                 batch_size: int = 1024, seed: int = 0):
+                 batch_size: int = 1024, seed: int = 0, cache_bytes: int = CACHE_BYTES):
         batch_size, seed = check_count(batch_size, "batch_size"), check_seed(seed)
+        cache_bytes = check_count(cache_bytes, "cache_bytes")
         check_output(output)
         self.model, self.output, self.label_key = model, output, check_label_key(label_key)
         self.layers, self.skipped = check_model(model)
@@ -77,7 +78,7 @@ class BasePruner(Measuring):
         self._history = History(Step({}, original, 0, 0, buffers=self._masks.original_buffers))
         self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
-                            batch_size=batch_size, output=output)
+                            batch_size=batch_size, cache_bytes=cache_bytes, seed=seed, output=output)
         self._score_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: tuple[dict[str, UnitGroup], dict[str, str]] | None = None
         self._listeners: list[Callable[[], None]] = []
@@ -304,6 +305,7 @@ class BasePruner(Measuring):
         (``reset().close()`` returns the originals first). The Pruner cannot be used after.
         Example: ``old.close(); pruner = pl.Pruner(model, data)``"""
         self._custody.close()
+        self._meter.forget()  # its cached activations are released with the model
 
     @property
     def closed(self) -> bool:

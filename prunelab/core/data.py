@@ -234,21 +234,39 @@ def in_order(loader: DataLoader) -> DataLoader:
 
 
 def stratified_subset(targets: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n`` samples with each class in proportion (for non-class targets: uniform)."""
+    """Indices of ``n`` samples with each class in proportion (for non-class targets: uniform):
+    the first ``n`` of :func:`stratified_order`, sorted."""
+    return stratified_order(targets, seed)[:n].sort().values
+
+
+def stratified_order(targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Every sample's index, in a fixed seeded order whose every prefix holds each class in
+    proportion (for non-class targets: a seeded shuffle).
+
+    Args:
+        targets: the targets (1-D integer tensors are class indices).
+        seed: seeds the shuffle within each class.
+
+    Returns:
+        A permutation of ``range(len(targets))`` (int64, on the CPU).
+
+    Example:
+        >>> stratified_order(torch.tensor([0, 0, 1, 1]))[:2].sort().values.tolist() in ([0, 2], [0, 3], [1, 2], [1, 3])
+        True
+    """
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(targets), generator=gen)
     if targets.dtype.is_floating_point or targets.dim() != 1:
-        return perm[:n].sort().values
+        return perm
     y = targets.cpu()[perm]
-    # Rank each sample within its class, then take the n lowest by relative rank: proportional.
+    # Rank each sample within its class, then order by relative rank: every prefix is proportional.
     order = torch.argsort(y, stable=True)
     counts = torch.bincount(y)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(y)) - starts[y[order]]
     relative = (rank.double() + 0.5) / counts[y].double()
-    chosen = torch.argsort(relative, stable=True)[:n]
-    return perm[chosen].sort().values
+    return perm[torch.argsort(relative, stable=True)]
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

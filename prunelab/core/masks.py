@@ -1,7 +1,8 @@
 """From scores and an amount to boolean masks (True = kept).
 
-Scores are sorted once (a :class:`Ranking`); any sparsity is then an index lookup into that
-order, so dragging a slider never re-sorts. Counts are exact: ``round(amount * n)`` entries go.
+Scores are ranked by selection, never by a full sort (a :class:`Ranking`): any sparsity is the
+``k``-th smallest score found in linear time (:func:`kth_smallest`), ties broken by position as a
+stable sort would. Counts are exact: ``round(amount * n)`` entries go.
 """
 
 from __future__ import annotations
@@ -48,35 +49,91 @@ def fits_n_of_m(shape, m: int = 4, out_dim: int = 0) -> bool:
 
 
 class Ranking:
-    """Entries of one or more score tensors in ascending order of score (ties by position)."""
+    """Entries of one or more score tensors ranked together in ascending order of score, ties by
+    position (the order a stable sort gives), without sorting them: a mask for ``amount`` is one
+    selection (:func:`kth_smallest`, linear time), so a global move over millions of weights
+    costs a few passes over the scores, not a sort.
+
+    Example:
+        >>> Ranking([torch.tensor([0.3, 0.1, 0.2])]).masks(1 / 3)[0]
+        tensor([ True, False,  True])
+    """
 
     def __init__(self, scores: list[torch.Tensor]):
         self.shapes = [s.shape for s in scores]
         self.sizes = [s.numel() for s in scores]
-        flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
-        self.order = torch.argsort(flat, stable=True)
-        self.sorted_scores = flat[self.order]
-        # rank[i]: position of entry i in the order. Keeping "rank >= k" is one comparison, no scatter.
-        self.rank = torch.empty_like(self.order)
-        self.rank[self.order] = torch.arange(len(flat), device=flat.device)
+        self.flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
 
     @property
     def total(self) -> int:
         return int(sum(self.sizes))
 
+    def nbytes(self) -> int:
+        """Bytes this ranking holds."""
+        return self.flat.numel() * self.flat.element_size()
+
     def masks(self, amount: float) -> list[torch.Tensor]:
         """Keep-masks, one per score tensor, with the lowest ``amount`` of all entries removed."""
-        return self._split(pruned_count(amount, self.total))
+        return self._split(self.keep_all_but(pruned_count(amount, self.total)))
 
     def masks_below(self, threshold: float) -> list[torch.Tensor]:
         """Keep-masks that remove every entry scored below ``threshold``."""
-        k = int(torch.searchsorted(self.sorted_scores, torch.tensor(float(threshold), device=self.order.device)))
-        return self._split(k)
+        return self._split(self.flat >= float(threshold))
 
-    def _split(self, k: int) -> list[torch.Tensor]:
-        """Keep-masks dropping the first ``k`` entries of the order."""
-        keep = self.rank >= k
+    def keep_all_but(self, k: int) -> torch.Tensor:
+        """The flat keep-mask dropping the ``k`` lowest entries (ties: the earlier positions go first)."""
+        flat = self.flat
+        if k <= 0:
+            return torch.ones_like(flat, dtype=torch.bool)
+        if k >= len(flat):
+            return torch.zeros_like(flat, dtype=torch.bool)
+        v, less, ties = kth_smallest(flat, k)
+        need = k - less  # entries equal to v that go: the first ones by position
+        if need == ties:
+            return flat > v
+        if need == 0:
+            return flat >= v
+        keep = flat > v
+        keep[(flat == v).nonzero().flatten()[need:]] = True
+        return keep
+
+    def _split(self, keep: torch.Tensor) -> list[torch.Tensor]:
         return [part.reshape(shape) for part, shape in zip(keep.split(self.sizes), self.shapes)]
+
+
+def kth_smallest(flat: torch.Tensor, k: int, sample: int = 1 << 16) -> tuple[torch.Tensor, int, int]:
+    """The ``k``-th smallest entry of a 1-D tensor (``1 <= k <= len``) and how many entries are
+    strictly smaller, exactly, in linear time: a seeded sample brackets the value, two counting
+    passes confirm the bracket, and the few entries inside it are selected from.
+
+    Args:
+        flat: the values (no NaN).
+        k: the rank, from 1.
+        sample: the sample size bracketing the value.
+
+    Returns:
+        ``(value as a 0-d tensor, count of entries below it, count of entries equal to it)``.
+
+    Example:
+        >>> kth_smallest(torch.tensor([3.0, 1.0, 2.0, 1.0]), 3)
+        (tensor(2.), 2, 1)
+    """
+    n = len(flat)
+    inside, below = flat, 0
+    if n > 4 * sample:
+        gen = torch.Generator().manual_seed(0)
+        picked = flat[torch.randint(n, (sample,), generator=gen).to(flat.device)].sort().values
+        spread, at = int(3 * sample ** 0.5) + 1, k / n * sample
+        lo = picked[int(at) - spread] if at - spread > 0 else None
+        hi = picked[int(at) + spread] if at + spread < sample - 1 else None
+        low = 0 if lo is None else int(torch.count_nonzero(flat < lo))
+        within = (flat >= lo) if lo is not None else torch.ones_like(flat, dtype=torch.bool)
+        if hi is not None:
+            within &= flat <= hi
+        if low < k <= low + int(torch.count_nonzero(within)):  # else the sample missed (rare): all of it
+            inside, below = flat[within], low
+    v = torch.kthvalue(inside.cpu(), k - below).values.to(flat.device)
+    return v, below + int(torch.count_nonzero(inside < v)), int(torch.count_nonzero(inside == v))
 
 
 def n_of_m_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:

@@ -160,6 +160,12 @@ class ScoreCache:
                 self._rankings[key] = Ranking([w[n] for n in names])
         return self._rankings[key]
 
+    def nbytes(self) -> int:
+        """Bytes of the scores and rankings cached now (tensors shared between entries once)."""
+        tensors = [t for d in self._scores.values() for t in d.values()]
+        seen = {id(t): t for t in tensors if isinstance(t, torch.Tensor)}
+        return sum(t.numel() * t.element_size() for t in seen.values()) + sum(r.nbytes() for r in self._rankings.values())
+
     def add(self, criterion: str, scores: Mapping[str, torch.Tensor], *, units: bool, version: int) -> bool:
         """Adopt scores of the built-in criterion named ``criterion`` computed elsewhere.
 

@@ -35,6 +35,7 @@ from ..core.inputs import Inputs, forward, plain_example, select_output
 from ..core.heads import cut_heads
 from ..core.kinds import tp_pruners
 from ..core.files import atomic_paths, load_safetensors, safetensors_bytes, write_file
+from .folding import fold_batchnorms, refold
 from .program import load_program, program_bytes, program_module
 
 KIND = "structured"
@@ -46,7 +47,8 @@ class Shrunk:
     """The physically pruned network and what was removed.
 
     ``units`` maps each shrunk layer to ``(units before, units after)``; ``max_abs_diff`` is the
-    largest output difference from the masked model on ``checked`` validation samples.
+    largest output difference from the masked model on ``checked`` validation samples; ``folded``
+    names the BatchNorms folded into the layer before them (:mod:`.folding`).
     """
 
     model: nn.Module
@@ -56,6 +58,7 @@ class Shrunk:
     flops_before: int = 0
     flops_after: int = 0
     module_attrs: dict[str, dict] = field(default_factory=dict)
+    folded: list[list[str]] = field(default_factory=list)  # [[batchnorm, into conv/linear], ...]
 
     @property
     def removed(self) -> int:
@@ -190,9 +193,14 @@ def shrink(pruner) -> Shrunk:
         after = small.get_parameter(layer.weight_name).shape[layer.out_dim]
         if after != layer.units:
             units[layer.name] = (layer.units, after)
+    attrs = _changed_attrs(pruner.model, small)
+    small, folded = fold_batchnorms(small, lambda m: float((exact_outputs(m, x, pruner.output) - reference).abs().max())
+                                    <= _tolerance(reference))
     before_flops, _ = count_flops(pruner.model, example[:1], [])
     after_flops, _ = count_flops(small, example[:1], [])
-    return Shrunk(small, units, diff, len(x), before_flops, after_flops, _changed_attrs(pruner.model, small))
+    gone = {bn for bn, _ in folded}  # a folded BatchNorm is an Identity now: no spec, no tensors
+    return Shrunk(small, units, diff, len(x), before_flops, after_flops,
+                  {k: v for k, v in attrs.items() if k not in gone}, folded)
 
 
 def _diagnose(pruner, example, x, reference, remove, diff) -> str:
@@ -251,7 +259,7 @@ def save_structured(pruner, path) -> tuple[tuple[Path, Path], Shrunk]:
     cpu = shrunk.model.cpu()
     info = {"model_class": type(pruner.model).__qualname__, "modules": shrunk.module_attrs,
             "units": {k: list(v) for k, v in shrunk.units.items()}, "program": program_path.name,
-            "max_abs_diff": shrunk.max_abs_diff}
+            "max_abs_diff": shrunk.max_abs_diff, "folded": shrunk.folded}
     program = program_bytes(cpu, example_inputs(pruner).cpu(), info, pruner.output)
     weights = safetensors_bytes(cpu.state_dict(), KIND, info)
     with atomic_paths(weights_path, program_path) as (tmp_weights, tmp_program):
@@ -320,7 +328,8 @@ def resize_modules(path, model: nn.Module, tensors: dict, info: dict) -> str | N
                          "the same arguments.")
     for name, spec in mods.items():
         _check_spec(path, name, spec, named[name], tensors, expected)
-    for name, spec in mods.items():
+    refold(model, info.get("folded", []), {k: t.shape for k, t in tensors.items()})  # checks, then folds
+    for name, spec in mods.items():  # every spec checked first: a bad one leaves the model untouched
         _resize(named[name], spec)
     return expected
 
