@@ -45,7 +45,7 @@ def cheap_program(monkeypatch):
     torch.export is not what is under test here."""
     count = iter(range(10**6))
     monkeypatch.setattr("prunelab.export.structured.program_bytes",
-                        lambda model, example, info: f"program {next(count)}".encode())
+                        lambda model, example, info, output=None: f"program {next(count)}".encode())
 
 
 def export(pruner, folder, fmt):
