@@ -4,11 +4,13 @@ only the columns that changed."""
 from __future__ import annotations
 
 import html
+import json
 from typing import Callable
 
 import ipywidgets as w
 import numpy as np
 from bokeh.models import ColumnDataSource
+from bokeh.protocol import Protocol
 from jupyter_bokeh.widgets import BokehModel
 
 from ..state import CRITERION_ORDER
@@ -29,18 +31,38 @@ class BokehWidget(BokehModel):
     alone), so incoming document events are ignored, except "document ready", which says a new
     page view exists and may have missed patches.
 
+    The changes one turn of the event loop makes (a view's redraw: several columns, a range, a
+    caption's span) go to the page as one patch message, not one per change: jupyter_bokeh sends
+    every change as three to five comm messages, and the page applies, echoes and repaints each.
+
     Also closes quietly when its document already let go of it (closing twice, or garbage
     collection at interpreter exit, raises KeyError in jupyter_bokeh 4.1)."""
 
     def __init__(self, model, post: Callable[[str, Callable[[], None]], None] | None = None, **kwargs):
         self._post = post or (lambda key, fn: fn())
         self._dirty = False  # patched since render_bundle was made
+        self._held: list = []  # changes of this turn of the loop, sent together by _flush
         super().__init__(model, **kwargs)
 
     def _document_patched(self, event) -> None:
-        if event.setter is not self:
-            self._dirty = True
-        super()._document_patched(event)
+        if event.setter is self:
+            return
+        self._dirty = True
+        self._held.append(event)
+        if len(self._held) == 1:
+            self._post(f"patch:{id(self)}", self._flush)
+
+    def _flush(self) -> None:
+        """Send the held changes as one PATCH-DOC message (what jupyter_bokeh sends for one)."""
+        events, self._held = self._latest(self._held), []
+        if not events:
+            return
+        msg = Protocol().create("PATCH-DOC", events)
+        for part in (msg.header_json, msg.metadata_json, msg.content_json):
+            self.send({"msg": "patch", "payload": part})
+        for buffer in msg.buffers:
+            self.send({"msg": "patch", "payload": json.dumps(buffer.ref)})
+            self.send({"msg": "patch"}, [buffer.to_bytes()])
 
     def _sync_model(self, _model, content, _buffers) -> None:
         # A page that shows this widget draws it from render_bundle; patches sent before it was
@@ -49,9 +71,28 @@ class BokehWidget(BokehModel):
         if content.get("kind") == "MessageSent" and (content.get("msg_data") or {}).get("name") == "document_ready":
             self._post(f"bundle:{id(self)}", self._rebundle)
 
+    @staticmethod
+    def _latest(events: list) -> list:
+        """Of several changes of one property (or of the same columns), the last: each carries
+        the current value when sent."""
+        seen, kept = set(), []
+        for event in reversed(events):
+            name = type(event).__name__
+            key = None
+            if name == "ModelChangedEvent":
+                key = (name, event.model.id, event.attr)
+            elif name == "ColumnDataChangedEvent":
+                key = (name, event.model.id, tuple(event.cols or ()))
+            if key is not None and key in seen:
+                continue
+            seen.add(key)
+            kept.append(event)
+        return kept[::-1]
+
     def _rebundle(self) -> None:
         if self._dirty:
             self._dirty = False
+            self._held = []  # the bundle holds them
             self.update_from_model(self._model)
 
     def close(self) -> None:

@@ -1,14 +1,17 @@
 """Pacing a heavy view during a drag: redraw at once, then at most every ``interval`` seconds
 while changes keep coming, and always once more for the latest state (leading and trailing
-edges; the states in between are skipped, the last one always drawn). The readout is not paced:
-it follows every state."""
+edges; the states in between are skipped, the last one always drawn). The readout is paced too,
+with a short interval (``READOUT_S``): it follows a drag at the page's frame rate and shows the
+final state at most that long after it was measured. A view that is not shown (its tab hidden)
+does not redraw at all; it draws the latest state once it is shown again (``Pacer.show``)."""
 
 from __future__ import annotations
 
 import time
 from typing import Callable
 
-REDRAW_S = 0.3  # a heavy view redraws at most about three times a second during a drag
+REDRAW_S = 0.3   # a heavy view redraws at most about three times a second during a drag
+READOUT_S = 0.05  # the readout (numbers only) at most twenty times a second
 
 
 class Pacer:
@@ -30,10 +33,34 @@ class Pacer:
         self.fn, self.later, self.key, self.interval, self.clock = fn, later, f"pace:{key}", interval, clock
         self._last = -float("inf")
         self._pending = False
+        self._stale = False  # a request came while hidden
+        self.shown = True
         self.calls = 0  # redraws done (for benchmarks and tests)
+
+    def show(self, shown: bool) -> None:
+        """Whether what this pacer redraws is on screen: while hidden, requests only mark it stale;
+        shown again, it redraws once if a request came meanwhile.
+
+        Args:
+            shown: True when the view is visible (its tab selected).
+
+        Returns:
+            None.
+
+        Example:
+            >>> pacer.show(False); pacer.request()   # nothing drawn
+            >>> pacer.show(True)                     # draws the latest state now
+        """
+        self.shown = bool(shown)
+        if self.shown and self._stale:
+            self._stale = False
+            self.request()
 
     def request(self, change=None) -> None:
         """A new state to show: redraw now if the last redraw is old enough, else once, later."""
+        if not self.shown:
+            self._stale = True
+            return
         if self.later is None:
             self._run()
             return
@@ -48,6 +75,9 @@ class Pacer:
 
     def _trailing(self) -> None:
         self._pending = False
+        if not self.shown:  # hidden meanwhile: draw when shown
+            self._stale = True
+            return
         self._run()
 
     def _run(self) -> None:
