@@ -98,6 +98,7 @@ def test_the_trace_keeps_every_state_of_a_burst_and_draws_them_in_few_patches(ml
     view = MetricsView(mlp_demo_pruner, state, later=clock.later)
     clock.now = time.monotonic() + 1.0  # the pacers drew the first state on the real clock
     view.pacer.clock = view.readout_pacer.clock = clock
+    view.pacer.ready = lambda: True  # a page that keeps up (no page here echoes)
     sent = Sent(view.bokeh)
     readouts = []
     view.readout.observe(lambda c: readouts.append(c["new"]), "value")
@@ -159,4 +160,36 @@ def test_a_bokeh_widget_without_a_loop_sends_each_change_at_once(mlp_demo_pruner
     measure(mlp_demo_pruner, state)
     assert patch_messages(sent)  # sent during measure(), with nothing to wait for
     assert sum(view.hist_src.data["kept"]) == 18000
+    mlp_demo_pruner.reset()
+
+
+def test_a_paced_view_waits_for_a_busy_page_and_still_draws_the_final_state():
+    clock, drawn, value, page = Clock(), [], {"v": 0}, {"ready": True}
+    pacer = Pacer(lambda: drawn.append(value["v"]), later=clock.later, clock=clock, interval=0.3,
+                  ready=lambda: page["ready"])
+    value["v"] = 1
+    pacer.request()
+    assert drawn == [1]
+    page["ready"] = False  # the page is still painting state 1
+    for i in range(2, 12):
+        value["v"] = i
+        pacer.request()
+        clock.advance(0.1)
+    assert drawn == [1]  # no state queued behind the one the page works on
+    page["ready"] = True
+    clock.advance(0.2)
+    assert drawn == [1, 11]  # then the latest
+
+
+def test_a_bokeh_widget_is_caught_up_once_the_page_echoes_what_it_applied(mlp_demo_pruner):
+    state = make_state(mlp_demo_pruner, layer="2")
+    view = WeightsView(mlp_demo_pruner, state)
+    Sent(view.bokeh)
+    assert view.bokeh.caught_up()
+    mlp_demo_pruner.prune({"2": 0.4})
+    measure(mlp_demo_pruner, state)
+    assert not view.bokeh.caught_up() and not view.page_ready()
+    assert view.bokeh.caught_up(timeout=0.0)  # a page that never answers does not stop the view
+    view.bokeh._sync_model(view.bokeh, {"event": "jsevent", "kind": "ColumnDataChanged"}, [])
+    assert view.bokeh.caught_up() and view.page_ready()
     mlp_demo_pruner.reset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from typing import Callable
 
 import ipywidgets as w
@@ -14,6 +15,7 @@ from bokeh.protocol import Protocol
 from jupyter_bokeh.widgets import BokehModel
 
 from ..state import CRITERION_ORDER
+from .pacing import PAGE_WAIT_S
 
 FONT = "font-size:12px; line-height:1.35; color:#333"
 # One colour per criterion, the same in every view (in the controls' order).
@@ -42,6 +44,8 @@ class BokehWidget(BokehModel):
         self._post = post or (lambda key, fn: fn())
         self._dirty = False  # patched since render_bundle was made
         self._held: list = []  # changes of this turn of the loop, sent together by _flush
+        self._sent_at: float | None = None  # when the last patch went out
+        self._applied_at = 0.0  # when the page last echoed a change it applied
         super().__init__(model, **kwargs)
 
     def _document_patched(self, event) -> None:
@@ -57,6 +61,7 @@ class BokehWidget(BokehModel):
         events, self._held = self._latest(self._held), []
         if not events:
             return
+        self._sent_at = time.monotonic()
         msg = Protocol().create("PATCH-DOC", events)
         for part in (msg.header_json, msg.metadata_json, msg.content_json):
             self.send({"msg": "patch", "payload": part})
@@ -64,7 +69,19 @@ class BokehWidget(BokehModel):
             self.send({"msg": "patch", "payload": json.dumps(buffer.ref)})
             self.send({"msg": "patch"}, [buffer.to_bytes()])
 
+    def caught_up(self, timeout: float = PAGE_WAIT_S) -> bool:
+        """Whether the page has applied the last patch sent (BokehJS echoes what it applied), or
+        that patch is older than ``timeout`` s (no page shows the widget, or it never echoes).
+
+        Returns:
+            True when a new patch would not queue behind the last. Example: ``view.bokeh.caught_up()``.
+        """
+        sent = self._sent_at
+        return sent is None or self._applied_at >= sent or time.monotonic() - sent > timeout
+
     def _sync_model(self, _model, content, _buffers) -> None:
+        if content.get("event") == "jsevent":  # the page applied a change (one float, set on a subshell thread)
+            self._applied_at = time.monotonic()
         # A page that shows this widget draws it from render_bundle; patches sent before it was
         # ready never reached it. When its document is ready, send the current state if it moved
         # (on the main thread, which owns the document).
@@ -161,6 +178,10 @@ class View:
         self.widget = w.VBox([self.caption])
         self.widget.add_class("prunelab-view")
         self.widget.add_class(f"prunelab-{self.slug}")
+
+    def page_ready(self) -> bool:
+        """For a paced redraw: True unless the page still works on this view's last patch."""
+        return self.bokeh is None or self.bokeh.caught_up()
 
     def mount(self, header: w.Widget | None = None) -> None:
         """Wrap the filled bokeh layout in its widget (subclasses call this once their data is in,

@@ -101,7 +101,7 @@ class MetricsView(View):
         # During a drag it shows the latest state at most twenty times a second, the trace (every
         # state visited is kept, drawn in one go) a few times a second, like the heavy views.
         self.readout_pacer = Pacer(self._update_readout, later, "readout", interval=READOUT_S)
-        self.pacer = Pacer(self._draw, later, "trace")
+        self.pacer = Pacer(self._draw, later, "trace", ready=self.page_ready)
         state.observe(self.readout_pacer.request, "metrics")
         state.observe(self._update, "revision")
         state.observe(self._baseline, "baseline")

@@ -67,7 +67,7 @@ class WeightsView(View):
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "reference"])
-        self.pacer = Pacer(self._refresh, later, "weights")  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "weights", ready=self.page_ready)  # a drag redraws a few times a second
         state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
