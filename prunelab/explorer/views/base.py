@@ -79,9 +79,18 @@ class BokehWidget(BokehModel):
         sent = self._sent_at
         return sent is None or self._applied_at >= sent or time.monotonic() - sent > timeout
 
+    def applied(self) -> None:
+        """The page has applied what was sent (called for BokehJS's echoes, on a subshell thread:
+        one float written; a benchmark without a page may call it for a page that keeps up).
+
+        Returns:
+            None. Example: ``widget.applied(); widget.caught_up()`` is True.
+        """
+        self._applied_at = time.monotonic()
+
     def _sync_model(self, _model, content, _buffers) -> None:
-        if content.get("event") == "jsevent":  # the page applied a change (one float, set on a subshell thread)
-            self._applied_at = time.monotonic()
+        if content.get("event") == "jsevent":  # BokehJS echoes each change it applied
+            self.applied()
         # A page that shows this widget draws it from render_bundle; patches sent before it was
         # ready never reached it. When its document is ready, send the current state if it moved
         # (on the main thread, which owns the document).
