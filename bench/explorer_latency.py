@@ -37,6 +37,10 @@ async def main():
     ex = pl.explore("digits-mlp")
     t2 = time.perf_counter()
     ex.wait()
+    deadline = time.perf_counter() + 60
+    while ex.state.explanations is None and time.perf_counter() < deadline:  # delivered by the loop
+        await asyncio.sleep(0.02)
+        ex.wait()
     t3 = time.perf_counter()
     import torch
 
@@ -46,12 +50,16 @@ async def main():
     print(f"  import prunelab                          {t1 - t0:6.2f} s")
     print(f"  pl.explore('digits-mlp') -> widget built {t2 - t1:6.2f} s")
     print(f"  ... and attribution, Taylor, IG shown    {t3 - t1:6.2f} s   (target < 5 s)")
-    assert set(ex.state.scores) == {"magnitude", "taylor", "attribution"} and ex.state.explanations is not None
+    assert {"magnitude", "taylor", "attribution"} <= set(ex.state.scores) and ex.state.explanations is not None, (
+        sorted(ex.state.scores), ex.state.explanations is not None)
 
     # When each view last sent its patch to the page (the paced views, connectivity, weights,
     # importance, per-class accuracy, and the trace), and when the readout changed. There is no page
     # here: each patch counts as applied at once (a page that keeps up), so the views pace by time
     # alone. The clock of a move stops when the LAST of them has sent.
+    # The attributions are background work started when changes settle (0.4 s), not a redraw of
+    # the state: off here, so that their landing is not taken for a view's update.
+    ex.state.auto_explain = False
     last: dict[str, float] = {}
     bokeh_views = ("connectivity", "weights", "importance", "interpretability", "metrics")
     for name in bokeh_views:
