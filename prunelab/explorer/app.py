@@ -34,38 +34,10 @@ from .panels.beyond import beyond_panels
 from .panels.export import ExportPanel
 from .panels.tables import TablesPanel
 from .panels.training import TrainingPanel
-from .views.sizes import MAX_WIDTH
+from .views.sizes import reflowing
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
-
-CONTROLS_PX = 360   # the column of controls (and the trace under them)
-VIEWS_MIN_PX = 560  # narrower than this beside the controls, the views go below them
-VIEWS_MAX_PX = MAX_WIDTH
-
-
-def reflowing(controls: w.Widget, views: w.Widget) -> w.Box:
-    """The controls and the views side by side where the output area is wide enough, the views
-    below the controls where it is not (a wrapping flex row); the views take the width they get
-    (their bokeh figures stretch to it, up to ``VIEWS_MAX_PX``), so nothing needs a horizontal
-    scrollbar on a laptop with JupyterLab's file browser open.
-
-    Args:
-        controls: the column of controls (fixed width). views: the tabs of views.
-
-    Returns:
-        The box (class ``prunelab-body``).
-
-    Example:
-        >>> body = reflowing(w.VBox([w.FloatSlider()]), w.Tab())
-    """
-    controls.layout = w.Layout(flex=f"0 0 {CONTROLS_PX}px", width=f"{CONTROLS_PX}px", min_width="0",
-                               margin="0 12px 8px 0")
-    views.layout = w.Layout(flex=f"1 1 {VIEWS_MIN_PX}px", min_width="0", max_width=f"{VIEWS_MAX_PX}px")
-    body = w.Box([controls, views], layout=w.Layout(display="flex", flex_flow="row wrap", align_items="flex-start",
-                                                    width="100%"))
-    body.add_class("prunelab-body")
-    return body
 
 
 class Explorer(w.VBox):
@@ -108,15 +80,15 @@ class Explorer(w.VBox):
         self.state.baseline = self._baseline()
 
         post = self._scheduler.post
-        self.controls = Controls(pruner, self.state, self.apply, post=post)
-        later = self._scheduler.later if self._scheduler.live else None  # heavy views paced during a drag
+        later = self._scheduler.later if self._scheduler.live else None  # views and controls paced during a drag
+        self.controls = Controls(pruner, self.state, self.apply, post=post, later=later)
         self.views = {
             "connectivity": ConnectivityView(pruner, self.state, post=post, later=later),
             "weights": WeightsView(pruner, self.state, post=post, later=later),
             "importance": ImportanceView(pruner, self.state, post=post, later=later),
             "interpretability": InterpretabilityView(pruner, self.state, image_shape=image_shape,
                                                      class_names=class_names, post=post, later=later),
-            "metrics": MetricsView(pruner, self.state, post=post),
+            "metrics": MetricsView(pruner, self.state, post=post, later=later),
         }
         # widget messages arrive on a kernel subshell thread: act on the main thread
         self.views["interpretability"].explain.on_click(lambda _: post("explain", self.explain))
@@ -131,6 +103,8 @@ class Explorer(w.VBox):
                                                               "interpretability")])
         self.tabs = w.Tab(children=[inspect_tab], titles=("Inspect",))
         self.tabs.add_class("prunelab-tabs")
+        # the Inspect views redraw only while their tab is shown (a click arrives on a subshell thread)
+        self.tabs.observe(lambda _: post("tab", self._show_inspect), "selected_index")
         self.children = [
             w.HBox([heading, self.progress], layout=w.Layout(justify_content="space-between", align_items="center")),
             self.views["metrics"].readout,
@@ -178,6 +152,13 @@ class Explorer(w.VBox):
             raise TypeError(f"add_panel needs an ipywidgets widget, got {type(widget).__name__}.")
         self.tabs.children = (*self.tabs.children, widget)
         self.tabs.set_title(len(self.tabs.children) - 1, title)
+
+    def _show_inspect(self):
+        """The Inspect views follow the Pruner while their tab is shown; shown again, they draw
+        the latest state once."""
+        shown = self.tabs.selected_index == 0
+        for name in ("connectivity", "weights", "importance", "interpretability"):
+            self.views[name].pacer.show(shown)
 
     # -------------------------------------------------------------- measuring
 

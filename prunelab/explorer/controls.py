@@ -24,6 +24,7 @@ from .actions import Action
 from .slider_values import same_plans, short_name, slider_fraction, threshold_range
 from .state import CRITERION_ORDER, MODES
 from .views.metrics import si
+from .views.pacing import Pacer
 
 SMALL = "font-size:11px; color:#555; line-height:1.2"
 MODE_LABELS = {"amount": ("fraction", "sliders set the fraction removed"),
@@ -55,6 +56,8 @@ class Controls:
         state: the explorer's ExplorerState; the choices are its traits.
         apply: ``apply(action)`` runs an :class:`Action` (``Explorer.apply``).
         post: ``post(key, fn)`` runs ``fn`` on the main thread (``Scheduler.post``); default: at once.
+        later: ``later(key, delay, fn)`` (``Scheduler.later``): during a drag the per-layer sliders and
+            labels follow a few times a second (the latest state, always the final one); None: at once.
 
     Example:
         >>> controls = Controls(pruner, state, apply=lambda action: action.run())
@@ -62,7 +65,7 @@ class Controls:
     """
 
     def __init__(self, pruner, state, apply: Callable[[Action], None],
-                 post: Callable[[str, Callable[[], None]], None] | None = None):
+                 post: Callable[[str, Callable[[], None]], None] | None = None, later=None):
         self.pruner = pruner
         self.state = state
         self.apply = apply
@@ -135,7 +138,9 @@ class Controls:
         self._on(self.layer_select, "layer", lambda value: setattr(state, "layer", value))
         state.observe(lambda c: setattr(self.layer_select, "value", c["new"]), "layer")
         state.observe(self._show_choice, ["criterion", "granularity", "mode"])
-        state.observe(lambda _: self.sync(), "revision")
+        self._origin: Action | None = None  # the action whose state the next paced sync shows
+        self._sync_pacer = Pacer(lambda: self.sync(self._origin), later, "controls")
+        state.observe(self._request_sync, "revision")
         for button, run in ((self.reset, pruner.reset), (self.undo, pruner.undo), (self.redo, pruner.redo)):
             action = Action(kind=button.description, run=run)
             button.on_click(lambda _, action=action: self.post(action.kind, lambda: self.apply(action)))
@@ -318,9 +323,19 @@ class Controls:
             s.tooltip = (f"cannot prune {name} as {self.state.granularity}: {blocked[name]}" if name in blocked
                          else f"{self.pruner.layer(name).describe()}: fraction removed")
 
-    def sync(self):
-        """Move every control to the Pruner's state, without acting on it (runs when the state's
-        ``revision`` moves).
+    def _request_sync(self, change=None):
+        """A new state: the controls follow it, paced (the latest state's action decides which
+        slider a person is dragging, and so stays where the person put it)."""
+        self._origin = self.state.action
+        self._sync_pacer.request()
+
+    def sync(self, action: Action | None = None):
+        """Move every control to the Pruner's state, without acting on it (runs, paced, when the
+        state's ``revision`` moves).
+
+        Args:
+            action: the action that made the state (default: the state's ``action``); after a
+                global one the global slider stays where the person dragged it.
 
         Returns:
             None.
@@ -330,7 +345,8 @@ class Controls:
         """
         plans = self.pruner.plans
         sparsity = self.pruner.sparsity()
-        origin = self.state.action.kind if self.state.action is not None else None
+        action = action if action is not None else self.state.action
+        origin = action.kind if action is not None else None
         if origin in (None, "reset", "undo", "redo"):  # a state made elsewhere: show how it was pruned
             self._adopt_choices(plans)
         with self._quiet():

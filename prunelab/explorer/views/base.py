@@ -6,14 +6,18 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import json
+import time
 from typing import Callable
 
 import ipywidgets as w
 import numpy as np
 from bokeh.models import ColumnDataSource
+from bokeh.protocol import Protocol
 from jupyter_bokeh.widgets import BokehModel
 
 from ..state import CRITERION_ORDER
+from .pacing import PAGE_WAIT_S
 
 FONT = "font-size:12px; line-height:1.35; color:#333"
 # One colour per criterion, the same in every view (in the controls' order).
@@ -31,29 +35,92 @@ class BokehWidget(BokehModel):
     alone), so incoming document events are ignored, except "document ready", which says a new
     page view exists and may have missed patches.
 
+    The changes one turn of the event loop makes (a view's redraw: several columns, a range, a
+    caption's span) go to the page as one patch message, not one per change: jupyter_bokeh sends
+    every change as three to five comm messages, and the page applies, echoes and repaints each.
+
     Also closes quietly when its document already let go of it (closing twice, or garbage
     collection at interpreter exit, raises KeyError in jupyter_bokeh 4.1)."""
 
     def __init__(self, model, post: Callable[[str, Callable[[], None]], None] | None = None, **kwargs):
         self._post = post or (lambda key, fn: fn())
         self._dirty = False  # patched since render_bundle was made
+        self._held: list = []  # changes of this turn of the loop, sent together by _flush
+        self._sent_at: float | None = None  # when the last patch went out
+        self._applied_at = 0.0  # when the page last echoed a change it applied
         super().__init__(model, **kwargs)
 
     def _document_patched(self, event) -> None:
-        if event.setter is not self:
-            self._dirty = True
-        super()._document_patched(event)
+        if event.setter is self:
+            return
+        self._dirty = True
+        self._held.append(event)
+        if len(self._held) == 1:
+            self._post(f"patch:{id(self)}", self._flush)
+
+    def _flush(self) -> None:
+        """Send the held changes as one PATCH-DOC message (what jupyter_bokeh sends for one)."""
+        events, self._held = self._latest(self._held), []
+        if not events:
+            return
+        self._sent_at = time.monotonic()
+        msg = Protocol().create("PATCH-DOC", events)
+        for part in (msg.header_json, msg.metadata_json, msg.content_json):
+            self.send({"msg": "patch", "payload": part})
+        for buffer in msg.buffers:
+            self.send({"msg": "patch", "payload": json.dumps(buffer.ref)})
+            self.send({"msg": "patch"}, [buffer.to_bytes()])
+
+    def caught_up(self, timeout: float = PAGE_WAIT_S) -> bool:
+        """Whether the page has applied the last patch sent (BokehJS echoes what it applied), or
+        that patch is older than ``timeout`` s (no page shows the widget, or it never echoes).
+
+        Returns:
+            True when a new patch would not queue behind the last. Example: ``view.bokeh.caught_up()``.
+        """
+        sent = self._sent_at
+        return sent is None or self._applied_at >= sent or time.monotonic() - sent > timeout
+
+    def applied(self) -> None:
+        """The page has applied what was sent (called for BokehJS's echoes, on a subshell thread:
+        one float written; a benchmark without a page may call it for a page that keeps up).
+
+        Returns:
+            None. Example: ``widget.applied(); widget.caught_up()`` is True.
+        """
+        self._applied_at = time.monotonic()
 
     def _sync_model(self, _model, content, _buffers) -> None:
+        if content.get("event") == "jsevent":  # BokehJS echoes each change it applied
+            self.applied()
         # A page that shows this widget draws it from render_bundle; patches sent before it was
         # ready never reached it. When its document is ready, send the current state if it moved
         # (on the main thread, which owns the document).
         if content.get("kind") == "MessageSent" and (content.get("msg_data") or {}).get("name") == "document_ready":
             self._post(f"bundle:{id(self)}", self._rebundle)
 
+    @staticmethod
+    def _latest(events: list) -> list:
+        """Of several changes of one property (or of the same columns), the last: each carries
+        the current value when sent."""
+        seen, kept = set(), []
+        for event in reversed(events):
+            name = type(event).__name__
+            key = None
+            if name == "ModelChangedEvent":
+                key = (name, event.model.id, event.attr)
+            elif name == "ColumnDataChangedEvent":
+                key = (name, event.model.id, tuple(event.cols or ()))
+            if key is not None and key in seen:
+                continue
+            seen.add(key)
+            kept.append(event)
+        return kept[::-1]
+
     def _rebundle(self) -> None:
         if self._dirty:
             self._dirty = False
+            self._held = []  # the bundle holds them
             self.update_from_model(self._model)
 
     def close(self) -> None:
@@ -153,6 +220,10 @@ class View:
         except Exception as e:
             self.root = None
             self.fail(e)
+
+    def page_ready(self) -> bool:
+        """For a paced redraw: True unless the page still works on this view's last patch."""
+        return self.bokeh is None or self.bokeh.caught_up()
 
     def mount(self, header: w.Widget | None = None) -> None:
         """Wrap the filled bokeh layout in its widget (subclasses call this once their data is in,

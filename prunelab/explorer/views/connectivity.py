@@ -37,7 +37,7 @@ class ConnectivityView(View):
         self._graph: UnitGraph | None = None
         super().__init__(pruner, state, post)
         state.observe(self._rebuild, "reference")
-        self.pacer = Pacer(self._refresh, later, "connectivity")  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "connectivity", ready=self.page_ready)  # a drag redraws a few times a second
         state.observe(self.pacer.request, "revision")
         state.observe(self._recolour, ["scores", "criterion"])
         self._rebuild()
@@ -134,13 +134,14 @@ class ConnectivityView(View):
         now, alive = g.measure({l.name: l.weight for l in self.pruner.layers})
         ratio = np.divide(now, self._dense, out=np.zeros_like(now), where=self._dense > 0)
         cut = (now == 0) & (self._dense > 0)
-        update_columns(self.edges.data_source, alpha=np.where(cut, CUT_ALPHA, self._base_alpha * ratio), now=now,
-                       cut=cut.astype(float))
+        # float32: half the bytes to send, decode and echo of float64, and nothing a screen can show lost
+        update_columns(self.edges.data_source, alpha=np.where(cut, CUT_ALPHA, self._base_alpha * ratio).astype(np.float32),
+                       now=now.astype(np.float32), cut=cut.astype(np.float32))
         zeros = self.pruner.sparsity()
         update_columns(self.cut_labels.data_source,
                        text=[f"cut {zeros.get(c.name, 0.0):.0%}" if zeros.get(c.name, 0.0) > 0 else ""
                              for c in g.columns[1:]])
-        update_columns(self.nodes.data_source, alpha=np.where(alive, 1.0, 0.12),
+        update_columns(self.nodes.data_source, alpha=np.where(alive, 1.0, 0.12).astype(np.float32),
                        state=np.where(alive, "", "pruned").tolist())
         self._set_caption()
 

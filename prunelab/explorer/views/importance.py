@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from bokeh.models import ColumnDataSource, FixedTicker, HoverTool
+from bokeh.models import ColumnDataSource, FixedTicker, HoverTool, Range1d
 from bokeh.plotting import figure
 
 from ..analysis import rank_correlation
@@ -29,7 +29,7 @@ class ImportanceView(View):
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "scores", "score_errors", "reference"])
-        self.pacer = Pacer(self._refresh, later, "importance")  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "importance", ready=self.page_ready)  # a drag redraws a few times a second
         state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
@@ -38,7 +38,8 @@ class ImportanceView(View):
         self.src = ColumnDataSource(dict(unit=[], alpha=[], **{f"{c}_top": [] for c in COMPARED},
                                          **{c: [] for c in COMPARED}))
         self.fig = figure(width=self.size[0], height=self.size[1], sizing_mode="stretch_width", max_width=MAX_WIDTH, tools="xpan,xwheel_zoom,reset,save",
-                          toolbar_location="above", x_axis_label="unit", min_border=4)
+                          toolbar_location="above", x_axis_label="unit", min_border=4,
+                          x_range=Range1d(-0.5, 0.5))  # fixed per layer: a redraw does not re-fit the axes
         self.fig.toolbar.logo = None
         self.fig.ygrid.visible = False
         bars = []
@@ -59,6 +60,7 @@ class ImportanceView(View):
             return
         self._layer = layer = self.pruner.layer(self.state.layer)
         cols = {"unit": np.arange(layer.units)}
+        self.fig.x_range.update(start=-0.5, end=layer.units - 0.5)
         self._have = []
         for i, c in enumerate(COMPARED):
             s = self.state.scores.get(c, {}).get(layer.name)
@@ -77,7 +79,7 @@ class ImportanceView(View):
 
     def _alpha(self, layer) -> np.ndarray:
         keep = layer.rows(self.pruner.mask(layer.name)).float().mean(1).cpu().numpy()
-        return 0.15 + 0.85 * keep
+        return (0.15 + 0.85 * keep).astype(np.float32)
 
     def _refresh(self, change=None):
         if self._layer is not None:

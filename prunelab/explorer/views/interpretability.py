@@ -61,7 +61,7 @@ class InterpretabilityView(View):
         self.auto.observe(lambda c: send("auto", lambda: setattr(state, "auto_explain", c["new"])), "value")
         state.observe(lambda c: setattr(self.auto, "value", c["new"]), "auto_explain")
         state.observe(self._show, ["explanations", "explanations_stale", "explain_error", "auto_explain"])
-        self.pacer = Pacer(self._per_class, later, "per-class")  # a drag redraws a few times a second
+        self.pacer = Pacer(self._per_class, later, "per-class", ready=self.page_ready)  # a drag redraws a few times a second
         state.observe(self.pacer.request, ["metrics", "baseline"])
         self._show()
         self._per_class()

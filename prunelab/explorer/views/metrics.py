@@ -13,6 +13,7 @@ from ...core.checks import GRANULARITIES
 from ...core.evaluation import Metrics
 from ...core.tables import points  # the one format for drops (re-exported for the panels)
 from .base import CRITERION_COLOURS, FONT, View, update_columns
+from .pacing import READOUT_S, Pacer
 
 COLOURS = {**CRITERION_COLOURS, "mixed": "#7f7f7f"}  # a state whose layers differ is "mixed"
 MARKERS = {**dict(zip(GRANULARITIES, ("circle", "square", "triangle", "inverted_triangle"))), "mixed": "diamond"}
@@ -88,15 +89,20 @@ class MetricsView(View):
     title = "Accuracy vs sparsity (every state visited)"
     slug = "trace"  # .prunelab-metrics belongs to the readout alone
 
-    def __init__(self, pruner, state, width: int = 330, height: int = 380, post=None):
+    def __init__(self, pruner, state, width: int = 330, height: int = 380, post=None, later=None):
         self.size = (width, height)
         self.readout = w.HTML()
         self.readout.add_class("prunelab-metrics")
         self._seen: set = set()
+        self._new_points: dict[str, list] = {}  # states visited since the trace last drew
         super().__init__(pruner, state, post)
         # The readout follows the measurement itself, before the views patch on "revision": the
         # page handles messages in order, so the numbers show without waiting for the plots.
-        state.observe(self._update_readout, "metrics")
+        # During a drag it shows the latest state at most twenty times a second, the trace (every
+        # state visited is kept, drawn in one go) a few times a second, like the heavy views.
+        self.readout_pacer = Pacer(self._update_readout, later, "readout", interval=READOUT_S)
+        self.pacer = Pacer(self._draw, later, "trace", ready=self.page_ready)
+        state.observe(self.readout_pacer.request, "metrics")
         state.observe(self._update, "revision")
         state.observe(self._baseline, "baseline")
         self._baseline()
@@ -151,23 +157,35 @@ class MetricsView(View):
             self.readout.value = readout_html(self.state.metrics, self.state.baseline, self.pruner.overall_sparsity())
 
     def _update(self, change=None):
+        """A new state: note it as visited (every one, however fast they come), draw paced."""
         m = self.state.metrics
         if m is None:
             return
         sparsity = self.pruner.overall_sparsity()
-        self._update_readout()
+        self.readout_pacer.request()
         crit, gran = state_kind(self.pruner.plans)
         key = (round(sparsity, 6), round(m.accuracy, 6), crit, gran)
         if key not in self._seen:
             self._seen.add(key)
+            self._new_points.setdefault(crit, []).append((sparsity, m.accuracy, gran))
+        lo, hi = m.accuracy_interval or (m.accuracy, m.accuracy)
+        self._current = dict(sparsity=[sparsity], accuracy=[m.accuracy], low=[lo], high=[hi])
+        self.pacer.request()
+
+    def _draw(self):
+        """Stream the states visited since the last draw (one patch per criterion) and move the
+        marker of the current state."""
+        points, self._new_points = self._new_points, {}
+        for crit, rows in points.items():
             src, r = self.points[crit]
-            src.stream(dict(sparsity=[sparsity], accuracy=[m.accuracy], marker=[MARKERS[gran]], granularity=[gran],
-                            criterion=[crit]))
+            sparsity, accuracy, gran = zip(*rows)
+            src.stream(dict(sparsity=list(sparsity), accuracy=list(accuracy), marker=[MARKERS[g] for g in gran],
+                            granularity=list(gran), criterion=[crit] * len(rows)))
             if not r.visible:  # the legend lists the criteria that have points
                 r.visible = True
                 self.legend.items = [*self.legend.items, LegendItem(label=crit, renderers=[r])]
-        lo, hi = m.accuracy_interval or (m.accuracy, m.accuracy)
-        update_columns(self.current, sparsity=[sparsity], accuracy=[m.accuracy], low=[lo], high=[hi])
+        if getattr(self, "_current", None) is not None:
+            update_columns(self.current, **self._current)
 
     @property
     def visited(self) -> int:

@@ -67,30 +67,28 @@ class WeightsView(View):
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "reference"])
-        self.pacer = Pacer(self._refresh, later, "weights")  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "weights", ready=self.page_ready)  # a drag redraws a few times a second
         state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
 
     def build(self):
         w, h = self.size
+        # fixed ranges (set per layer): a redraw during a drag does not re-fit the axes
         self.hist = figure(width=w // 2 - 10, height=h, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,reset,save", toolbar_location="above",
-                           x_axis_label="|w|", y_axis_label="weights", min_border=4)
+                           x_axis_label="|w|", y_axis_label="weights", min_border=4,
+                           x_range=Range1d(0, 1), y_range=Range1d(0, 1))
         self.hist.toolbar.logo = None
         self.hist_src = ColumnDataSource(dict(left=[], right=[], total=[], kept=[]))
         total = self.hist.quad(left="left", right="right", bottom=0, top="total", source=self.hist_src,
-                               fill_color=PRUNED, line_color=None, legend_label="pruned")
+                               fill_color=PRUNED, line_color=None)
         self.hist.quad(left="left", right="right", bottom=0, top="kept", source=self.hist_src,
-                       fill_color=KEPT, line_color=None, legend_label="kept")
+                       fill_color=KEPT, line_color=None)
         self.hist.add_tools(HoverTool(renderers=[total], tooltips=[("|w|", "@left{0.0000} – @right{0.0000}"),
                                                                   ("kept", "@kept of @total")]))
-        self.hist.legend.location = "top_right"
-        self.hist.legend.label_text_font_size = "10px"
-        self.hist.legend.background_fill_alpha = 0.6
         self.threshold = Span(location=0, dimension="height", line_color="#c0392b", line_width=2,
                               line_dash="dashed", visible=False)
         self.hist.add_layout(self.threshold)
-        self.hist.y_range.start = 0
 
         self.heat = figure(width=w // 2 + 10, height=h, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save", toolbar_location="above",
                            x_axis_label="input", y_axis_label="output unit", min_border=4,
@@ -122,6 +120,8 @@ class WeightsView(View):
         self._dense_abs = dense
         total = np.bincount(self._bin, minlength=BINS)
         self.hist_src.data = dict(left=self._edges[:-1], right=self._edges[1:], total=total, kept=total)
+        self.hist.x_range.update(start=0, end=float(self._edges[-1]))
+        self.hist.y_range.update(start=0, end=float(max(total.max(), 1)) * 1.05)
         m = heatmap_matrix(ref.weights[layer.name])
         self.mapper.high = float(np.nanmax(m)) if m.size and np.nanmax(m) > 0 else 1.0
         rows, cols = m.shape
@@ -147,7 +147,8 @@ class WeightsView(View):
             self.threshold.location = line
         pruned = 1 - keep.mean() if keep.size else 0.0
         detail = (f'<span style="color:#666">layer <b>{layer.name}</b> ({layer.kind} {"×".join(map(str, layer.shape))}, '
-                  f'{layer.params:,} weights): {pruned:.1%} pruned')
+                  f'{layer.params:,} weights): {pruned:.1%} pruned. Histogram: <b style="color:{KEPT}">kept</b>, '
+                  f'<b style="color:#9aa0a8">pruned</b>')
         if line is not None:
             detail += f", |w| &lt; {line:.4g} removed (red line)"
         elif pruned > 0:
