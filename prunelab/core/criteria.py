@@ -22,6 +22,7 @@ from .inputs import Inputs, call, forward, select_output
 from .features import input_sq
 from .layers import Layer
 from .modes import untouched
+from .tracing import TRACING
 
 
 @dataclass
@@ -183,7 +184,8 @@ class Attribution(Criterion):
                 args = tuple(x[k] for k in keys) if keys else x
 
                 def run(*tensors, keys=keys):
-                    out = ctx.model(**dict(zip(keys, tensors))) if keys else ctx.model(*tensors)
+                    with TRACING.shared():  # no fx trace on another thread meanwhile (core/tracing.py)
+                        out = ctx.model(**dict(zip(keys, tensors))) if keys else ctx.model(*tensors)
                     return select_output(out, ctx.output)
 
                 for l in layers:  # one layer at a time keeps captum's hooks simple and memory flat

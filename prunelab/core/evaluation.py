@@ -21,6 +21,7 @@ from .flops import count_flops, hooked_flops
 from .metrics import Metrics, classification_scores, score_outputs, wilson_interval
 from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
+from .tracing import TRACING, symbolic_trace
 
 __all__ = ["Evaluator", "Metrics", "classification_scores", "count_flops", "hooked_flops", "score_outputs",
            "wilson_interval"]  # Metrics and scoring live in .metrics; importable from here too
@@ -103,7 +104,7 @@ class Evaluator:
             return
         try:
             with untouched(self.model):
-                gm = fx.symbolic_trace(self.model)
+                gm = symbolic_trace(self.model)
         except Exception:  # untraceable control flow: plain forward it is
             return
         nodes = list(gm.graph.nodes)
@@ -180,7 +181,7 @@ class Evaluator:
             measuring order) and their outputs, row for row.
         """
         try:
-            with untouched(self.model):
+            with TRACING.shared(), untouched(self.model):  # the interpreter calls modules: no trace meanwhile
                 if self.blocks is None:
                     self._plan()
                 plain = (self._graph is None or self._graph_hooks() != self._traced_hooks

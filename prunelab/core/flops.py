@@ -9,11 +9,12 @@ matrix-vector product per step and sample (CPU LSTM runs a fused kernel the coun
 from __future__ import annotations
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from .inputs import Inputs, call
 from .layers import PRUNABLE_TYPES
 from .modes import untouched
+from .tracing import symbolic_trace
 
 
 def count_flops(model: nn.Module, example, layer_names: list[str]) -> tuple[int, dict[str, int]]:
@@ -28,7 +29,6 @@ def count_flops(model: nn.Module, example, layer_names: list[str]) -> tuple[int,
         return counted
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-    modules = dict(model.named_modules())
     owner = {_storage(layer_weight(model, n)): n for n in layer_names}
     per_layer = dict.fromkeys(layer_names, 0)
 
@@ -126,7 +126,7 @@ def hooked_flops(model: nn.Module, example, layer_names: list[str]):
     if isinstance(example, Inputs):  # keyword inputs: not traced here
         return None
     try:
-        gm = fx.symbolic_trace(model)
+        gm = symbolic_trace(model)
     except Exception:
         return None
     modules = dict(model.named_modules())

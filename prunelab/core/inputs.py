@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 from torch import nn
 
+from .tracing import TRACING
+
 __all__ = ["Inputs", "call", "forward", "select_output", "concat", "check_output", "check_label_key",
            "plain_example", "OUTPUT_HELP"]
 
@@ -179,9 +181,8 @@ def call(model: nn.Module, x: Batch):
         >>> call(nn.Identity(), torch.ones(1)).tolist()
         [1.0]
     """
-    if isinstance(x, (Inputs, Mapping)):
-        return model(**x)
-    return model(x)
+    with TRACING.shared():  # no fx trace on another thread meanwhile (core/tracing.py)
+        return model(**x) if isinstance(x, (Inputs, Mapping)) else model(x)
 
 
 def _keys(out) -> list[str]:

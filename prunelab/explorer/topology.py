@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 
 from ..core.layers import Layer
+from ..core.tracing import symbolic_trace
 
 INPUT = "input"
 MAX_UNITS = 512    # units drawn per column at most (the largest by weight norm)
@@ -78,7 +79,7 @@ def traced_sources(model: nn.Module, layers: list[Layer]) -> tuple[dict[str, lis
     names = [l.name for l in layers]
     chain = {n: [names[i - 1] if i else INPUT] for i, n in enumerate(names)}
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = symbolic_trace(model).graph
     except Exception:  # data-dependent control flow: fall back to module order
         return chain, set()
     reaches: dict[fx.Node, list[str]] = {}

@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import fx, nn
 
+from ..core.tracing import symbolic_trace
+
 FOLDS_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -39,7 +41,7 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         [('1', '0')]
     """
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = symbolic_trace(model).graph
     except Exception:
         return []
     modules = dict(model.named_modules())

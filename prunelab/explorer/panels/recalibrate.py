@@ -45,26 +45,6 @@ def has_running_norm(model: nn.Module) -> bool:
     return any(keeps_statistics(m) for m in model.modules())
 
 
-class MadeTwin:
-    """A PrunerCopy stand-in whose ``pruner()`` is a twin made already, on the main thread.
-
-    Making a Pruner traces its model with torch.fx, and tracing patches ``torch.nn.Module``'s
-    ``__call__`` and ``__getattr__`` for every thread while it runs: a forward pass on the main
-    thread meanwhile (the explorer measuring a slider move) would run into the tracer. So the
-    twin is made where the explorer's own evaluations run; only its measuring runs in the worker.
-
-    Args:
-        twin: the Pruner over the job's private copy (``job.copy.pruner()``).
-    """
-
-    def __init__(self, twin):
-        self.twin = twin
-
-    def pruner(self):
-        """The twin (as ``PrunerCopy.pruner`` returns one)."""
-        return self.twin
-
-
 class RecalibratePanel(Panel):
     """The measured recalibration of the current state, with one click to apply it.
 
@@ -163,7 +143,6 @@ class RecalibratePanel(Panel):
         p = self.pruner
         try:
             job = RecalibrateJob(p, self.settings).prepare()
-            job.copy = MadeTwin(job.copy.pruner())  # traced here, not beside a drag (see MadeTwin)
         except (ValueError, TypeError) as e:
             self._say("after recalibration: not available", "#888")
             self.details.value = f"<span style='color:#b00020'>{html.escape(str(e))}</span>"
