@@ -143,6 +143,7 @@ def save_int8(pruner, path, structured: bool | None = None) -> tuple[Path, dict]
         shrunk = shrink(pruner)
         model = shrunk.model.cpu()
         info["modules"], info["units"] = shrunk.module_attrs, {k: list(v) for k, v in shrunk.units.items()}
+        info["folded"] = shrunk.folded  # BatchNorms folded into the layer before: the loader folds them too
     else:
         model = copy.deepcopy(pruner.model).cpu().eval()
     tensors, names = int8_tensors(model)

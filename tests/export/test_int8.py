@@ -69,6 +69,16 @@ def test_structured_state_is_cut_first_then_int8(mlp_demo_pruner, mlp_demo, tmp_
         assert torch.equal(same(x), loaded(x))
 
 
+def test_structured_int8_of_a_network_with_batchnorm_loads_back(cnn_demo_pruner, cnn_demo, tmp_path):
+    # the structured cut folds BatchNorm into the convolution before it: the loader folds too
+    p = cnn_demo_pruner.prune(0.3, granularity="structured")
+    done = p.export(tmp_path / "m.safetensors", format="int8")
+    assert done.details["structured"]
+    loaded = pl.load_int8(done.path, pl.demos.architecture("digits-cnn"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    assert abs(accuracy(loaded, cnn_demo) - p.evaluate().accuracy) <= 0.02
+
+
 def test_damaged_foreign_or_misfit_files_are_refused(mlp_demo_pruner, tmp_path):
     p = mlp_demo_pruner.prune(0.5)
     done = p.export(tmp_path / "m.safetensors", format="int8")
