@@ -27,6 +27,11 @@ _CHANNEL_AFFINE = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 _SPLITS = {"_SplitOp", "_UnbindOp", "_SliceOp"}
 
 
+def kinds_in(group) -> set[str]:
+    """The type names of what a torch-pruning group's items act on (modules and op nodes)."""
+    return {type(item.dep.target.module).__name__ for item in group.items}
+
+
 @dataclass(frozen=True)
 class Slice:
     """Entries ``index`` along ``dim`` of parameter ``param`` belong to root units ``root``."""
@@ -145,6 +150,10 @@ def find_unit_groups(
             root = torch.as_tensor(item.root_idxs, dtype=torch.long, device=layer.weight.device)
             if isinstance(target, nn.MultiheadAttention) or isinstance(target, nn.RNNBase):
                 reason = f"its units feed a {type(target).__name__}, which cannot be masked unit by unit"
+                break
+            if type(target).__name__ == "_ReshapeOp" and kinds_in(group) >= {"_ConcatOp"}:
+                reason = ("its units are concatenated with others and the result reshaped (a channel shuffle, "
+                          "say): the structured cut does not follow that channel order exactly")
                 break
             if type(target).__name__ in _SPLITS:
                 reason = ("its units pass through a channel split (torch.split, chunk or a slice), whose "

@@ -9,16 +9,8 @@ import pytest
 
 from .models import ZOO
 
-
-
-SHUFFLE = ("torch-pruning's cut through ShuffleNetV2's concat + channel shuffle maps channel indices "
-           "wrongly: the structured export checks its outputs and refuses (max difference 4e-4) instead of "
-           "writing a wrong model, but prune() accepted the plan")
-
 # (model, check) -> why it fails today
-KNOWN: dict[tuple[str, str], str] = {
-    ("shufflenet_v2", "export"): SHUFFLE,
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def cases(check: str, only=None) -> list:
