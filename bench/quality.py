@@ -12,6 +12,11 @@ targets of issues 4 and 15 (exit status 1 if one is missed):
     digits-cnn raises the accuracy at 30% and 50% of filters (raw, statistics only, and with bias
     compensation are printed);
   - the run up to here takes under 2 minutes;
+  - pruning to a deployment target (issue 15 point 3): allocate(target_flops=0.5) keeps 50% of the
+    FLOPs within 2% and is at least as accurate as one uniform per-layer sparsity at the same FLOPs
+    (found by bisection), on both demos;
+  - pruning and quantization together (point 4): int8 and structured+int8 of digits-cnn at 30% of
+    filters are under 30% of the dense file and within 1 point of the float model's accuracy;
   - the anchor (bench/anchor.py, issue 15 point 7): iterate(0.8) with its defaults ends at most one
     point below a plain torch.nn.utils.prune AGP loop with the same budget (steps, epochs, batch
     size, Adam lr) on digits-mlp, digits-cnn and a 1-D CNN over 4,000 synthetic signals (about 3
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import prunelab as pl  # noqa: E402
+from prunelab.core.tables import points  # noqa: E402
 from anchor import compare, print_rows  # noqa: E402  (bench/anchor.py, beside this file)
 
 SPARSITY = 0.95
@@ -106,6 +112,39 @@ def recalibrated() -> list[dict]:
     return out
 
 
+def uniform_at_flops(pruner, target: float):
+    """The Metrics of one sparsity for every layer (scope="layer") keeping ``target`` of the FLOPs."""
+    lo, hi = 0.0, 1.0
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = pruner.reset().prune(mid, scope="layer").evaluate()
+        lo, hi = (mid, hi) if m.nonzero_flops / m.flops > target else (lo, mid)
+    return m
+
+
+def allocated_vs_uniform(target: float = 0.5) -> list[dict]:
+    """Each demo: allocate(target_flops=target) against a uniform allocation at the same FLOPs."""
+    out = []
+    for name in DEMOS:
+        d = pl.demos.load(name)
+        p = pl.Pruner(d.model, d.val, train_data=d.train)
+        allocation = p.allocate(target_flops=target)
+        uniform = uniform_at_flops(p, target)
+        out.append(dict(demo=name, allocated=allocation.accuracy, kept=allocation.flops_kept,
+                        uniform=uniform.accuracy, uniform_kept=uniform.nonzero_flops / uniform.flops))
+    return out
+
+
+def quantized() -> dict:
+    """digits-cnn at 30% of filters (structured, per layer): the export report's int8 rows."""
+    d = pl.demos.load("digits-cnn")
+    p = pl.Pruner(d.model, d.val, train_data=d.train).prune(0.3, granularity="structured", scope="layer")
+    report = pl.compare_formats(p, formats=("state_dict", "structured", "int8"), repeats=5)
+    rows = {r.format: r for r in report.rows}
+    return dict(dense_bytes=report.dense_bytes, float=report.accuracy, rows={
+        f: (rows[f].bytes, rows[f].accuracy) for f in ("int8", "structured+int8") if f in rows})
+
+
 def main(with_finetuned_one_shot: bool = False, anchor: bool = True) -> int:
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and fair to a shared machine
     p = fresh()
@@ -145,7 +184,7 @@ def main(with_finetuned_one_shot: bool = False, anchor: bool = True) -> int:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['granularity']} | {r['criterion']} | {r['sparsity']:.1%} | {r['units']:.1%} | "
-              f"{r['accuracy']:.2%} | {100 * r['drop']:+.2f} pt | {r['nonzero']:,} | {r['seconds']:.1f} |")
+              f"{r['accuracy']:.2%} | {points(-r['drop'])} | {r['nonzero']:,} | {r['seconds']:.1f} |")
     print("\none-shot, global unstructured, no fine-tuning (scores on the training split, at most 2048 samples)\n")
     print("| demo | dense | criterion | " + " | ".join(f"{a:.0%}" for a in ONE_SHOT) + " |")
     print("|---|---:|---|" + "---:|" * len(ONE_SHOT))
@@ -159,6 +198,20 @@ def main(with_finetuned_one_shot: bool = False, anchor: bool = True) -> int:
     for r in recal:
         print(f"| {r['amount']:.0%} | {r['raw']:.2%} | {r['statistics']:.2%} | {r['default']:.2%} | {r['compensated']} |")
     print(f"\ntotal {total:.1f} s, imports included")
+    began = time.perf_counter()
+    targets, q = allocated_vs_uniform(), quantized()
+    print("\nhalf the FLOPs (allocate(target_flops=0.5)) vs one uniform per-layer sparsity at the same FLOPs\n")
+    print("| demo | allocated | FLOPs kept | uniform | FLOPs kept |")
+    print("|---|---:|---:|---:|---:|")
+    for r in targets:
+        print(f"| {r['demo']} | {r['allocated']:.2%} | {r['kept']:.1%} | {r['uniform']:.2%} | {r['uniform_kept']:.1%} |")
+    print(f"\ndigits-cnn at 30% of filters: int8 files (dense file {q['dense_bytes'] / 1e3:,.1f} kB)\n")
+    print("| format | kB | share of dense | accuracy | float accuracy |")
+    print("|---|---:|---:|---:|---:|")
+    floats = {f: q["float"].get("structured" if f.startswith("structured") else "dense (masked)") for f in q["rows"]}
+    for f, (size, acc) in q["rows"].items():
+        print(f"| {f} | {size / 1e3:,.1f} | {size / q['dense_bytes']:.0%} | {acc:.2%} | {floats[f]:.2%} |")
+    print(f"\ntargets and int8 {time.perf_counter() - began:.1f} s")
 
     iterative = {r["granularity"]: r for r in rows if r["method"] == "iterative" and r["criterion"] == "magnitude"}
     u, s = iterative["unstructured"], iterative["structured"]
@@ -176,6 +229,13 @@ def main(with_finetuned_one_shot: bool = False, anchor: bool = True) -> int:
            f"(>= statistics alone, {r['statistics']:.2%})", r["default"] > r["raw"] and r["default"] >= r["statistics"])
           for r in recal],
         (f"total time {total:.1f} s (< {TIME_LIMIT:.0f} s) before the anchor", total < TIME_LIMIT),
+        *[(f"allocate(target_flops=0.5) on {r['demo']}: {r['kept']:.1%} of FLOPs kept (within 2%), "
+           f"{r['allocated']:.2%} >= uniform {r['uniform']:.2%}",
+           abs(r["kept"] - 0.5) <= 0.02 and r["allocated"] >= r["uniform"]) for r in targets],
+        *[(f"{f} of digits-cnn: {size / q['dense_bytes']:.0%} of the dense file (< 30%), accuracy {acc:.2%} within "
+           f"1 pt of float {floats[f]:.2%}", size < 0.3 * q["dense_bytes"] and abs(acc - floats[f]) <= 0.01)
+          for f, (size, acc) in q["rows"].items()],
+        (f"int8 rows measured: {sorted(q['rows'])}", set(q["rows"]) == {"int8", "structured+int8"}),
     ]
     if anchor:
         began = time.perf_counter()
