@@ -14,18 +14,19 @@ import dataclasses
 import html
 
 import ipywidgets as w
-import torch
 
-from ..core.evaluation import Metrics, score_outputs
-from ..core.inputs import forward
+from ..core.checks import check_count
+from ..core.evaluation import Metrics
+from ..core.scores import scoring_context, scoring_samples
 from ..pruner import Pruner
 from .actions import Action
 from ..core.copies import ModelCopy, model_state
 from .analysis import Explainer, unit_and_weight_scores
-from .background import Scheduler
+from .background import Scheduler, counting
 from .bokeh_loader import RERUN, load_bokehjs
 from .controls import Controls
-from .state import COMPARED, NEEDS_SCORING, ExplorerState, dense_reference, follow, magnitude_scores, measure
+from .state import (COMPARED, DENSE_CHUNK, NEEDS_SCORING, ExplorerState, LiveMeasure, dense_metrics,
+                    dense_reference, follow, follow_baseline, is_dense, magnitude_scores)
 from .views.connectivity import ConnectivityView
 from .views.importance import ImportanceView
 from .views.interpretability import InterpretabilityView
@@ -51,6 +52,8 @@ class Explorer(w.VBox):
     Args:
         pruner: the Pruner to drive. title: shown in the heading.
         image_shape: (height, width) to draw 1-D inputs as images. class_names: labels of the classes.
+        score_samples: how many samples Taylor and attribution scores are computed on (in the
+            background); None: the Pruner's (``scoring_context()``, up to 2,048).
 
     Example:
         >>> ex = Explorer(pl.Pruner(model, val_data), title="my model")
@@ -59,8 +62,10 @@ class Explorer(w.VBox):
     """
 
     def __init__(self, pruner: Pruner, *, title: str = "", image_shape: tuple[int, int] | None = None,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, score_samples: int | None = None):
         super().__init__()
+        self.score_samples = check_count(score_samples, "score_samples", allow_none=True)
+        self._score_ctx = None                   # the scoring context on score_samples, taken once
         load_bokehjs()
         self.pruner = pruner
         self.add_class("prunelab-explorer")
@@ -76,8 +81,11 @@ class Explorer(w.VBox):
         self.state = ExplorerState(layer_names=tuple(pruner.layer_names), layer=layer)
         self.state.scores = {"magnitude": magnitude_scores(pruner)}
         self.state.reference = dense_reference(pruner)
-        self.state.metrics = pruner.evaluate()
-        self.state.baseline = self._baseline()
+        # measured in slices on the main thread: a first answer now, the rest while widgets answer
+        self.live = LiveMeasure(pruner, self.state, self._scheduler.later,
+                                on_slice=lambda m: follow_baseline(pruner, self.state, m))
+        self.live.start()
+        self._baseline()
 
         post = self._scheduler.post
         later = self._scheduler.later if self._scheduler.live else None  # views and controls paced during a drag
@@ -172,21 +180,28 @@ class Explorer(w.VBox):
         Example:
             >>> ex.refresh()   # after changing the model's weights behind the Pruner's back
         """
-        measure(self.pruner, self.state)
+        self.live.start()  # a first slice now (an older state's refinement dropped), the rest posted
         self.state.action = None  # the change the action made is shown
+        if not (self.state.baseline is None or self.state.baseline.complete):
+            self._baseline()  # the dense state's refinement was dropped: finish it on a copy
 
-    def _baseline(self) -> Metrics:
-        """Metrics of the dense original model (measured on a copy when the Pruner has moved on)."""
-        p = self.pruner
-        if not p.plans and p.weights_version == 0:
-            return p.evaluate()
-        model = self.shadow().load({**model_state(p.model), **p.original_weights})
-        with torch.no_grad():
-            out = torch.cat([forward(model, x, p.output) for x in p.val_inputs.split(p.batch_size)])
-        acc, loss, per_class, _ = score_outputs(out, p.val_targets, classes=p.classes, metric=p.metric, loss=p.loss)
-        m = self.state.metrics
-        return dataclasses.replace(m, accuracy=acc, loss=loss, per_class=per_class, nonzero_params=m.params,
-                                   sparse_bytes=m.dense_bytes, nonzero_flops=m.flops, accuracy_interval=None)
+    def _baseline(self) -> None:
+        """The dense original's Metrics into ``state.baseline``: measured as the current state, else on a copy
+        (in the background for a big model; the readout says a baseline is partial until then)."""
+        p, m = self.pruner, self.state.metrics
+        if is_dense(p) or getattr(self, "_baseline_job", False):
+            return
+        try:
+            shadow, weights = self.shadow(), {**model_state(p.model), **p.original_weights}
+        except RuntimeError:  # an uncopyable model: the partial baseline stays, marked as partial
+            return
+        if m.complete:
+            self.state.baseline = dense_metrics(p, shadow.load(weights), m)
+            return
+        self._baseline_job = True
+        self._scheduler.submit("baseline", "dense baseline",
+                               lambda progress: dense_metrics(p, shadow.load(weights), m, DENSE_CHUNK, progress),
+                               lambda base: setattr(self.state, "baseline", base))
 
     # -------------------------------------------------------------- actions
 
@@ -271,7 +286,9 @@ class Explorer(w.VBox):
             return  # already on its way: a pending action runs when it lands
         try:
             shadow = self.shadow()
-            ctx = p.scoring_context()
+            n = self.score_samples  # Taylor and attribution score on this subset (taken once), else the Pruner's
+            ctx = self._score_ctx = self._score_ctx or (scoring_context(p, *scoring_samples(p, n)) if n else
+                                                        p.scoring_context())
         except (RuntimeError, ValueError) as e:
             self.state.score_errors = {**self.state.score_errors, criterion: str(e)}
             return
@@ -279,8 +296,10 @@ class Explorer(w.VBox):
             dense = model_state(p.model)
         want_weights = not units
 
-        def work(progress):
-            return unit_and_weight_scores(shadow, dense, ctx, criterion, want_weights, progress)
+        def work(progress):  # progress per batch of the scoring subset (a pass each for units and weights)
+            counted = dataclasses.replace(ctx, batches=counting(ctx.batches, 2 if want_weights else 1, progress))
+            return unit_and_weight_scores(shadow, dense, counted, criterion, want_weights,
+                                          lambda f: progress(f) if f >= 1 else None)
 
         def done(result):
             self._scoring.discard(job)

@@ -347,3 +347,25 @@ class Scheduler:
 
 
 _SKIPPED = object()
+
+
+def counting(batches: Callable[[], Any], passes: int, progress: Callable[[float], None]) -> Callable[[], Any]:
+    """``batches`` (a callable giving an iterable, as a ScoringContext holds) that reports
+    ``progress(fraction)`` after each batch, over ``passes`` passes (below 1 until the job ends).
+
+    Args: batches: e.g. ``ctx.batches``. passes: how many times the work iterates them.
+        progress: e.g. a job's ``progress``.
+    Returns: a callable like ``batches``.
+    Example: ``dataclasses.replace(ctx, batches=counting(ctx.batches, 1, progress))``
+    """
+    whole, seen = None, [0]
+
+    def counted():
+        nonlocal whole
+        if whole is None:
+            whole = sum(1 for _ in batches())
+        for batch in batches():
+            yield batch
+            seen[0] += 1
+            progress(min(seen[0] / max(passes * whole, 1), 0.99))
+    return counted

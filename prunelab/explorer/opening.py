@@ -19,7 +19,8 @@ from .app import Explorer
 PRUNER_OPTIONS = [name for name, p in inspect.signature(Pruner).parameters.items() if p.kind == p.KEYWORD_ONLY]
 
 
-def explore(model_or_demo, val_data=None, train_data=None, **pruner_options) -> Explorer:
+def explore(model_or_demo, val_data=None, train_data=None, *, score_samples: int | None = None,
+            **pruner_options) -> Explorer:
     """Open the interactive explorer.
 
     Args:
@@ -28,6 +29,8 @@ def explore(model_or_demo, val_data=None, train_data=None, **pruner_options) -> 
         val_data: labelled data to measure on (a DataLoader, a Dataset, or an ``(inputs,
             targets)`` pair of tensors); required for a model, brought along by demos.
         train_data: data for Taylor/attribution scoring and fine-tuning (optional).
+        score_samples: how many samples Taylor and attribution scores are computed on, in the
+            background with progress shown (a big model scores sooner on fewer); None: up to 2,048.
         **pruner_options: passed to :class:`prunelab.Pruner` (output, label_key, metric, loss,
             eval_samples, batch_size, seed): ``output=`` selects the measured tensor of a model
             that returns several, ``label_key=`` names the labels of dict batches.
@@ -38,6 +41,7 @@ def explore(model_or_demo, val_data=None, train_data=None, **pruner_options) -> 
     Example:
         >>> explorer = pl.explore("digits-mlp")
         >>> explorer   # the last line of a cell: the explorer shows itself
+        >>> pl.explore(model, val_data, score_samples=256)   # a big model: Taylor scores on 256 samples
     """
     unknown = [k for k in pruner_options if k not in PRUNER_OPTIONS]
     if unknown:
@@ -70,4 +74,4 @@ def explore(model_or_demo, val_data=None, train_data=None, **pruner_options) -> 
     else:
         raise TypeError(f"explore() takes a torch.nn.Module, a demo name (one of {list(demos.NAMES)}), a Demo "
                         f"or a Pruner; got {type(model_or_demo).__name__}.")
-    return Explorer(pruner, title=title, image_shape=image_shape, class_names=class_names)
+    return Explorer(pruner, title=title, image_shape=image_shape, class_names=class_names, score_samples=score_samples)

@@ -14,6 +14,7 @@ a view that observes ``revision`` sees consistent state.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,9 @@ from traitlets import Any, Bool, Dict, HasTraits, Instance, Int, Tuple, Unicode,
 
 from ..core.checks import GRANULARITIES, check_choice
 from ..core.criteria import CRITERIA
+from ..core.inputs import forward
+from ..core.metrics import Metrics, score_outputs
+from ..core.tracing import TRACING
 from .actions import DRIVES, Action
 
 # The criteria the controls offer, in the order shown: the core's registry, magnitude (the
@@ -33,6 +37,8 @@ INSTANT = ("magnitude", "random")  # scored from the weights alone; the others n
 NEEDS_SCORING = tuple(c for c in CRITERION_ORDER if c not in INSTANT)
 MODES = ("amount", "threshold")  # the sliders set fractions, or an absolute |w| threshold
 DRIVERS = tuple(dict.fromkeys(DRIVES.values()))
+SLICE_S = 0.15  # one slice of measuring on the main thread; the kernel answers widgets between slices
+DENSE_CHUNK = 16  # samples per forward when the dense baseline is measured on a copy (bounded memory)
 
 
 @dataclass
@@ -160,7 +166,7 @@ class ExplorerState(HasTraits):
             self.driver = action.drives
 
 
-def measure(pruner, state: ExplorerState) -> None:
+def measure(pruner, state: ExplorerState, time_budget: float | None = None) -> Metrics:
     """Bring ``state`` up to the Pruner's current state: the one update after every change.
 
     When the unmasked weights moved (a fine-tune, ``set_weights``) and the state holds a dense
@@ -171,9 +177,12 @@ def measure(pruner, state: ExplorerState) -> None:
     Args:
         pruner: the Pruner the state follows.
         state: the ExplorerState to update (on the main thread).
+        time_budget: seconds for the measurement (``pruner.evaluate(time_budget=)``): a big model's
+            first answer on the samples that fit, ``metrics.complete`` False until :func:`refine`
+            has measured the rest. None: every sample.
 
     Returns:
-        None.
+        The Metrics now in ``state.metrics``.
 
     Example:
         >>> pruner.prune(0.5)
@@ -186,8 +195,141 @@ def measure(pruner, state: ExplorerState) -> None:
         state.scores = {"magnitude": magnitude_scores(pruner)}
         state.score_errors = {}
         state.reference = dense_reference(pruner)
-    state.metrics = pruner.evaluate()
+    state.metrics = pruner.evaluate(time_budget=time_budget)
     state.revision += 1
+    return state.metrics
+
+
+def refine(pruner, state: ExplorerState, time_budget: float = SLICE_S) -> Metrics:
+    """Measure more samples of the state :func:`measure` began (continuing where it stopped) and
+    put the fuller Metrics in ``state.metrics``; ``revision`` stays (the state is the same).
+
+    Args:
+        pruner: the Pruner, in the state last measured. state: its hub.
+        time_budget: seconds for this slice (at least one more block of samples is measured).
+
+    Returns:
+        The Metrics now in ``state.metrics``.
+
+    Example:
+        >>> m = measure(pruner, state, time_budget=0.15)
+        >>> while not m.complete: m = refine(pruner, state)
+    """
+    state.metrics = pruner.evaluate(time_budget=time_budget)
+    return state.metrics
+
+
+class LiveMeasure:
+    """Measures the Pruner into the hub in short slices on the kernel's main thread, so widgets
+    answer between slices at any model size: :meth:`start` measures a new state's first samples
+    at once (the readout shows them: "on 24 of 1,000 samples, refining"), then each slice is
+    posted with ``later`` and measures more, until complete. A newer state drops the older
+    refinement (its pending slice does nothing).
+
+    Args:
+        pruner: the Pruner. state: its hub.
+        later: ``later(key, delay, fn)`` (:meth:`~prunelab.explorer.background.Scheduler.later`).
+        slice_s: seconds per slice. on_slice: ``on_slice(metrics)`` after every slice.
+
+    Example:
+        >>> live = LiveMeasure(pruner, state, scheduler.later)
+        >>> pruner.prune(0.5); live.start()       # a first answer now, the rest in slices
+        >>> scheduler.wait(); state.metrics.complete
+        True
+    """
+
+    def __init__(self, pruner, state: ExplorerState, later: Callable, slice_s: float = SLICE_S,
+                 on_slice: Callable[[Metrics], None] | None = None):
+        self.pruner, self.state, self.later, self.slice_s = pruner, state, later, slice_s
+        self.on_slice = on_slice or (lambda m: None)
+        self._pending: tuple | None = None  # names the state whose refinement is posted
+        self.slices = 0    # slices measured (tests and benchmarks read these)
+        self.dropped = 0   # refinements dropped by a newer state
+
+    def _now(self) -> tuple:
+        return self.state.revision, self.pruner.history.current.token, self.pruner.weights_version
+
+    def start(self) -> Metrics:
+        """Measure the current state's first slice into the hub (``metrics``, then ``revision``)
+        and post the rest; a refinement of an older state still pending is dropped.
+
+        Returns: the first Metrics. Example: ``live.start().samples``.
+        """
+        if self._pending is not None:
+            self.dropped += 1
+            self._pending = None
+        return self._after(measure(self.pruner, self.state, time_budget=self.slice_s))
+
+    @property
+    def refining(self) -> bool:
+        """True while the current state's measurement is incomplete and its next slice posted."""
+        return self._pending is not None
+
+    def _after(self, m: Metrics) -> Metrics:
+        self.slices += 1
+        self.on_slice(m)
+        self._pending = None if m.complete else self._now()
+        if self._pending is not None:
+            token = self._pending
+            self.later("refine", 0.0, lambda: self._step(token))
+        return m
+
+    def _step(self, token: tuple) -> None:
+        if token != self._pending:
+            return  # dropped: a newer state was measured meanwhile
+        if token != self._now():  # the Pruner moved and its refresh has not run yet: it will
+            self._pending = None
+            self.dropped += 1
+            return
+        self._after(refine(self.pruner, self.state, self.slice_s))
+
+
+def is_dense(pruner) -> bool:
+    """Whether the Pruner is in its dense original state (nothing masked, the original weights)."""
+    return not pruner.plans and pruner.weights_version == 0
+
+
+def follow_baseline(pruner, state: ExplorerState, m: Metrics) -> None:
+    """While the dense original is the state measured, its fuller Metrics ``m`` become
+    ``state.baseline`` (a big model's baseline refines with its first measurement).
+
+    Example: ``LiveMeasure(pruner, state, later, on_slice=lambda m: follow_baseline(pruner, state, m))``
+    """
+    base = state.baseline
+    if is_dense(pruner) and (base is None or (not base.complete and m.samples > base.samples)):
+        state.baseline = m
+
+
+def dense_metrics(pruner, model, like: Metrics, chunk: int | None = None,
+                  progress: Callable[[float], None] = lambda f: None) -> Metrics:
+    """The Metrics of the dense original model on every evaluation sample, measured on ``model``
+    (a private copy loaded with the original weights; any thread), ``chunk`` samples a forward.
+
+    Args:
+        pruner: the Pruner (its evaluation data, output selector, metric and loss; read only).
+        model: the copy, loaded. like: Metrics of the Pruner's model, for the sizes.
+        chunk: samples per forward (None: the Pruner's batch size); keeps memory bounded.
+        progress: ``progress(fraction)`` after each chunk.
+
+    Returns:
+        Complete Metrics of the dense model (nothing masked).
+
+    Example:
+        >>> base = dense_metrics(pruner, shadow.load(weights), state.metrics, chunk=DENSE_CHUNK)
+    """
+    parts = pruner.val_inputs.split(min(chunk or pruner.batch_size, pruner.batch_size))
+    out = []
+    with torch.no_grad():
+        for i, x in enumerate(parts):
+            with TRACING.shared():  # no fx trace on another thread meanwhile (core/tracing.py)
+                out.append(forward(model, x, pruner.output))
+            progress((i + 1) / len(parts))
+    out = torch.cat(out)
+    acc, loss, per_class, _ = score_outputs(out, pruner.val_targets, classes=pruner.classes, metric=pruner.metric,
+                                            loss=pruner.loss)
+    return dataclasses.replace(like, accuracy=acc, loss=loss, per_class=per_class, nonzero_params=like.params,
+                               sparse_bytes=like.dense_bytes, nonzero_flops=like.flops, accuracy_interval=None,
+                               samples=len(out), of=len(out))
 
 
 def follow(pruner, soon: Callable[[str, Callable[[], None]], None], update: Callable[[], None]) -> Callable[[], None]:

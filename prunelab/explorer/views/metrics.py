@@ -42,10 +42,26 @@ def format_value(m: Metrics, value: float) -> str:
     return f"{value:.1%}" if m.metric_name == "accuracy" else f"{value:.4g}"
 
 
+def measured_on(m: Metrics) -> str:
+    """What ``m`` was measured on, e.g. ``'on 24 of 1,000 validation samples, refining'`` for a
+    first answer (``m.complete`` False), ``'on 1,000 validation samples'`` once complete.
+
+    Example:
+        >>> measured_on(pruner.evaluate(time_budget=0.15))   # a big model's first answer
+        'on 24 of 1,000 validation samples, refining'
+    """
+    if m.complete:
+        return f"on {m.samples:,} {m.data} samples"
+    return f"on {m.samples:,} of {m.of:,} {m.data} samples, refining"
+
+
 def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
-    """The numbers of one state, densely: accuracy first (as "NN.N%"), what it was measured on."""
+    """The numbers of one state, densely: accuracy first (as "NN.N%"), what it was measured on
+    (a first answer on part of the samples says so, and is drawn lighter until complete)."""
     acc = format_value(m, m.accuracy)
-    where = f"on {m.samples:,} {html.escape(m.data)} samples"
+    where = html.escape(measured_on(m))
+    if not m.complete:
+        where = f'<span class="prunelab-refining">{where}</span>'
     if m.accuracy_interval is not None:
         lo, hi = m.accuracy_interval
         where = f"95% CI {lo:.1%}–{hi:.1%}, " + where
@@ -54,14 +70,16 @@ def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
         d = m.accuracy - baseline.accuracy
         pts = points(d) if m.metric_name == "accuracy" else f"{d:+.4g}"
         colour = "#c0392b" if d < -1e-9 else ("#3a9a5b" if d > 1e-9 else "#666")
+        partial = "" if baseline.complete else f" ({baseline.samples:,} of {baseline.of:,} samples so far)"
         delta = (f' · <span style="color:{colour}">{pts}</span> vs dense '
-                 f"{format_value(baseline, baseline.accuracy)}")
+                 f"{format_value(baseline, baseline.accuracy)}{partial}")
     loss = f"{m.loss:.4f}" if m.loss is not None else "–"
     cell = 'style="padding:0 14px 0 0; vertical-align:top"'
     small = 'style="color:#666; font-size:11px"'
     return (
         f'<div style="{FONT}"><table style="border-collapse:collapse"><tr>'
-        f'<td {cell}><span style="font-size:22px; font-weight:600" class="prunelab-accuracy">{acc}</span> '
+        f'<td {cell}><span style="font-size:22px; font-weight:600{"" if m.complete else "; color:#777"}" '
+        f'class="prunelab-accuracy">{acc}</span> '
         f'{html.escape(m.metric_name)}<br><span {small}>{where}{delta}</span></td>'
         f"<td {cell}>loss <b>{loss}</b><br><span {small}>sparsity <b>{sparsity:.1%}</b> of prunable weights</span></td>"
         f"<td {cell}>params <b>{m.nonzero_params:,}</b> nonzero of {m.params:,}<br>"
@@ -103,7 +121,7 @@ class MetricsView(View):
         self.readout_pacer = Pacer(self._update_readout, later, "readout", interval=READOUT_S)
         self.pacer = Pacer(self._draw, later, "trace", ready=self.page_ready)
         state.observe(self.readout_pacer.request, "metrics")
-        state.observe(self._update, "revision")
+        state.observe(self._update, ["revision", "metrics"])  # a first answer, then each refinement
         state.observe(self._baseline, "baseline")
         self._baseline()
         self._update()
@@ -157,7 +175,9 @@ class MetricsView(View):
             self.readout.value = readout_html(self.state.metrics, self.state.baseline, self.pruner.overall_sparsity())
 
     def _update(self, change=None):
-        """A new state: note it as visited (every one, however fast they come), draw paced."""
+        """A new state or a fuller measurement of it: the current marker follows (with its 95%
+        interval); the state is noted as visited once measured whole (every one, however fast they
+        come; a first answer dropped by a newer move is not), drawn paced."""
         m = self.state.metrics
         if m is None:
             return
@@ -165,7 +185,7 @@ class MetricsView(View):
         self.readout_pacer.request()
         crit, gran = state_kind(self.pruner.plans)
         key = (round(sparsity, 6), round(m.accuracy, 6), crit, gran)
-        if key not in self._seen:
+        if m.complete and key not in self._seen:
             self._seen.add(key)
             self._new_points.setdefault(crit, []).append((sparsity, m.accuracy, gran))
         lo, hi = m.accuracy_interval or (m.accuracy, m.accuracy)
