@@ -9,7 +9,7 @@
 from . import demos, reports
 from ._version import __version__
 from .core.criteria import Attribution, Criterion, Magnitude, Random, Taylor, Wanda
-from .core.evaluation import Metrics
+from .core.metrics import Metrics
 from .core.layers import Layer
 from .pruner import Pruner, apply_recipe
 from .export import (FORMATS as EXPORT_FORMATS, Exported, compare_formats, load_int8, load_program, load_sparse,

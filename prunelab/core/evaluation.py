@@ -1,7 +1,7 @@
-"""Measuring a model: outputs on a fixed evaluation set (recomputing only what changed), metrics,
-and FLOPs.
+"""Measuring a model: outputs on a fixed evaluation set (recomputing only what changed, in
+bounded memory).
 
-FLOP counting lives in :mod:`.flops` and Metrics in :mod:`.metrics` (both importable from here).
+FLOP counting lives in :mod:`.flops`, Metrics and scoring in :mod:`.metrics`.
 
 Incremental evaluation: the model is traced once with torch.fx. After each evaluation the values
 alive just before every parametrised node (for a chain, the input of each layer; with residual
@@ -17,15 +17,9 @@ import time
 import torch
 from torch import fx, nn
 
-from .flops import count_flops, hooked_flops
-from .metrics import Metrics, classification_scores, score_outputs, wilson_interval
 from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
 from .tracing import TRACING, symbolic_trace
-
-__all__ = ["Evaluator", "Metrics", "classification_scores", "count_flops", "hooked_flops", "score_outputs",
-           "wilson_interval"]  # Metrics and scoring live in .metrics; importable from here too
-
 
 class Evaluator:
     """Outputs of ``model`` on fixed inputs, block by block, recomputing from the first changed

@@ -1,6 +1,6 @@
 """Measuring a Pruner's states: outputs on the fixed evaluation data (recomputed from the first
 changed module on, see :class:`~prunelab.core.evaluation.Evaluator`), FLOPs counted once, and
-:class:`~prunelab.core.evaluation.Metrics` cached per state (by its history token).
+:class:`~prunelab.core.metrics.Metrics` cached per state (by its history token).
 
 Nothing stale is served: the caches hold only while the model's buffers and forward hooks are
 as they were when measured (:func:`~prunelab.core.modes.stamp`); a module whose buffers were
@@ -126,7 +126,7 @@ class Meter:
                 :func:`~prunelab.core.evaluation.score_outputs`).
 
         Returns:
-            The state's :class:`~prunelab.core.evaluation.Metrics`.
+            The state's :class:`~prunelab.core.metrics.Metrics`.
         """
         deadline = None if time_budget is None else time.perf_counter() + time_budget
         outside = self._outside()

@@ -16,7 +16,7 @@ import html
 import ipywidgets as w
 
 from ..core.checks import check_count
-from ..core.evaluation import Metrics
+from ..core.metrics import Metrics
 from ..core.scores import scoring_context, scoring_samples
 from ..pruner import Pruner
 from .actions import Action

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.evaluation import score_outputs
+from ..core.metrics import score_outputs
 from ..core.inputs import forward
 from .formats import FORMATS, GIVES, SUFFIXES, export
 from .int8 import int8_model, save_int8

@@ -24,7 +24,7 @@ from ..core.base import BasePruner
 from ..core.inputs import forward
 from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
-from ..core.evaluation import score_outputs
+from ..core.metrics import score_outputs
 from ..export import export
 from ..retrain import Hooks
 

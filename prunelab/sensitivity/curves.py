@@ -26,7 +26,7 @@ from ..core.base import BasePruner
 from ..core.checks import check_fraction
 from ..core.copies import ModelCopy, PrunerCopy, model_state
 from ..core.criteria import get_criterion
-from ..core.evaluation import score_outputs
+from ..core.metrics import score_outputs
 from ..core.inputs import forward
 from ..core.tables import Table, percent, signed_points
 from ..retrain import VARIABLE_GRANULARITIES, Hooks

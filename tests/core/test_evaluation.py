@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from core_models import (IMAGE, TOKENS, VECTOR, make_attention_net, make_bn_cnn, make_branching_mlp, make_concat_cnn,
                       make_mlp, make_residual_cnn, random_data)
 from prunelab import Metrics, Pruner
-from prunelab.core.evaluation import Evaluator, classification_scores, wilson_interval
+from prunelab.core.evaluation import Evaluator
+from prunelab.core.metrics import classification_scores, wilson_interval
 from prunelab.core.flops import count_flops
 
 

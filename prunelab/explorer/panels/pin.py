@@ -22,7 +22,7 @@ class Pinned:
     """One pinned state: what was measured, as it was.
 
     Attributes:
-        metrics: the state's :class:`prunelab.core.evaluation.Metrics`.
+        metrics: the state's :class:`prunelab.core.metrics.Metrics`.
         sparsity: ``{layer: fraction of its weights masked}``. overall: of all prunable weights.
         step: its position in the Pruner's history (``history.cursor``).
         revision: the explorer's revision when pinned.

@@ -10,7 +10,7 @@ from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem,
 from bokeh.plotting import figure
 
 from ...core.checks import GRANULARITIES
-from ...core.evaluation import Metrics
+from ...core.metrics import Metrics
 from ...core.tables import points  # the one format for drops (re-exported for the panels)
 from .base import CRITERION_COLOURS, FONT, View, update_columns
 from .pacing import READOUT_S, Pacer
