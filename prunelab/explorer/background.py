@@ -279,6 +279,8 @@ class Scheduler:
         if job in self._jobs:
             self._jobs.remove(job)
         self._progress = None
+        if job.future.cancelled():  # close() cancelled it before it ran: nothing to hand back
+            return
         try:
             error = job.future.exception()
             if error is None:

@@ -52,7 +52,8 @@ def measured_on(m: Metrics) -> str:
     """
     if m.complete:
         return f"on {m.samples:,} {m.data} samples"
-    return f"on {m.samples:,} of {m.of:,} {m.data} samples, refining"
+    data = m.data.replace(f" (subset of {m.of})", "")  # part of the samples is said as "N of M"
+    return f"on {m.samples:,} of {m.of:,} {data} samples, refining"
 
 
 def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
