@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .checks import LOSS_FIX, METRIC_FIX, check_real
+from .inputs import forward
 from .tokens import is_token_task, token_scores
 
 
@@ -134,3 +135,22 @@ def score_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, classes: int,
     per_class = classification_scores(outputs, targets, classes)[2] if classes and not tokens else ()
     value = check_real(metric(outputs, targets), f"the metric {getattr(metric, '__name__', '')}".rstrip(), METRIC_FIX)
     return value, None if loss is None else check_real(loss(outputs, targets), "the loss", LOSS_FIX), per_class, None
+
+
+def model_accuracy(model, pruner) -> float:
+    """Accuracy (or the Pruner's metric) of any ``model`` taking ``pruner``'s evaluation inputs (a
+    structured export, an int8 model...) on its evaluation data: a loop of its own over the model in
+    the Pruner's batches, scored as ``pruner.evaluate()`` scores (:func:`score_outputs`).
+
+    Example:
+        >>> model_accuracy(pl.load_int8("m.safetensors", Net()), pruner)   # doctest: +SKIP
+    """
+    x, y, bs = pruner.val_inputs, pruner.val_targets, pruner.batch_size
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            outs = torch.cat([forward(model, x[i:i + bs], pruner.output).float().cpu() for i in range(0, len(x), bs)])
+    finally:
+        model.train(was)
+    return float(score_outputs(outs, y.cpu(), classes=pruner.classes, metric=pruner.metric, loss=pruner.loss)[0])

@@ -15,10 +15,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
-from ..core.metrics import score_outputs
-from ..core.inputs import forward
+from ..core.metrics import model_accuracy
 from .formats import FORMATS, GIVES, SUFFIXES, export
 from .int8 import int8_model, save_int8
 from .latency import Latency, measure_latency
@@ -219,21 +216,3 @@ def _int8_rows(pruner, folder: Path, models: dict) -> list[FormatRow]:
         except (ValueError, ImportError, OSError, RuntimeError) as e:
             rows.append(FormatRow(label, None, GIVES["int8"], str(e).split(". ")[0]))
     return rows
-
-
-def model_accuracy(model, pruner) -> float:
-    """Accuracy (or the Pruner's metric) of ``model`` on ``pruner``'s evaluation data, scored as
-    ``pruner.evaluate()`` scores (:func:`prunelab.core.evaluation.score_outputs`).
-
-    Example:
-        >>> model_accuracy(pl.load_int8("m.safetensors", Net()), pruner)   # doctest: +SKIP
-    """
-    x, y, bs = pruner.val_inputs, pruner.val_targets, pruner.batch_size
-    was = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            outs = torch.cat([forward(model, x[i:i + bs], pruner.output).float().cpu() for i in range(0, len(x), bs)])
-    finally:
-        model.train(was)
-    return float(score_outputs(outs, y.cpu(), classes=pruner.classes, metric=pruner.metric, loss=pruner.loss)[0])

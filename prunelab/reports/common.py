@@ -18,13 +18,10 @@ from typing import Iterator, Sequence
 
 import contextlib
 import torch
-from torch import nn
 
 from ..core.base import BasePruner
-from ..core.inputs import forward
 from ..core.checks import check_fraction
 from ..core.copies import PrunerCopy
-from ..core.metrics import score_outputs
 from ..export import export
 from ..retrain import Hooks
 
@@ -136,20 +133,3 @@ def logits(output) -> torch.Tensor:
     raise TypeError(f"the model returned a {type(output).__name__}; a report needs a tensor (or .logits).")
 
 
-def accuracy_of(model: nn.Module, twin: BasePruner) -> float:
-    """Accuracy (or the Pruner's metric) of ``model`` on the twin's evaluation data, by a loop of
-    its own over ``model(x)`` in batches, scored as ``Pruner.evaluate`` scores.
-
-    Args:
-        model: any module taking the evaluation inputs (a structured export, an int8 model...).
-        twin: the Pruner whose data, metric and batch size are used.
-    """
-    x, y, bs = twin.val_inputs, twin.val_targets, twin.batch_size
-    was = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            outs = torch.cat([forward(model, x[i:i + bs], twin.output).float().cpu() for i in range(0, len(x), bs)])
-    finally:
-        model.train(was)
-    return float(score_outputs(outs, y.cpu(), classes=twin.classes, metric=twin.metric, loss=twin.loss)[0])

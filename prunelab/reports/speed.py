@@ -18,7 +18,8 @@ from ..core.copies import ModelCopy
 from ..core.tables import Table, fixed, percent
 from ..export import export, int8_model, measure_latency, shrink
 from ..retrain import finetune
-from .common import Context, accuracy_of, check_sparsities, criterion_name, prune_to
+from ..core.metrics import model_accuracy
+from .common import Context, check_sparsities, criterion_name, prune_to
 
 TIMED_FORMATS = ("sparse", "structured")
 
@@ -138,7 +139,7 @@ def inference_table(ctx: Context, *, batch: int = 256, threads: int = 1, repeats
     ctx.step(f"batch {len(big)} timed")
     rows = []
     for label, (module, flops_ratio) in models.items():
-        acc = m.accuracy if module is twin.model else accuracy_of(module, twin)
+        acc = m.accuracy if module is twin.model else model_accuracy(module, twin)
         rows.append(dict(model=label, accuracy=acc, latency_ms_1=one[label].median * 1e3,
                          latency_ms_batch=many[label].median * 1e3, throughput=len(big) / many[label].median,
                          speedup=many["dense"].median / many[label].median, flops_ratio=flops_ratio))
