@@ -44,18 +44,7 @@ def signal_model(seed: int = 0, epochs: int = 20) -> tuple[nn.Module, object, ob
     train, val = pl.demos.signals(seed=seed)
     torch.manual_seed(seed)
     model = pl.demos.signal_cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        sched.step()
-    return model.eval(), train, val
+    return pl.demos.fit(model, train, epochs=epochs, lr=2e-3, seed=seed), train, val
 
 
 def plain_agp(model: nn.Module, train, target: float, *, steps: int, epochs_per_step: int, final_epochs: int,

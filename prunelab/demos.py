@@ -192,7 +192,12 @@ def train(name: str, epochs: int = 40, lr: float = 2e-3, seed: int = 0) -> nn.Mo
     build, _, shape = _BUILDERS[name]
     torch.manual_seed(seed)
     model = build()
-    train_set, _ = digits(shape)
+    return fit(model, digits(shape)[0], epochs=epochs, lr=lr, seed=seed)
+
+
+def fit(model: nn.Module, train_set, *, epochs: int, lr: float = 2e-3, seed: int = 0) -> nn.Module:
+    """Train ``model`` in place on ``train_set`` as the demos are trained (Adam, cosine schedule,
+    batches of 32 shuffled by ``seed``) and return it in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=32, shuffle=True, generator=gen)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

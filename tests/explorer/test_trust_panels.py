@@ -4,7 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from prunelab.explorer.panels.export import ExportPanel, measured_gives
+from prunelab.explorer.panels.export import ExportPanel
 from prunelab.explorer.panels.training import TrainingPanel
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "01-quickstart.ipynb"
@@ -19,10 +19,10 @@ def test_export_table_words_structured_from_what_it_measured(mlp_demo_pruner, tm
     assert "nothing to remove: no whole unit is pruned" in table
     assert "size and speed: units are removed" not in table  # its own numbers beside it: 100%, equal latency
     rows = {r.format: r for r in report.rows}
-    assert "replays" not in measured_gives(report, rows["sparse"]) and "size only" in measured_gives(report, rows["sparse"])
+    assert "replays" not in report.gives(rows["sparse"]) and "size only" in report.gives(rows["sparse"])
     # a state with units removed says how many, and the speed measured
     shrunk = dataclasses.replace(report, units_removed=12)
-    text = measured_gives(shrunk, rows["structured"])
+    text = shrunk.gives(rows["structured"])
     assert text.startswith("12 units removed") and f"{shrunk.speedup:.2f}x the dense speed" in text
     panel.close()
 

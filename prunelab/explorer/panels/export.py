@@ -23,60 +23,6 @@ LABELS = {"state_dict": "state_dict (dense, masks baked in)", "sparse": "sparse 
           "recipe": "recipe (JSON of what was done)", "int8": "int8 (int8 weights; structured cut first)"}
 
 
-SHRINKING = ("structured", "structured .pt2", "onnx")  # the rows whose gain is the units removed
-
-
-def measured_gives(report, row) -> str:
-    """What a format gives in the state measured, worded from the report's own numbers: a
-    structured (or ONNX) file gains only when whole units were removed.
-
-    Args:
-        report: a ``compare_formats`` FormatReport. row: one of its rows.
-
-    Returns:
-        The "Gives" cell's text.
-
-    Example:
-        >>> measured_gives(report, report.rows[2])   # an unstructured state
-        'nothing to remove: no whole unit is pruned (same size and speed as dense)'
-    """
-    if row.error:
-        return f"failed: {row.error}"
-    if row.format not in SHRINKING:
-        return row.gives
-    if report.structured is None:
-        return f"not possible for this state: {report.structured_error or 'no structured network'}"
-    if report.units_removed == 0:
-        return "nothing to remove: no whole unit is pruned (same size and speed as dense)"
-    share = report.share(row)
-    size = f"{share:.0%} of the dense size" if share is not None and row.format != "structured .pt2" else "smaller"
-    return (f"{report.units_removed} units removed: {size}, measured {report.speedup:.2f}x the dense speed "
-            f"({report.flops_ratio:.2f}x fewer FLOPs)")
-
-
-def measured_table_html(report) -> str:
-    """The formats table as HTML, each "Gives" cell worded from the measurement (:func:`measured_gives`);
-    rows measured as networks of their own (int8, structured+int8) show their accuracy and latency."""
-    cells = []
-    right = "<td style='text-align:right'>"
-    for r in report.rows:
-        share = report.share(r)
-        size = "-" if r.bytes is None else f"{r.bytes / 1e3:,.1f} kB"
-        rel = "-" if share is None else f"{share:.0%}"
-        acc = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
-        lat = "-" if r.latency is None else f"{r.latency.median * 1e3:.3f} ms"
-        cells.append(f"<tr><td>{html.escape(r.format)}</td>{right}{size}</td>{right}{rel}</td>{right}{acc}</td>"
-                     f"{right}{lat}</td><td>{html.escape(measured_gives(report, r))}</td></tr>")
-    structured = (f"{report.structured.median * 1e3:.2f} ms" if report.structured else "n/a")
-    accuracy = "".join(f"<tr><td>{html.escape(k)}</td>{right}{v:.2%}</td></tr>" for k, v in report.accuracy.items())
-    lat = (f"<tr><td>dense</td><td style='text-align:right'>{report.dense.median * 1e3:.2f} ms</td></tr>"
-           f"<tr><td>structured</td><td style='text-align:right'>{structured}</td></tr>")
-    return ("<table><tr><th>Format</th><th>File size</th><th>vs dense</th><th>Accuracy</th><th>Latency</th>"
-            "<th>Gives (measured here)</th></tr>"
-            + "".join(cells) + "</table><table><tr><th>Latency</th><th>median</th></tr>" + lat + "</table>"
-            + (f"<table><tr><th>Accuracy</th><th>float</th></tr>{accuracy}</table>" if accuracy else ""))
-
-
 class ExportPanel(Panel):
     """Export ``pruner``'s current state, and compare every format's file size and the measured
     dense vs structured latency.
@@ -197,7 +143,7 @@ class ExportPanel(Panel):
             return None
         finally:
             self.measure_button.disabled = False
-        self.table.value = measured_table_html(self.report)
+        self.table.value = self.report.html(sentence=False)
         self.summary.value = f"<p>{html.escape(self.report.sentence())}</p>"
         self.stale.value = ""
         return self.report
