@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-_SHIFTS = {}  # device -> the bit weights 1, 2, ..., 128 as uint8 on it (little-endian bit order)
+_SHIFTS = {}  # device -> the bit positions 0..7 as uint8 on it (little-endian bit order)
+# byte value -> its eight bits as eight bool bytes, read as one uint64 (unpacking is then one take)
+_BYTES = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").view(np.uint64).reshape(256)
 
 
 def _shifts(device: torch.device) -> torch.Tensor:
@@ -63,14 +65,25 @@ class Bits:
         """Bytes held."""
         return self._packed.numel()
 
-    def tensor(self) -> torch.Tensor:
-        """The mask as a new bool tensor, shaped and placed as it was packed."""
-        n = self.numel
-        if self._packed.device.type == "cpu":
-            flat = torch.from_numpy(np.unpackbits(self._packed.numpy(), count=n, bitorder="little").view(np.bool_))
+    @property
+    def padded(self) -> int:
+        """Entries a buffer for :meth:`tensor` needs (the mask's, rounded up to whole bytes)."""
+        return self._packed.numel() * 8
+
+    def tensor(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask as a bool tensor, shaped and placed as it was packed: a new one, or written into
+        ``out`` (a contiguous 1-D bool buffer of at least :attr:`padded` entries on its device, so
+        that writing many masks in turn allocates nothing) and returned as a view of it."""
+        n, packed = self.numel, self._packed
+        if out is None:
+            out = torch.empty(self.padded, dtype=torch.bool, device=packed.device)
+        if packed.device.type == "cpu":
+            np.take(_BYTES, packed.numpy(), out=out[:self.padded].numpy().view(np.uint64))
         else:
-            flat = ((self._packed[:, None] >> _shifts(self._packed.device)) & 1).reshape(-1)[:n].to(torch.bool)
-        return flat.reshape(self.shape)
+            bytes_ = out[:self.padded].view(torch.uint8).view(-1, 8)
+            torch.bitwise_right_shift(packed[:, None], _shifts(packed.device), out=bytes_)
+            bytes_.bitwise_and_(1)
+        return out[:n].view(self.shape)
 
     def same(self, other: "Bits") -> bool:
         """Whether ``other`` holds the same mask (shape and every entry)."""

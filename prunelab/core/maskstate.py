@@ -161,12 +161,13 @@ class MaskState:
         saved = self.weights, dict(self._masks)
         try:
             self.weights = weights
+            buffer = _unpack_buffer([fresh[p] for p in touched if p in fresh])
             for p in touched:
                 if p in fresh and fresh[p].kept < fresh[p].numel:
                     self._masks[p] = fresh[p]
                 else:
                     self._masks.pop(p, None)
-                self._write(p)
+                self._write(p, buffer)
         except BaseException:
             self.weights, self._masks = saved
             self._write_all(touched)
@@ -226,9 +227,10 @@ class MaskState:
         """Write every parameter in ``params``, even when one write is interrupted (it is tried
         once more at the end), then raise the first error."""
         failed, error = [], None
+        buffer = _unpack_buffer([self._masks[p] for p in params if p in self._masks])
         for p in params:
             try:
-                self._write(p)
+                self._write(p, buffer)
             except BaseException as e:
                 failed.append(p)
                 error = error or e
@@ -237,15 +239,27 @@ class MaskState:
         if error is not None:
             raise error
 
-    def _write(self, p: str) -> None:
+    def _write(self, p: str, buffer: torch.Tensor | None = None) -> None:
+        """Write parameter ``p``: its unmasked weights times its mask (unpacked into ``buffer``,
+        see :func:`_unpack_buffer`, when it is on the mask's device)."""
         param = self.params[p]
         with torch.no_grad():
             m = self._masks.get(p)
             if m is None:
                 param.copy_(self.weights[p])
             else:
-                torch.mul(self.weights[p], m.tensor(), out=param.data)
+                out = buffer if buffer is not None and buffer.device == m.device else None
+                torch.mul(self.weights[p], m.tensor(out), out=param.data)
         self._seen.update(param_versions({p: param}))
+
+
+def _unpack_buffer(masks: list[Bits]) -> torch.Tensor | None:
+    """One bool buffer for unpacking every mask of ``masks`` in turn (on the first one's device):
+    writing many parameters then allocates no mask-sized tensor per parameter, whose freed blocks
+    of many sizes would stay resident as heap fragments."""
+    if not masks:
+        return None
+    return torch.empty(max(m.padded for m in masks), dtype=torch.bool, device=masks[0].device)
 
 
 def _put_buffer(model: nn.Module, name: str, b: torch.Tensor, value: torch.Tensor) -> None:

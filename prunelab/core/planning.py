@@ -163,8 +163,9 @@ def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dic
                 plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
         else:
             for n, keep in zip(names, pruner.ranking(criterion, granularity, tuple(names)).each_mask(amount)):
-                a = _pruned(keep)
-                plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
+                bits = Bits(keep)  # packed before the ranking reuses its buffer for the next layer
+                a = 1 - bits.kept / bits.numel
+                plans[n] = Plan(granularity, name, a, None, bits) if a > 0 else None
         return plans
     # structured: one decision per unit group (coupled layers share it)
     groups = pruner.unit_groups()
