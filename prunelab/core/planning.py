@@ -60,8 +60,7 @@ class Plan:
 
     def replace(self, **changes) -> "Plan":
         """A new plan with ``changes`` (any of granularity, criterion, amount, threshold, keep)."""
-        fields = {n: getattr(self, n) for n in ("granularity", "criterion", "amount", "threshold")}
-        fields["keep"] = self._keep
+        fields = dict(zip(("granularity", "criterion", "amount", "threshold", "keep"), self.__reduce__()[1]))
         return Plan(**{**fields, **changes})
 
     def __reduce__(self):  # copies and pickles go through __init__ (setting attributes is refused)
