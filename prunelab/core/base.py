@@ -76,7 +76,8 @@ class BasePruner(Measuring):
         original = {n: p.detach().clone() for n, p in model.named_parameters()}
         self._masks = MaskState(model, self.layers, original, self.unit_groups)
         self._history = History(Step({}, original, 0, 0, buffers=self._masks.original_buffers))
-        self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units))
+        self._scores = ScoreCache(lambda criterion, units: score_dense(self, criterion, units),
+                                  lambda: {l.name: self._history.current.weights[l.weight_name] for l in self.layers})
         self._meter = Meter(model, x, y, total=self.val_total, classes=self.classes, layer_names=self.layer_names,
                             batch_size=batch_size, cache_bytes=cache_bytes, seed=seed, output=output)
         self._score_data: tuple[torch.Tensor, torch.Tensor] | None = None

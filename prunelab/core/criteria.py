@@ -52,7 +52,18 @@ class Criterion:
     def weight_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def weight_function(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """For a criterion whose scores of a layer are a function of that layer's weight alone
+        (magnitude: ``torch.abs``), that function; the Pruner then computes them a layer at a
+        time where they are read and never holds them. None (the default): scores come from
+        ``weight_scores`` and are held once per weights version. A subclass overriding
+        ``weight_scores`` must override this too."""
+        return None
+
     def unit_scores(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        fn = self.weight_function()
+        if fn is not None:  # a layer at a time: no full set of weight scores at once
+            return {l.name: l.rows(fn(l.weight.detach())).sum(1) for l in ctx.layers}
         scores = self.weight_scores(ctx)
         if not isinstance(scores, dict):  # left for the caller's check to name
             return scores
@@ -70,6 +81,10 @@ class Magnitude(Criterion):
     """|w|. Units are ranked by the L1 norm of their weights."""
 
     name = "magnitude"
+
+    def weight_function(self):
+        # a subclass with its own weight_scores is ranked by them, not by |w|
+        return torch.abs if type(self).weight_scores is Magnitude.weight_scores else None
 
     def weight_scores(self, ctx):
         return {l.name: l.weight.detach().abs() for l in ctx.layers}

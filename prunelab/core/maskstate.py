@@ -6,7 +6,9 @@ model's parameters in place, so the model stays an ordinary module: its forward,
 torch.save and deepcopy work unchanged and hold the pruned weights. A parameter with no mask (or
 a mask that keeps everything) holds its unmasked weights. A weight's effective mask is the
 product of the plans that touch it: its own (unstructured, 2:4) and those of the unit groups it
-belongs to (structured pruning of its layer, or of a layer it reads from).
+belongs to (structured pruning of its layer, or of a layer it reads from). Masks are held one
+bit per entry (:class:`~prunelab.core.bits.Bits`; a parameter with one unstructured plan shares
+its plan's bits) and unpacked one parameter at a time when written.
 
 Side effects: :meth:`MaskState.enter` and :meth:`MaskState.dense` change the model's parameter
 values in place (``.data`` is written; the Parameter objects stay the same). Modules whose
@@ -27,6 +29,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from .bits import Bits, unique_nbytes
 from .layers import Layer
 from .units import UnitGroup
 from .modes import param_versions
@@ -53,8 +56,7 @@ class MaskState:
         self.weights = weights
         self._weight_of = {l.name: l.weight_name for l in layers}
         self._unit_groups = unit_groups
-        self._masks: dict[str, torch.Tensor] = {}  # param name -> effective keep-mask (absent: dense)
-        self._kept: dict[str, int] = {}            # param name -> entries kept by its mask (counted once)
+        self._masks: dict[str, Bits] = {}          # param name -> effective keep-mask (absent: dense)
         self._changed: set[str] = set()            # modules changed since take_changed()
         self._seen = param_versions(self.params)  # (identity, version) of each parameter as last written
         self.original_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
@@ -111,22 +113,30 @@ class MaskState:
     def mask(self, param: str) -> torch.Tensor:
         """The effective keep-mask of parameter ``param`` (a copy; all True when it is dense)."""
         m = self._masks.get(param)
-        return torch.ones_like(self.params[param], dtype=torch.bool) if m is None else m.clone()
+        return torch.ones_like(self.params[param], dtype=torch.bool) if m is None else m.tensor()
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Copies of every effective mask, by parameter name (dense parameters are absent)."""
-        return {n: m.clone() for n, m in self._masks.items()}
+        return {n: m.tensor() for n, m in self._masks.items()}
+
+    def nbytes(self) -> int:
+        """Bytes of the masks held (those shared with a plan included)."""
+        return unique_nbytes(self._masks.values())
+
+    def held(self) -> list[Bits]:
+        """The masks held, as :class:`~prunelab.core.bits.Bits` (some are the plans' own)."""
+        return list(self._masks.values())
 
     def sparsity(self, layers: list[Layer]) -> dict[str, float]:
         """``{layer name: fraction of its weight masked}`` for ``layers``."""
-        kept = {l.name: self._kept.get(l.weight_name) for l in layers}
-        return {l.name: 0.0 if kept[l.name] is None else 1 - kept[l.name] / l.params for l in layers}
+        masks = {l.name: self._masks.get(l.weight_name) for l in layers}
+        return {l.name: 0.0 if masks[l.name] is None else 1 - masks[l.name].kept / l.params for l in layers}
 
     def counts(self) -> tuple[int, int, int]:
         """(all parameter entries, entries masked, entries under a mask) of the model."""
         params = sum(p.numel() for p in self.params.values())
-        masked = sum(self._masks[p].numel() - kept for p, kept in self._kept.items())
-        return params, masked, sum(m.numel() for m in self._masks.values())
+        masked = sum(m.numel - m.kept for m in self._masks.values())
+        return params, masked, sum(m.numel for m in self._masks.values())
 
     def take_changed(self) -> set[str]:
         """Names of the modules whose parameters changed since the last call (and forget them)."""
@@ -148,19 +158,18 @@ class MaskState:
                 if old_plans.get(n) is not plans.get(n):
                     touched |= self._plan_params(n, old_plans.get(n)) | self._plan_params(n, plans.get(n))
         fresh = self._fresh(plans, touched)  # may raise: nothing is written yet
-        saved = self.weights, dict(self._masks), dict(self._kept)
+        saved = self.weights, dict(self._masks)
         try:
             self.weights = weights
+            buffer = _unpack_buffer([fresh[p] for p in touched if p in fresh])
             for p in touched:
-                kept = int(fresh[p].count_nonzero()) if p in fresh else None
-                if kept is not None and kept < fresh[p].numel():
-                    self._masks[p], self._kept[p] = fresh[p], kept
+                if p in fresh and fresh[p].kept < fresh[p].numel:
+                    self._masks[p] = fresh[p]
                 else:
                     self._masks.pop(p, None)
-                    self._kept.pop(p, None)
-                self._write(p)
+                self._write(p, buffer)
         except BaseException:
-            self.weights, self._masks, self._kept = saved
+            self.weights, self._masks = saved
             self._write_all(touched)
             raise
         self._changed |= {p.rpartition(".")[0] for p in touched}
@@ -184,9 +193,11 @@ class MaskState:
             return self._unit_groups()[layer].params
         return {self._weight_of[layer]}
 
-    def _fresh(self, plans: Mapping, params: set[str]) -> dict[str, torch.Tensor]:
-        """The effective masks of ``params`` under ``plans`` (absent: no plan touches it)."""
-        fresh: dict[str, torch.Tensor] = {}
+    def _fresh(self, plans: Mapping, params: set[str]) -> dict[str, Bits]:
+        """The effective masks of ``params`` under ``plans`` (absent: no plan touches it). A weight
+        with its own plan alone shares that plan's bits; masks made here are packed as made."""
+        fresh: dict[str, torch.Tensor] = {}  # masks built from unit groups, unpacked while built
+        own: dict[str, list] = {}            # weight -> the bits of its own plans
         seen_groups = set()
         for n, plan in plans.items():
             if plan.granularity == "structured":
@@ -200,16 +211,26 @@ class MaskState:
             else:
                 w = self._weight_of[n]
                 if w in params:
-                    fresh[w] = fresh[w] & plan.keep if w in fresh else plan.keep.clone()
-        return fresh
+                    own.setdefault(w, []).append(plan.bits)
+        packed = {p: Bits(m) for p, m in fresh.items() if p not in own}
+        for w, bits in own.items():
+            if len(bits) == 1 and w not in fresh:
+                packed[w] = bits[0]
+                continue
+            m = fresh.pop(w, None)
+            for b in bits:
+                m = b.tensor() if m is None else m & b.tensor()
+            packed[w] = Bits(m)
+        return packed
 
     def _write_all(self, params) -> None:
         """Write every parameter in ``params``, even when one write is interrupted (it is tried
         once more at the end), then raise the first error."""
         failed, error = [], None
+        buffer = _unpack_buffer([self._masks[p] for p in params if p in self._masks])
         for p in params:
             try:
-                self._write(p)
+                self._write(p, buffer)
             except BaseException as e:
                 failed.append(p)
                 error = error or e
@@ -218,15 +239,27 @@ class MaskState:
         if error is not None:
             raise error
 
-    def _write(self, p: str) -> None:
+    def _write(self, p: str, buffer: torch.Tensor | None = None) -> None:
+        """Write parameter ``p``: its unmasked weights times its mask (unpacked into ``buffer``,
+        see :func:`_unpack_buffer`, when it is on the mask's device)."""
         param = self.params[p]
         with torch.no_grad():
             m = self._masks.get(p)
             if m is None:
                 param.copy_(self.weights[p])
             else:
-                torch.mul(self.weights[p], m, out=param.data)
+                out = buffer if buffer is not None and buffer.device == m.device else None
+                torch.mul(self.weights[p], m.tensor(out), out=param.data)
         self._seen.update(param_versions({p: param}))
+
+
+def _unpack_buffer(masks: list[Bits]) -> torch.Tensor | None:
+    """One bool buffer for unpacking every mask of ``masks`` in turn (on the first one's device):
+    writing many parameters then allocates no mask-sized tensor per parameter, whose freed blocks
+    of many sizes would stay resident as heap fragments."""
+    if not masks:
+        return None
+    return torch.empty(max(m.padded for m in masks), dtype=torch.bool, device=masks[0].device)
 
 
 def _put_buffer(model: nn.Module, name: str, b: torch.Tensor, value: torch.Tensor) -> None:

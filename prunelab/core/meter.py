@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from .bits import unique_nbytes
 from .data import stratified_order
 from .evaluation import Evaluator
 from .flops import count_flops
@@ -157,9 +158,10 @@ class Meter:
 @dataclass(frozen=True)
 class Holdings:
     """What a Pruner holds in memory, in bytes (``pruner.memory()``): the unmasked weights it keeps
-    (the originals, and every other set of weights in its history), the plans' masks, the cached
-    activations and outputs of the evaluation, and the cached scores and rankings. The model's own
-    parameters and the evaluation data are not counted (the user holds them)."""
+    (the originals, and every other set of weights in its history), the masks of the plans and those
+    in effect (one bit per entry), the cached activations and outputs of the evaluation, and the
+    cached scores and rankings. The model's own parameters and the evaluation data are not counted
+    (the user holds them)."""
 
     weights_copy: int
     plans: int
@@ -247,7 +249,7 @@ class Measuring:
         scores. Example: ``print(pruner.memory().table())``"""
         steps = self.history.steps
         weights = [t for s in steps for t in s.weights.values()]
-        keeps = [p.keep for s in steps for p in s.plans.values()]
+        keeps = [p.bits for s in steps for p in s.plans.values()] + self._masks.held()  # one bit per entry
         ev = self._meter.evaluator
-        return Holdings(weights_copy=_unique_bytes(weights), plans=_unique_bytes(keeps), caches=ev.cached_bytes,
+        return Holdings(weights_copy=_unique_bytes(weights), plans=unique_nbytes(keeps), caches=ev.cached_bytes,
                         cache_budget=ev.cache_bytes, outputs=ev.output_bytes, scores=self._scores.nbytes())

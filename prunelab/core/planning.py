@@ -10,11 +10,11 @@ Nothing is committed when a request is invalid: every check runs before any plan
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import torch
 
+from .bits import Bits
 from .checks import GRANULARITIES, SCOPES, check_choice, check_fraction, check_layer_names, check_threshold
 from .criteria import get_criterion
 from .units import UnitGroup
@@ -22,20 +22,53 @@ from .masks import n_of_m_mask
 from .reasons import summarize
 
 
-@dataclass(frozen=True)
 class Plan:
     """How one layer is pruned now. ``keep`` is the weight keep-mask (unstructured, 2:4) or the
-    unit keep-vector (structured, shared by coupled layers).
+    unit keep-vector (structured, shared by coupled layers), True = kept.
+
+    A plan is immutable. A bool ``keep`` is held one bit per entry (:class:`~prunelab.core.bits.Bits`,
+    so every step of history costs 1/32 of the weights it masks) and ``plan.keep`` gives a new bool
+    tensor on each read; anything else given as ``keep`` is held as it is, for
+    :func:`checked_plans` to refuse by name.
 
     Example:
-        >>> Plan("unstructured", "magnitude", 0.5, None, torch.tensor([True, False]))  # doctest: +SKIP
+        >>> Plan("unstructured", "magnitude", 0.5, None, torch.tensor([True, False])).keep
+        tensor([ True, False])
     """
 
-    granularity: str
-    criterion: str
-    amount: float | None
-    threshold: float | None
-    keep: torch.Tensor
+    __slots__ = ("granularity", "criterion", "amount", "threshold", "_keep")
+
+    def __init__(self, granularity: str, criterion: str, amount: float | None, threshold: float | None, keep):
+        packed = keep if isinstance(keep, Bits) else (
+            Bits(keep) if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool else keep)
+        for name, value in zip(self.__slots__, (granularity, criterion, amount, threshold, packed)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a Plan is immutable (it is part of a step of history); make a new one instead "
+                             f"of setting {name!r}.")
+
+    @property
+    def keep(self):
+        """The keep-mask as a new bool tensor (what was given, when it was not a bool tensor)."""
+        return self._keep.tensor() if isinstance(self._keep, Bits) else self._keep
+
+    @property
+    def bits(self) -> Bits | None:
+        """The keep-mask as held (one bit per entry); None when ``keep`` was not a bool tensor."""
+        return self._keep if isinstance(self._keep, Bits) else None
+
+    def replace(self, **changes) -> "Plan":
+        """A new plan with ``changes`` (any of granularity, criterion, amount, threshold, keep)."""
+        fields = dict(zip(("granularity", "criterion", "amount", "threshold", "keep"), self.__reduce__()[1]))
+        return Plan(**{**fields, **changes})
+
+    def __reduce__(self):  # copies and pickles go through __init__ (setting attributes is refused)
+        return Plan, (self.granularity, self.criterion, self.amount, self.threshold, self._keep)
+
+    def __repr__(self) -> str:
+        return (f"Plan({self.granularity!r}, {self.criterion!r}, amount={self.amount!r}, "
+                f"threshold={self.threshold!r}, keep={self._keep!r})")
 
 
 def eligible(pruner, granularity: str, names: list[str] | None) -> list[str]:
@@ -128,9 +161,10 @@ def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dic
                 keep = pruner.ranking(criterion, granularity, (n,)).masks(a)[0]
                 plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
         else:
-            for n, keep in zip(names, pruner.ranking(criterion, granularity, tuple(names)).masks(amount)):
-                a = _pruned(keep)
-                plans[n] = Plan(granularity, name, a, None, keep) if a > 0 else None
+            for n, keep in zip(names, pruner.ranking(criterion, granularity, tuple(names)).each_mask(amount)):
+                bits = Bits(keep)  # packed before the ranking reuses its buffer for the next layer
+                a = 1 - bits.kept / bits.numel
+                plans[n] = Plan(granularity, name, a, None, bits) if a > 0 else None
         return plans
     # structured: one decision per unit group (coupled layers share it)
     groups = pruner.unit_groups()
@@ -301,7 +335,8 @@ def checked_plans(pruner, plans: Mapping[str, Plan | None]) -> dict[str, Plan | 
             raise ValueError(f"plans[{name!r}].keep must be a bool tensor shaped {tuple(shape)}{unit} "
                              f"(True = kept), got {getattr(keep, 'dtype', type(keep))} "
                              f"{tuple(getattr(keep, 'shape', ()))}.")
-        plan = replace(plan, keep=keep.detach().to(pruner.device).clone())
+        if plan.bits is None or plan.bits.device != torch.device(pruner.device):  # bits are immutable: shared
+            plan = plan.replace(keep=keep.detach().to(pruner.device))
         if plan.granularity == "structured":
             _set_group(changes, pruner.unit_groups()[name], plan)
         else:

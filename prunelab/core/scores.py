@@ -1,9 +1,14 @@
 """The score cache: importance scores per criterion and weights, and their sorted rankings.
 
 Scores are taken on the dense model, once per (criterion, weights version, weights or units);
-a :class:`~prunelab.core.masks.Ranking` sorts them once per (criterion, granularity, layers,
-weights version), so any later sparsity is an index lookup. A new weights version (fine-tuning,
+a :class:`~prunelab.core.masks.Ranking` ranks them once per (criterion, granularity, layers,
+weights version), so any later sparsity is one selection. A new weights version (fine-tuning,
 ``set_weights``) makes new keys; old entries stay valid for undo.
+
+Scores that are a function of each layer's weight alone (magnitude's ``|w|``:
+:meth:`~prunelab.core.criteria.Criterion.weight_function`) are never held per weight: they are
+computed from the unmasked weights, a layer at a time, where a ranking reads them (a held copy
+would be as large as the weights).
 
 Criteria are keyed by name when given by name, and by the instance otherwise (kept alive while
 its id is a key, so no later instance can reuse the id and be served its scores; keying by the
@@ -20,7 +25,7 @@ from .checks import check_scores
 from .criteria import Criterion, ScoringContext, get_criterion
 from .data import batches, first_samples
 from .units import UnitGroup
-from .masks import Ranking
+from .masks import Derived, Ranking
 
 
 def criterion_key(criterion: str | Criterion, refs: dict[int, Criterion] | None = None) -> object:
@@ -103,6 +108,8 @@ class ScoreCache:
     Args:
         compute: ``compute(criterion, units) -> {layer: scores}`` on the dense model (the Pruner
             loads its unmasked weights around the call).
+        weights: ``weights() -> {layer name: unmasked weight}`` of the weights version in effect
+            (where weight-function criteria read their scores from); None: always ``compute``.
 
     Example:
         >>> cache = ScoreCache(lambda crit, units: {"0": torch.tensor([0.3, 0.1, 0.2])})
@@ -110,8 +117,10 @@ class ScoreCache:
         tensor([ True, False,  True])
     """
 
-    def __init__(self, compute: Callable[[Criterion, bool], dict[str, torch.Tensor]]):
+    def __init__(self, compute: Callable[[Criterion, bool], dict[str, torch.Tensor]],
+                 weights: Callable[[], Mapping[str, torch.Tensor]] | None = None):
         self._compute = compute
+        self._weights = weights
         self._scores: dict = {}
         self._refs: dict[int, Criterion] = {}
         self._rankings: dict = {}
@@ -121,10 +130,14 @@ class ScoreCache:
         named ``version``: computed on first use, then served from the cache.
 
         Returns:
-            ``{layer name: scores}`` (the cache's own dict: do not modify it).
+            ``{layer name: scores}`` (the cache's own dict: do not modify it; for a weight-function
+            criterion's weight scores, a new dict computed from the weights of ``version``, which
+            must be the version in effect).
         """
         crit = get_criterion(criterion)
         key = (criterion_key(criterion, self._refs), units, version)
+        if not units and key not in self._scores and self._derived(crit) is not None:
+            return {n: d() for n, d in self._derived(crit).items()}
         if key not in self._scores:
             self._scores[key] = self._compute(crit, units)
         return self._scores[key]
@@ -156,15 +169,26 @@ class ScoreCache:
                     per_group = [s.float().index_fill(0, s.argmax().reshape(1), float("inf")) for s in per_group]
                 self._rankings[key] = Ranking(per_group)
             else:
-                w = self.scores(criterion, units=False, version=version)
+                held = (criterion_key(criterion, self._refs), False, version) in self._scores
+                derived = None if held else self._derived(get_criterion(criterion))
+                w = derived if derived is not None else self.scores(criterion, units=False, version=version)
                 self._rankings[key] = Ranking([w[n] for n in names])
         return self._rankings[key]
+
+    def _derived(self, crit: Criterion) -> dict[str, Derived] | None:
+        """``{layer: Derived scores}`` over the weights in effect, for a weight-function criterion."""
+        fn = crit.weight_function()
+        if fn is None or self._weights is None:
+            return None
+        return {n: Derived(fn, w) for n, w in self._weights().items()}
 
     def nbytes(self) -> int:
         """Bytes of the scores and rankings cached now (tensors shared between entries once)."""
         tensors = [t for d in self._scores.values() for t in d.values()]
-        seen = {id(t): t for t in tensors if isinstance(t, torch.Tensor)}
-        return sum(t.numel() * t.element_size() for t in seen.values()) + sum(r.nbytes() for r in self._rankings.values())
+        tensors += [t for r in self._rankings.values() for t in r.parts]
+        seen = {(t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()): t
+                for t in tensors if isinstance(t, torch.Tensor)}
+        return sum(t.numel() * t.element_size() for t in seen.values())
 
     def add(self, criterion: str, scores: Mapping[str, torch.Tensor], *, units: bool, version: int) -> bool:
         """Adopt scores of the built-in criterion named ``criterion`` computed elsewhere.

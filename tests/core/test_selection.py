@@ -24,7 +24,7 @@ def test_masks_equal_a_stable_sort_with_ties_broken_by_position(n):
     flat[: n // 10] = float("inf")  # as structured rankings pin each layer's best unit
     ranking = Ranking([flat])
     for k in sorted({0, 1, 2, n // 3, n // 2, n - n // 10, n - 1, n}):
-        assert torch.equal(ranking.keep_all_but(k), sorted_keep(flat, k)), f"k={k}"
+        assert torch.equal(torch.cat([m.clone() for m in ranking.keep_all_but(k)]), sorted_keep(flat, k)), f"k={k}"
 
 
 def test_several_layers_are_ranked_together_as_one_sorted_order():
@@ -79,3 +79,13 @@ def test_global_pruning_through_the_pruner_matches_a_sorted_reference(mlp, mlp_d
     pruner.prune(0.6)
     got = torch.cat([pruner.mask(n).reshape(-1) for n in pruner.layer_names])
     assert torch.equal(got, keep)
+
+
+@pytest.mark.parametrize("decimals", [1, 3, 5])  # ties in bulk (counted), a few (gathered), almost none
+def test_parts_ranked_together_equal_a_stable_sort_whatever_the_ties(decimals):
+    gen = torch.Generator().manual_seed(decimals)
+    parts = [torch.rand(n, generator=gen).round(decimals=decimals) for n in (150_000, 7, 200_000, 90_001)]
+    ranking = Ranking(parts)
+    flat = torch.cat(parts)
+    for k in (1, 777, len(flat) // 3, len(flat) // 2, len(flat) - 5):
+        assert torch.equal(torch.cat([m.clone() for m in ranking.keep_all_but(k)]), sorted_keep(flat, k)), k

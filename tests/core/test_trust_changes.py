@@ -79,11 +79,11 @@ def faulty_writes(monkeypatch, at, error):
     """Make the mask state's parameter write number ``at`` (0-based) raise ``error``."""
     write, calls = MaskState._write, []
 
-    def failing(self, p):
+    def failing(self, p, *buffer):
         calls.append(p)
         if len(calls) - 1 == at:
             raise error("injected")
-        write(self, p)
+        write(self, p, *buffer)
 
     monkeypatch.setattr(MaskState, "_write", failing)
     return calls
