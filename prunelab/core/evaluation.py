@@ -17,9 +17,13 @@ import time
 import torch
 from torch import fx, nn
 
+from .blocking import (aligned_bytes, batch_aligned, choose_cuts, count, indices, join, joined_index, maybe_inplace, nbytes,
+                       plan_blocks, split, tree_bytes, unique_bytes)
 from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
 from .tracing import TRACING, symbolic_trace
+
+BLOCK_SECONDS = 0.1  # progressive blocks: a full pass of one block takes about this long (the probe's rate)
 
 class Evaluator:
     """Outputs of ``model`` on fixed inputs, block by block, recomputing from the first changed
@@ -41,8 +45,11 @@ class Evaluator:
         batch_bytes: budget for one block's live activations (blocks shrink to fit it).
         order: the order samples are measured in (a permutation of ``range(len(inputs))``, e.g.
             class-stratified); None: as given.
-        progressive: blocks grow from two samples (2, 2, 4, 4, 8, ...), so that a run with a
-            deadline answers soon; False: every block is full size.
+        progressive: blocks grow from two samples (2, 2, 4, 4, 8, ...) up to the size whose
+            full pass takes about ``block_seconds`` (timed on the probe), so that a run with a
+            deadline answers soon and stops soon after it; consecutive blocks still run as one
+            batch (up to the memory cap) when the time allows. False: every block is full size.
+        block_seconds: see ``progressive``.
 
     Example:
         >>> ev = Evaluator(model, x, batch_size=64)                      # doctest: +SKIP
@@ -52,7 +59,8 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024,
                  cache_bytes: int = 512 * 2**20, *, batch_bytes: int = 256 * 2**20,
-                 order: torch.Tensor | None = None, progressive: bool = False, output=None):
+                 order: torch.Tensor | None = None, progressive: bool = False, output=None,
+                 block_seconds: float = BLOCK_SECONDS):
         self.model, self.output = model, output
         self.inputs = inputs
         self.batch_size = batch_size
@@ -60,6 +68,10 @@ class Evaluator:
         self.batch_bytes = batch_bytes
         self.order = order
         self.progressive = progressive
+        self.block_seconds = block_seconds
+        self.group_cap = batch_size  # samples run as one batch at most (fixed by the probe)
+        self._splittable: set[int] = {0}  # cuts whose values split by sample (fixed by the probe)
+        self._splits_output = False
         self.blocks: list | None = None  # sample indices of each block (slices or index tensors), planned once
         self._caches: list[dict[int, list[torch.Tensor]]] = []
         self._held: list[int] = []  # cached bytes per block
@@ -80,12 +92,12 @@ class Evaluator:
     @property
     def output_bytes(self) -> int:
         """Bytes of the outputs held for the current state."""
-        return sum(_nbytes(o) for o in self._done if o is not None)
+        return sum(nbytes(o) for o in self._done if o is not None)
 
     @property
     def measured(self) -> int:
         """How many samples of the current state are measured."""
-        return sum(_count(i) for i, o in zip(self.blocks or [], self._done) if o is not None)
+        return sum(count(i) for i, o in zip(self.blocks or [], self._done) if o is not None)
 
     def _call(self, x):
         """The model's measured output (``output`` selects it, :func:`~prunelab.core.inputs.forward`)
@@ -128,7 +140,7 @@ class Evaluator:
         for i, r in enumerate(self._reads):
             if r is not None and i > 0:
                 self._cuts[i] = [n for n in nodes[:i] if last_use[n] >= i]
-        self._inplace = any(_maybe_inplace(n, gm) for n in nodes)
+        self._inplace = any(maybe_inplace(n, gm) for n in nodes)
         self._kept_cuts = set(self._cuts)
 
     def first_reader(self, modules: set[str]) -> int:
@@ -181,25 +193,63 @@ class Evaluator:
                 plain = (self._graph is None or self._graph_hooks() != self._traced_hooks
                          or bool({"", "*"} & set(self._traced_hooks)))
                 self._invalidate(changed, plain)
-                ran = 0
-                for b, idx in enumerate(self.blocks):
-                    if self._done[b] is not None:
-                        continue
-                    seconds, samples = self._spent
-                    expected = seconds / max(samples, 1) * _count(idx)  # at the rate of this state so far
-                    if ran and deadline is not None and time.perf_counter() + expected > deadline:
+                todo, first = [b for b, o in enumerate(self._done) if o is None], True
+                while todo:
+                    group = self._group(todo, plain, deadline, first)
+                    first = False
+                    if group is None:
                         break
-                    ran += 1
-                    began = time.perf_counter()
-                    x = self.inputs[idx]
-                    self._done[b] = self._call(x) if plain else select_output(self._run(b, x), self.output)
-                    self._spent = [seconds + time.perf_counter() - began, samples + _count(idx)]
+                    del todo[:len(group)]
+                    self._measure(group, plain)
         except BaseException:
             self.forget()
             raise
         done = [b for b, o in enumerate(self._done) if o is not None]
-        index = torch.cat([_indices(self.blocks[b]) for b in done])
+        index = torch.cat([indices(self.blocks[b]) for b in done])
         return index, torch.cat([self._done[b] for b in done])
+
+    def _group(self, todo: list[int], plain: bool, deadline: float | None, first: bool) -> list[int] | None:
+        """The next blocks to run as one batch: the first of ``todo``, joined by the following
+        ones while they resume from the same cut, fit one batch and, at the rate of this state
+        so far, end before ``deadline``. None when even the first would end after it, unless it is
+        the ``first`` of a call (which always runs, so that short budgets progress)."""
+        seconds, samples = self._spent
+        rate = seconds / samples if samples else None  # none yet: the first block runs alone
+        ends = lambda n: deadline is not None and time.perf_counter() + (rate or 0.0) * n > deadline
+        group, total = todo[:1], count(self.blocks[todo[0]])
+        if not first and ends(total):
+            return None
+        for b in todo[1:]:
+            more = total + count(self.blocks[b])
+            if rate is None or more > self.group_cap or ends(more) or not self._joinable(group[0], b, plain):
+                break
+            group.append(b)
+            total = more
+        return group
+
+    def _joinable(self, a: int, b: int, plain: bool) -> bool:
+        """Whether blocks ``a`` and ``b`` can run as one batch: the same cuts cached, and every
+        value at the cut they resume from splits by sample."""
+        if not self._splits_output:
+            return False
+        if plain:
+            return True
+        keys = self._caches[a].keys()
+        return keys == self._caches[b].keys() and max(keys, default=0) in self._splittable
+
+    def _measure(self, group: list[int], plain: bool) -> None:
+        """Run ``group`` (consecutive blocks) as one batch; their outputs and the rate updated."""
+        began = time.perf_counter()
+        counts = [count(self.blocks[b]) for b in group]
+        x = self.inputs[joined_index([self.blocks[b] for b in group])]
+        out = self._call(x) if plain else select_output(self._run(group, x), self.output)
+        parts = [out] if len(group) == 1 else split(out, counts)
+        if parts is None:
+            raise RuntimeError("the model's output has no row per sample, so samples cannot be measured in blocks")
+        for b, o in zip(group, parts):
+            self._done[b] = o
+        seconds, samples = self._spent
+        self._spent = [seconds + time.perf_counter() - began, samples + sum(counts)]
 
     def _invalidate(self, changed: set[str] | None, plain: bool) -> None:
         """Drop what ``changed`` makes stale: the outputs, and the cached values downstream of the
@@ -212,7 +262,7 @@ class Evaluator:
         for b, cache in enumerate(self._caches):
             for c in [c for c in cache if c > start]:
                 del cache[c]
-            self._held[b] = _unique_bytes(cache.values())
+            self._held[b] = unique_bytes(cache.values())
 
     def _graph_hooks(self) -> dict[str, tuple]:
         """The forward hooks the traced graph cannot follow: global ones, on the root, and on the
@@ -228,168 +278,112 @@ class Evaluator:
     # ------------------------------------------------------------------ planning the memory
 
     def _plan(self) -> None:
-        """Probe two samples, then fix the blocks and the cut points kept (before any caching)."""
+        """Probe two samples, then fix the blocks and the cut points kept (before any caching).
+
+        Blocks of a progressive run are also capped by time: one block's full pass, at the
+        probe's rate, takes about ``block_seconds``, so a deadline can stop soon after it; groups
+        of blocks still run up to the memory cap, at full batch size."""
         n = len(self.inputs)
         probe = self.order[:2] if self.order is not None else slice(0, min(2, n))
         x = self.inputs[probe]
-        k = _count(probe) if isinstance(probe, torch.Tensor) else len(x)
+        k = count(probe) if isinstance(probe, torch.Tensor) else len(x)
+        began = time.perf_counter()
         if self._graph is not None:
             sizes: dict = {}
-            self._run(-1, x, record=sizes)
+            out = self._run([-1], x, record=sizes)
             peak = sizes.pop("peak", (0, 0))
+            aligned = sizes.pop("aligned", set())
+            self._splittable = {0} | {c for c, live in self._cuts.items()
+                                      if all(v in aligned or v.op == "get_attr" for v in live)}
         else:
-            sizes, peak = {}, self._probe_plain(x)
-        cap = max(1, min(self.batch_size, int(self.batch_bytes // max(peak[0] / k, 1))))  # samples per block
-        self.blocks = _blocks(n, cap, self.order, self.progressive)
+            sizes, (peak, out) = {}, self._probe_plain(x)
+        per_sample = (time.perf_counter() - began) / k
+        self._splits_output = batch_aligned(select_output(out, self.output) if self._graph is not None else out, k)
+        self.group_cap = max(1, min(self.batch_size, int(self.batch_bytes // max(peak[0] / k, 1))))  # memory
+        cap = self.group_cap
+        if self.progressive and self._splits_output:
+            cap = max(1, min(cap, int(self.block_seconds / max(per_sample, 1e-9))))
+        self.blocks = plan_blocks(n, cap, self.order, self.progressive)
         self.forget()  # empty caches and outputs, one per block
         if self._graph is not None:
             cost = {node: v[0] / k * n + v[1] * len(self.blocks) for node, v in sizes.items()}
-            self._kept_cuts = self._choose_cuts(cost, [sizes.get(node, (0, 0, 0.0))[2] for node in self._nodes])
+            seconds = [sizes.get(node, (0, 0, 0.0))[2] for node in self._nodes]
+            self._kept_cuts = choose_cuts(self._cuts, len(self._nodes), cost, seconds, self.cache_bytes, self._inplace)
 
-    def _probe_plain(self, x) -> tuple[int, int]:
-        """(bytes of every module's output for ``x``, 0): an upper bound on the live activations."""
-        total = [_nbytes(x)]
-        hooks = [m.register_forward_hook(lambda m, i, o: total.append(_tree_bytes(o))) for m in self.model.modules()]
+    def _probe_plain(self, x) -> tuple[tuple[int, int], torch.Tensor]:
+        """((bytes of every module's output for ``x``, 0): an upper bound on the live activations,
+        the output)."""
+        total = [nbytes(x)]
+        hooks = [m.register_forward_hook(lambda m, i, o: total.append(tree_bytes(o))) for m in self.model.modules()]
         try:
-            self._call(x)
+            out = self._call(x)
         finally:
             for h in hooks:
                 h.remove()
-        return sum(total), 0
-
-    def _choose_cuts(self, cost: dict, seconds: list[float]) -> set[int]:
-        """Cut points whose values, for every block, fit ``cache_bytes``, chosen greedily by the
-        time they save per byte: a move at any parametrised node resumes at the latest kept cut
-        before it, so keeping cut ``c`` saves the probe's time from the previous kept cut to ``c``
-        for every cut point between ``c`` and the next kept one."""
-        cuts = sorted(self._cuts)
-        done = [0.0]
-        for t in seconds:  # done[i]: time to reach node i from the start
-            done.append(done[-1] + t)
-        kept, have, budget = set(), set(), self.cache_bytes
-
-        def extra(c):
-            return sum(cost.get(v, 0) for v in self._cuts[c] if self._inplace or v not in have)
-
-        while True:
-            marks = sorted(kept)
-            best, best_value = None, 0.0
-            for j, c in enumerate(cuts):
-                if c in kept or extra(c) > budget:
-                    continue
-                before = max((m for m in marks if m < c), default=0)
-                after = min((m for m in marks if m > c), default=len(self._nodes))
-                served = sum(1 for d in cuts[j:] if d < after)
-                value = (done[c] - done[before]) * served / max(extra(c), 1)
-                if value > best_value:
-                    best, best_value = c, value
-            if best is None:
-                return kept
-            budget -= extra(best)
-            kept.add(best)
-            have.update(self._cuts[best])
+        return (sum(total), 0), out
 
     # ------------------------------------------------------------------ the traced run
 
-    def _run(self, b: int, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
-        """Run block ``b`` from its latest cached cut (all cached cuts are valid: stale ones were
-        dropped), caching the planned cuts within the budget. ``record``: probe only, no cache:
-        ``{node: (batch-aligned bytes, other bytes, seconds)}`` and ``"peak"``: the live bytes at most."""
-        cache = self._caches[b] if record is None else {}
-        resume = max(cache, default=0)
+    def _run(self, group: list[int], x: torch.Tensor, record: dict | None = None):
+        """Run the blocks of ``group`` (one batch: ``x``) from their latest cached cut (all
+        cached cuts are valid: stale ones were dropped), caching the planned cuts within the
+        budget. ``record``: probe only, no cache: ``{node: (batch-aligned bytes, other bytes,
+        seconds)}``, ``"peak"``: the live bytes at most, ``"aligned"``: the nodes whose value is
+        one batch-aligned tensor."""
+        caches = [self._caches[b] for b in group] if record is None else [{}]
+        resume = max(caches[0], default=0)
         interp = fx.Interpreter(self._gm, garbage_collect_values=False)
+        parts: dict = {}  # node -> its value per block (cached ones as cached: not split again)
         if resume:
-            values = cache[resume]
-            interp.env = {n: (v.clone() if self._inplace else v) for n, v in zip(self._cuts[resume], values)}
+            live = self._cuts[resume]
+            values = {n: [c[resume][j] for c in caches] for j, n in enumerate(live)}
+            if not self._inplace:  # (values written in place must be taken from the run, as they are then)
+                parts.update(values)
+            interp.env = {n: join(values[n], self._inplace) for n in live}
         else:
             interp.args_iter = iter([x])
+        counts = [len(x)] if record is not None else [count(self.blocks[b]) for b in group]
         live = [0, 0]
         for i in range(resume, len(self._nodes)):
             node = self._nodes[i]
-            if record is None and i > resume and i in self._kept_cuts and i not in cache:
-                self._store(b, cache, i, [interp.env[n] for n in self._cuts[i]])
+            if record is None and i > resume and i in self._kept_cuts and i not in caches[0]:
+                self._store(group, caches, i, parts, interp.env, counts)
             began = time.perf_counter()
             result = interp.run_node(node)
             if node.op == "output":
                 return result
             interp.env[node] = result
             if record is not None:
-                size = (0, 0) if node.op == "get_attr" else _aligned_bytes(result, len(x))
+                size = (0, 0) if node.op == "get_attr" else aligned_bytes(result, len(x))
                 record[node] = (*size, time.perf_counter() - began)
                 live = [live[0] + size[0], live[1] + size[1]]
                 record["peak"] = max(record.get("peak", (0, 0)), tuple(live))
+                if batch_aligned(result, len(x)):
+                    record.setdefault("aligned", set()).add(node)
             for n in self._free_after.get(i, ()):
+                parts.pop(n, None)
                 if interp.env.pop(n, None) is not None and record is not None:
                     live = [live[0] - record[n][0], live[1] - record[n][1]]
         raise RuntimeError("traced graph has no output node")
 
-    def _store(self, b: int, cache: dict, i: int, values: list) -> None:
-        """Cache the live values at cut ``i`` of block ``b``, unless that would pass the budget."""
-        held = {id(v) for vs in cache.values() for v in vs}
-        extra = sum(_nbytes(v) for v in {id(v): v for v in values if id(v) not in held or self._inplace}.values()
-                    if not isinstance(v, nn.Parameter))
-        if self.cached_bytes + extra > self.cache_bytes:
+    def _store(self, group: list[int], caches: list[dict], i: int, parts: dict, env: dict, counts: list[int]) -> None:
+        """Cache the live values at cut ``i`` for every block of ``group`` (each its own part of
+        a joined batch), unless that would pass the budget or a value does not split by sample."""
+        for n in self._cuts[i]:
+            if n not in parts:
+                whole = split(env[n], counts) if len(group) > 1 else [env[n]]
+                if whole is None:
+                    return
+                parts[n] = whole
+        values = [[parts[n][j] for n in self._cuts[i]] for j in range(len(group))]
+        extra = []
+        for cache, vs in zip(caches, values):
+            held = {id(v) for old in cache.values() for v in old}
+            fresh = {id(v): v for v in vs if id(v) not in held or self._inplace}
+            extra.append(sum(nbytes(v) for v in fresh.values() if not isinstance(v, nn.Parameter)))
+        if self.cached_bytes + sum(extra) > self.cache_bytes:
             return
-        cache[i] = [v.clone() for v in values] if self._inplace else values
-        self._held[b] += extra
+        for b, cache, vs, e in zip(group, caches, values, extra):
+            cache[i] = [v.clone() for v in vs] if self._inplace else vs
+            self._held[b] += e
         self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
-
-
-def _blocks(n: int, cap: int, order: torch.Tensor | None, progressive: bool) -> list:
-    """Sample indices per block: slices of ``cap`` in the inputs' order, or, with an ``order``,
-    chunks of it (growing 2, 2, 4, 4, ... up to ``cap`` when ``progressive``)."""
-    sizes, done, size = [], 0, 2 if progressive else cap
-    while done < n:
-        step = min(size, cap, n - done)
-        sizes.append(step)
-        done += step
-        if progressive and len(sizes) % 2 == 0:
-            size *= 2
-    if order is None:
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return [slice(s, s + z) for s, z in zip(starts, sizes)]
-    return list(order.split(sizes))
-
-
-def _count(index) -> int:
-    return index.stop - index.start if isinstance(index, slice) else len(index)
-
-
-def _indices(index) -> torch.Tensor:
-    return torch.arange(index.start, index.stop) if isinstance(index, slice) else index
-
-
-def _aligned_bytes(v, k: int) -> tuple[int, int]:
-    """(bytes of the tensors in ``v`` whose first dimension is the batch's ``k``, bytes of the others)."""
-    if isinstance(v, torch.Tensor):
-        return (_nbytes(v), 0) if v.dim() and v.shape[0] == k else (0, _nbytes(v))
-    if isinstance(v, (tuple, list)):
-        parts = [_aligned_bytes(t, k) for t in v]
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
-    return 0, 0
-
-
-def _tree_bytes(v) -> int:
-    if isinstance(v, dict):
-        v = list(v.values())
-    return _nbytes(v) if isinstance(v, torch.Tensor) else sum(map(_tree_bytes, v)) if isinstance(v, (tuple, list)) else 0
-
-
-def _unique_bytes(lists) -> int:
-    seen = {id(v): v for vs in lists for v in vs}
-    return sum(_nbytes(v) for v in seen.values() if not isinstance(v, nn.Parameter))
-
-
-def _nbytes(v) -> int:
-    return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 0
-
-
-def _maybe_inplace(node: fx.Node, gm: fx.GraphModule) -> bool:
-    if node.op == "call_module":
-        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
-    if node.op == "call_method":
-        return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return bool(node.kwargs.get("inplace", False)) or (name.endswith("_") and not name.endswith("__"))
-    return False

@@ -177,14 +177,16 @@ class MaskState:
     @contextlib.contextmanager
     def dense(self):
         """Load the unmasked weights into the model for the duration; the masks are written back
-        after (even on an error)."""
+        after (even on an error). Only the parameters that do not hold their unmasked weights
+        (masked, or changed from outside) are loaded, and only those and the ones changed
+        meanwhile are written back: a dense state costs no copy of a big model's weights."""
         try:
             with torch.no_grad():
-                for n, p in self.params.items():
-                    p.copy_(self.weights[n])
+                for n in set(self._masks) | set(self.outside()):
+                    self.params[n].copy_(self.weights[n])
             yield self.model
         finally:
-            self._write_all(self.params)
+            self._write_all(set(self._masks) | set(self.outside()))
 
     def _plan_params(self, layer: str, plan) -> set[str]:
         if plan is None:

@@ -9,9 +9,10 @@ cached Metrics of every state are dropped.
 
 Big models are measured progressively: when a full pass costs more than
 :data:`PROGRESSIVE_FLOPS`, samples are measured in a fixed, class-stratified, seeded order, in
-blocks that grow from two samples, so ``evaluate(time_budget=s)`` answers on the first samples
-that fit in ``s`` seconds (Metrics ``samples`` of ``of``, with the interval) and a later call on
-the same state continues from where the last one stopped. Cheap models are measured whole, in
+blocks that grow from two samples up to about 0.1 s of full pass each (consecutive blocks run as
+one batch when the time allows), so ``evaluate(time_budget=s)`` answers on the first samples
+that fit in ``s`` seconds, stopping within about one block of it (Metrics ``samples`` of ``of``,
+with the interval), and a later call on the same state continues from where the last one stopped. Cheap models are measured whole, in
 the data's order, as before (any budget covers them).
 
 :class:`Measuring` is the measuring part of :class:`~prunelab.core.base.BasePruner`'s surface
