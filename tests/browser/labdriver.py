@@ -536,6 +536,11 @@ class NotebookPage:
             if overflow > 0:
                 tall = min(size["height"] + overflow, max_height)
                 self.page.set_viewport_size({"width": size["width"], "height": tall})
+                # from the notebook's top: scrolled to a widget, the taller window showed only
+                # what lay below it, and empty space after the last cell
+                self.page.evaluate(
+                    """() => { const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer')
+                               || document.querySelector('.jp-NotebookPanel-notebook'); if (s) s.scrollTop = 0; }""")
                 self.page.wait_for_timeout(400)  # let bokeh re-lay out to the new window
             self.page.screenshot(path=str(path))
         finally:
