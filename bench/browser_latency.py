@@ -121,19 +121,25 @@ _JS_WATCH = """(sel) => {
 }"""
 
 
-def views_settled_ms(nb: labdriver.NotebookPage, since_ms: float, quiet_ms: int = 700, timeout_s: float = 20.0) -> float:
+def views_settled_ms(nb: labdriver.NotebookPage, since_ms: float, quiet_ms: int = 700, timeout_s: float = 20.0,
+                     last: list | None = None) -> float:
     """Ms from `since_ms` (page time) until the last canvas change of any view (polled about every
-    100-200 ms: each poll hashes every view's pixels), once they have all been still for `quiet_ms`."""
+    100-200 ms: each poll hashes every view's pixels), once they have all been still for `quiet_ms`.
+    `last`, when given, gets the views that changed at that last poll."""
     last_hashes, last_change = ui.view_hashes(nb), nb.page.evaluate("() => performance.now()")
+    changed: list = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         nb.page.wait_for_timeout(60)
         now = nb.page.evaluate("() => performance.now()")
         hashes = ui.view_hashes(nb)
         if hashes != last_hashes:
+            changed = [v for v in hashes if hashes[v] != last_hashes[v]]
             last_hashes, last_change = hashes, nb.page.evaluate("() => performance.now()")
         elif now - last_change > quiet_ms:
             break
+    if last is not None:
+        last.extend(changed)
     return max(0.0, last_change - since_ms)
 
 
@@ -227,11 +233,12 @@ def drag(nb: labdriver.NotebookPage, moves: int = 24, to: float = 0.9) -> dict:
     released = nb.page.evaluate("() => performance.now()")
     target = nb.slider_value(ui.GLOBAL_SLIDER)
     shown = readout_shown_ms(nb, released, rf"sparsity\s+{target * 100:.1f}%")
-    views = views_settled_ms(nb, released)
+    last: list = []
+    views = views_settled_ms(nb, released, last=last)
     states = len({text for _, text in nb.page.evaluate("() => window.__watch.changes")})
     ui.settle(nb)
     return {"took_s": took, "hand_s": moves * HAND_MOVE_MS / 1000, "readout": shown, "views": views,
-            "target": target, "readout_states": states}
+            "target": target, "readout_states": states, "last_views": last}
 
 
 def drag_misses(drags: list[dict], traces: list[str]) -> list[str]:
@@ -241,7 +248,7 @@ def drag_misses(drags: list[dict], traces: list[str]) -> list[str]:
         readout = "never" if d["readout"] is None else f"{d['readout']:.0f} ms"
         print(f"drag {i + 1}: 24 moves 0 -> {d['target']:.0%} took {d['took_s']:.2f} s (hand {d['hand_s']:.2f} s); "
               f"release -> final readout {readout}, -> every view repainted {d['views']:.0f} ms; "
-              f"readout texts shown during it: {d['readout_states']}")
+              f"readout texts shown during it: {d['readout_states']}; last to repaint: {', '.join(d['last_views']) or '-'}")
         if d["took_s"] > DRAG_SLACK * d["hand_s"]:
             misses.append(f"drag {i + 1} took {d['took_s']:.2f} s > {DRAG_SLACK} x the hand's {d['hand_s']:.2f} s")
         if d["readout"] is None or d["readout"] > TARGET_RELEASE_MS:

@@ -502,6 +502,19 @@ class NotebookPage:
         text = self.slider_readout(selector, nth).replace(",", "")
         return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
+    def kernel_print(self, code: str, timeout_s: float = 30.0) -> str:
+        """Run ``code`` in the notebook's kernel (as a person could in a new cell, without one) and
+        return what it printed; for checks of what the kernel received from the page."""
+        return self.page.evaluate(
+            """async ([code, ms]) => {
+                 const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+                 let out = '';
+                 const f = k.requestExecute({code, silent: false, store_history: false});
+                 f.onIOPub = (m) => { const t = m.header.msg_type;
+                   if (t === 'stream') out += m.content.text; if (t === 'error') out += m.content.evalue; };
+                 await Promise.race([f.done, new Promise((_, no) => setTimeout(() => no(new Error('timed out')), ms))]);
+                 return out; }""", [code, timeout_s * 1000])
+
     def text(self, selector: str) -> str:
         return self.page.locator(selector).first.inner_text()
 

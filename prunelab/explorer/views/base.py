@@ -3,6 +3,7 @@ only the columns that changed."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import inspect
@@ -49,6 +50,7 @@ class BokehWidget(BokehModel):
         self._held: list = []  # changes of this turn of the loop, sent together by _flush
         self._sent_at: float | None = None  # when the last patch went out
         self._applied_at = 0.0  # when the page last echoed a change it applied
+        self.received: collections.Counter = collections.Counter()  # what pages sent, by kind (for checks)
         super().__init__(model, **kwargs)
 
     def _document_patched(self, event) -> None:
@@ -93,6 +95,7 @@ class BokehWidget(BokehModel):
 
     def _sync_model(self, _model, content, _buffers) -> None:
         if content.get("event") == "jsevent":  # the page applied a patch (an echo, or "applied")
+            self.received[content.get("msg_type") or ":".join(filter(None, (content.get("kind"), content.get("attr"))))] += 1
             self.applied()
         # A page that shows this widget draws it from render_bundle; patches sent before it was
         # ready never reached it. When its document is ready, send the current state if it moved

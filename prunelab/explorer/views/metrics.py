@@ -56,6 +56,11 @@ def measured_on(m: Metrics) -> str:
     return f"on {m.samples:,} of {m.of:,} {data} samples, refining"
 
 
+def nb(text: str) -> str:
+    """``text`` with non-breaking spaces: "100 k" never wraps between the number and its prefix."""
+    return text.replace(" ", "\u00a0")
+
+
 def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
     """The numbers of one state, densely: accuracy first (as "NN.N%"), what it was measured on
     (a first answer on part of the samples says so, and is drawn lighter until complete)."""
@@ -85,9 +90,9 @@ def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
         f"<td {cell}>loss <b>{loss}</b><br><span {small}>sparsity <b>{sparsity:.1%}</b> of prunable weights</span></td>"
         f"<td {cell}>params <b>{m.nonzero_params:,}</b> nonzero of {m.params:,}<br>"
         f"<span {small}>{m.compression_ratio:.2f}× compression</span></td>"
-        f"<td {cell}>memory <b>{si(m.dense_bytes, 'B')}</b> dense → <b>{si(m.sparse_bytes, 'B')}</b> sparse<br>"
+        f"<td {cell}>memory <b>{nb(si(m.dense_bytes, 'B'))}</b> dense → <b>{nb(si(m.sparse_bytes, 'B'))}</b> sparse<br>"
         f"<span {small}>fp32 values + 1-bit mask</span></td>"
-        f"<td {cell}>FLOPs <b>{si(m.flops)}</b> → <b>{si(m.nonzero_flops)}</b> per sample<br>"
+        f"<td {cell}>FLOPs <b>{nb(si(m.flops))}</b> → <b>{nb(si(m.nonzero_flops))}</b> per sample<br>"
         f"<span {small}><b>{m.theoretical_speedup:.2f}×</b> theoretical speedup</span></td>"
         "</tr></table></div>"
     )
