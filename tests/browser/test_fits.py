@@ -52,17 +52,6 @@ def assert_fits(nb, where: str) -> dict:
     return box
 
 
-def cut_off_labels(nb) -> list[str]:
-    """Texts the explorer shows cut off (tab titles, buttons, labels): an element holding text
-    that is wider than its box, where the box hides what overflows (clipped or with an ellipsis)."""
-    return nb.page.evaluate("""(sel) => [...document.querySelector(sel).querySelectorAll('*')]
-        .filter(el => { const s = getComputedStyle(el), r = el.getBoundingClientRect();
-                        const text = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
-                        return text && r.width > 0 && s.visibility !== 'hidden' && el.scrollWidth > el.clientWidth
-                               && (s.textOverflow === 'ellipsis' || /(hidden|clip)/.test(s.overflowX)); })
-        .map(el => el.textContent.trim().slice(0, 40))""", ui.EXPLORER)
-
-
 def test_at_1280_with_the_file_browser_open_nothing_lies_outside_the_output_area(quick):
     assert quick.page.evaluate("() => !window.jupyterapp.shell.leftCollapsed"), "the file browser is not open"
     scroll_to_explorer(quick)
@@ -70,7 +59,7 @@ def test_at_1280_with_the_file_browser_open_nothing_lies_outside_the_output_area
         quick.page.locator(ui.TAB, has_text=tab).first.click()
         quick.page.wait_for_timeout(700)
         box = assert_fits(quick, f"1280x800, file browser open, {tab} tab")
-        assert cut_off_labels(quick) == [], f"1280x800, {tab} tab: labels cut off with an ellipsis"
+        assert ui.cut_off_labels(quick) == [], f"1280x800, {tab} tab: labels cut off with an ellipsis"
         quick.screenshot(SHOTS, f"1280-{tab.lower()}")
     quick.page.locator(ui.TAB, has_text="Inspect").first.click()
     quick.page.wait_for_timeout(500)
