@@ -35,7 +35,7 @@ from .panels.beyond import beyond_panels
 from .panels.export import ExportPanel
 from .panels.tables import TablesPanel
 from .panels.training import TrainingPanel
-from .views.sizes import reflowing
+from .views.sizes import TAB_CSS, reflowing
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
@@ -103,10 +103,10 @@ class Explorer(w.VBox):
 
         self._busy_bar = w.FloatProgress(value=0, min=0, max=1, layout=w.Layout(width="140px", height="14px"))
         self._busy_label = w.HTML()
-        self.progress = w.HBox([self._busy_label, self._busy_bar], layout=w.Layout(visibility="hidden",
-                                                                                 align_items="center"))
+        self.progress = w.HBox([self._busy_label, self._busy_bar], layout=w.Layout(visibility="hidden", align_items="center"))
         self.progress.add_class("prunelab-progress")
-        heading = w.HTML(f'<div style="font-size:14px; font-weight:600">prunelab · {html.escape(title)}</div>')
+        heading = w.HTML(f'<style>{TAB_CSS}</style><div style="font-size:14px; font-weight:600">prunelab · '
+                         f'{html.escape(title)}</div>')
         inspect_tab = w.VBox([self.views[k].widget for k in ("connectivity", "weights", "importance",
                                                               "interpretability")])
         self.tabs = w.Tab(children=[inspect_tab], titles=("Inspect",))

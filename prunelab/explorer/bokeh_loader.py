@@ -29,6 +29,35 @@ _RERUN_JS = """
 })();
 """
 
+# jupyter_bokeh 4.1 sends every change a kernel's patch made back to the kernel: each one
+# serialized whole (columns included) with a reference to every model of the document, then
+# handled by the kernel (busy, idle: JupyterLab swaps its favicon twice). Measured in a drag
+# (bench/browser_latency.py --trace): 185 ms of the page's script, a third of all kernel messages.
+# Changes a patch applies carry sync=false (Bokeh's own server session drops them); here they
+# reach no listener, and one small message per patch says it was applied (views/base.py paces on it).
+_QUIET_ECHO_JS = """
+(function () {
+  var doc = window.Bokeh && Bokeh.require('document'), proto = doc && doc.Document.prototype;
+  if (!proto || proto.__prunelab_quiet) return;
+  var apply = proto.apply_json_patch, trigger = proto._trigger_on_change;
+  var echo = function (e) { return e.sync === false || (e.events && e.events.every(echo)); };
+  proto._trigger_on_change = function (event) {
+    if (this.__prunelab_applying && echo(event)) return;
+    return trigger.call(this, event);
+  };
+  proto.apply_json_patch = function () {
+    this.__prunelab_applying = true;
+    try { return apply.apply(this, arguments); }
+    finally {
+      this.__prunelab_applying = false;
+      trigger.call(this, new doc.MessageSentEvent(this, %(applied)r, null));
+    }
+  };
+  proto.__prunelab_quiet = true;
+})();
+"""
+APPLIED = "prunelab_applied"  # the message a page sends once it applied a patch
+
 _loaded = False
 
 
@@ -58,7 +87,7 @@ def bokehjs_bundle() -> dict[str, str]:
     js = "\n".join(Resources(mode="inline", components=["bokeh"]).js_raw)
     # the message is pieced together, so that the page's text (this script included) never holds it
     missing = " + ".join(repr(part) for part in MISSING_MODEL.partition("displaying"))
-    js += _RERUN_JS % {"missing": missing, "rerun": RERUN}
+    js += _RERUN_JS % {"missing": missing, "rerun": RERUN} + _QUIET_ECHO_JS % {"applied": APPLIED}
     return {LOAD_MIME: js, "text/plain": f"BokehJS {__version__} (loaded by prunelab for its explorer)"}
 
 

@@ -96,7 +96,7 @@ class Controls:
                                            style={"button_width": "104px"})
         self.granularity.add_class("prunelab-granularity")
         self.mode = w.ToggleButtons(options=[(MODE_LABELS[m][0], m) for m in MODES],
-                                    value=state.mode, style={"button_width": "104px"},
+                                    value=state.mode, style={"button_width": "157px"},  # "|w| threshold" whole
                                     tooltips=[MODE_LABELS[m][1] for m in MODES])
         self.mode.add_class("prunelab-mode")
         button = dict(layout=w.Layout(width="78px"))

@@ -186,3 +186,14 @@ def fit(nb: NotebookPage) -> dict:
     the tabs and the connectivity view; every visible element that reaches outside the area
     ("outside") and every element that would show a horizontal scrollbar ("scrollers")."""
     return nb.page.evaluate(_JS_FIT, EXPLORER)
+
+
+def cut_off_labels(nb) -> list[str]:
+    """Texts the explorer shows cut off (tab titles, buttons, labels): an element holding text
+    that is wider than its box, where the box hides what overflows (clipped or with an ellipsis)."""
+    return nb.page.evaluate("""(sel) => [...document.querySelector(sel).querySelectorAll('*')]
+        .filter(el => { const s = getComputedStyle(el), r = el.getBoundingClientRect();
+                        const text = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+                        return text && r.width > 0 && s.visibility !== 'hidden' && el.scrollWidth > el.clientWidth
+                               && (s.textOverflow === 'ellipsis' || /(hidden|clip)/.test(s.overflowX)); })
+        .map(el => el.textContent.trim().slice(0, 40))""", EXPLORER)

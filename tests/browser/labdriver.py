@@ -502,6 +502,19 @@ class NotebookPage:
         text = self.slider_readout(selector, nth).replace(",", "")
         return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
+    def kernel_print(self, code: str, timeout_s: float = 30.0) -> str:
+        """Run ``code`` in the notebook's kernel (as a person could in a new cell, without one) and
+        return what it printed; for checks of what the kernel received from the page."""
+        return self.page.evaluate(
+            """async ([code, ms]) => {
+                 const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+                 let out = '';
+                 const f = k.requestExecute({code, silent: false, store_history: false});
+                 f.onIOPub = (m) => { const t = m.header.msg_type;
+                   if (t === 'stream') out += m.content.text; if (t === 'error') out += m.content.evalue; };
+                 await Promise.race([f.done, new Promise((_, no) => setTimeout(() => no(new Error('timed out')), ms))]);
+                 return out; }""", [code, timeout_s * 1000])
+
     def text(self, selector: str) -> str:
         return self.page.locator(selector).first.inner_text()
 
@@ -536,6 +549,11 @@ class NotebookPage:
             if overflow > 0:
                 tall = min(size["height"] + overflow, max_height)
                 self.page.set_viewport_size({"width": size["width"], "height": tall})
+                # from the notebook's top: scrolled to a widget, the taller window showed only
+                # what lay below it, and empty space after the last cell
+                self.page.evaluate(
+                    """() => { const s = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer')
+                               || document.querySelector('.jp-NotebookPanel-notebook'); if (s) s.scrollTop = 0; }""")
                 self.page.wait_for_timeout(400)  # let bokeh re-lay out to the new window
             self.page.screenshot(path=str(path))
         finally:

@@ -3,6 +3,7 @@ another tab do not repaint while hidden and show the final state as soon as thei
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -57,3 +58,23 @@ def test_views_behind_another_tab_wait_and_show_the_final_state_when_shown(quick
     changed = ui.redrawn_views(quick, before, expect=("connectivity", "weights", "importance"))
     assert {"connectivity", "weights", "importance"} <= changed, f"not redrawn once shown: {changed}"
     assert not quick.errors()
+
+
+def test_the_page_acknowledges_each_patch_without_echoing_the_changes(quick):
+    """jupyter_bokeh would send every change of a patch back, serialized whole; the page the explorer
+    loads sends one small "applied" message per patch, and the views pace on it (bokeh_loader.py)."""
+    ui.click_reset(quick)
+    bench.hand_drag(quick, ui.GLOBAL_SLIDER)
+    ui.settle(quick)
+    quick.page.wait_for_timeout(1500)  # the views' last patches and their answers
+    out = quick.kernel_print(
+        "import json; print(json.dumps({k: [dict(v.bokeh.received), v.bokeh.caught_up(timeout=float('inf'))] "
+        "for k, v in explorer.views.items() if v.bokeh is not None}))")
+    views = json.loads(out)
+    for name, (received, caught_up) in views.items():
+        assert caught_up, f"{name}: the page never said it applied the last patch ({received})"
+        # the page's own changes (sizes its layout measured: ModelChanged:inner_width...) still come;
+        # the data the kernel sent does not come back
+        echoed = [k for k in received if k.startswith(("ColumnDataChanged", "ColumnsStreamed", "ColumnsPatched"))]
+        assert echoed == [], f"{name}: the page echoed the data sent to it: {received}"
+        assert received.get("prunelab_applied", 0) >= 1, f"{name}: no patch acknowledged ({received})"

@@ -15,7 +15,7 @@ import labdriver
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 NOTEBOOK = "01-quickstart.ipynb"
 SHOTS = Path(__file__).parent / "screenshots" / "fits"
-TABS = ("Inspect", "Fine-tune", "Export", "Tables")
+TABS = ("Inspect", "Fine-tune", "Export", "Tables", "Recover", "What pruning breaks", "Compare")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,7 @@ def test_at_1280_with_the_file_browser_open_nothing_lies_outside_the_output_area
         quick.page.locator(ui.TAB, has_text=tab).first.click()
         quick.page.wait_for_timeout(700)
         box = assert_fits(quick, f"1280x800, file browser open, {tab} tab")
+        assert ui.cut_off_labels(quick) == [], f"1280x800, {tab} tab: labels cut off with an ellipsis"
         quick.screenshot(SHOTS, f"1280-{tab.lower()}")
     quick.page.locator(ui.TAB, has_text="Inspect").first.click()
     quick.page.wait_for_timeout(500)

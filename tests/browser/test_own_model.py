@@ -27,6 +27,7 @@ def test_runs_clean_and_every_view_draws_data(own):
     assert own.errors() == []
     assert own.blank_canvases() == []
     assert ui.views_without_data(own) == {}
+    assert ui.cut_off_labels(own) == []  # a model with BatchNorm: the Recover readout beside the numbers
 
 
 def test_pruning_from_python_shows_in_the_explorer(own):

@@ -21,7 +21,8 @@ def test_readout_shows_every_number_of_the_state(mlp_demo_pruner):
     assert re.search(r"\d\d\.\d%", text)
     assert f"{m.accuracy:.1%}" in text and f"on {m.samples:,} validation samples" in text
     assert f"{m.nonzero_params:,}" in text and f"{m.params:,}" in text
-    assert si(m.dense_bytes, "B") in text and si(m.sparse_bytes, "B") in text
+    assert si(m.dense_bytes, "B").replace(" ", "\u00a0") in text  # a number and its unit never wrap apart
+    assert si(m.sparse_bytes, "B").replace(" ", "\u00a0") in text and f"{si(m.flops)} " not in text
     assert f"{m.theoretical_speedup:.2f}×" in text and "90.0%" in text  # sparsity of prunable weights
     assert f"{(m.accuracy - state.baseline.accuracy) * 100:+.1f} pts" in text
     mlp_demo_pruner.reset()

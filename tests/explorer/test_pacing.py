@@ -1,4 +1,5 @@
-"""During a drag the heavy views redraw a few times a second and always draw the final state."""
+"""During a drag the heavy views wait for it to pause (at most a second while it goes on) and
+always draw the final state; the readout follows at once, a few dozen times a second at most."""
 
 from __future__ import annotations
 
@@ -6,46 +7,74 @@ from prunelab.explorer.views.pacing import Pacer
 
 
 class Clock:
+    """A fake clock with ``later`` as the Scheduler's: a debounce by key (a newer request for a key
+    replaces its pending timer)."""
+
     def __init__(self):
         self.now = 0.0
-        self.timers = []
+        self.timers = {}
 
     def __call__(self):
         return self.now
 
     def later(self, key, delay, fn):
-        self.timers.append((self.now + delay, fn))
+        self.timers[key] = (self.now + delay, fn)
 
     def advance(self, seconds):
         end = self.now + seconds
         while True:
-            due = sorted((t for t in self.timers if t[0] <= end), key=lambda t: t[0])
+            due = sorted(((t, k) for k, (t, _) in self.timers.items() if t <= end))
             if not due:
                 break
-            self.timers.remove(due[0])
-            self.now = due[0][0]
-            due[0][1]()
+            at, key = due[0]
+            fn = self.timers.pop(key)[1]
+            self.now = at
+            fn()
         self.now = end
 
 
-def test_a_burst_of_states_draws_the_first_a_few_a_second_and_the_last():
-    clock, drawn, state = Clock(), [], {"value": 0}
-    pacer = Pacer(lambda: drawn.append(state["value"]), later=clock.later, key="v", interval=0.3, clock=clock)
-    for i in range(1, 25):  # 24 states, one every 40 ms (a 1 s drag)
+def drag(pacer, state, clock, states=24, every=0.04):
+    for i in range(1, states + 1):  # one state every 40 ms: a hand's drag
         state["value"] = i
         pacer.request()
-        clock.advance(0.04)
+        clock.advance(every)
+
+
+def test_a_heavy_view_draws_a_hand_drag_once_with_its_final_state():
+    clock, drawn, state = Clock(), [], {"value": 0}
+    pacer = Pacer(lambda: drawn.append((clock.now, state["value"])), later=clock.later, key="v", clock=clock)
+    drag(pacer, state, clock)  # 0.96 s
     clock.advance(1.0)  # released
-    assert drawn[0] == 1 and drawn[-1] == 24  # the first at once, the final state always
-    assert len(drawn) <= 1 + 1.0 / 0.3 + 1  # not 24 redraws
-    assert drawn == sorted(drawn)
+    assert [v for _, v in drawn] == [24]  # nothing while the hand moved, then the final state
+    assert drawn[0][0] <= 23 * 0.04 + pacer.settle + 1e-9  # soon after the last state
 
 
-def test_a_lone_change_draws_at_once_and_without_a_loop_every_change_draws():
+def test_a_long_drag_draws_about_once_a_second_and_the_final_state():
+    clock, drawn, state = Clock(), [], {"value": 0}
+    pacer = Pacer(lambda: drawn.append(state["value"]), later=clock.later, key="v", clock=clock)
+    drag(pacer, state, clock, states=100)  # 4 s
+    clock.advance(1.0)
+    assert 2 <= len(drawn) <= 4 + 1 and drawn[-1] == 100 and drawn == sorted(drawn)
+
+
+def test_a_lone_change_draws_once_it_settles_and_without_a_loop_every_change_draws():
     clock, drawn = Clock(), []
     pacer = Pacer(lambda: drawn.append(clock.now), later=clock.later, clock=clock)
     pacer.request()
-    assert drawn == [0.0] and not clock.timers
+    clock.advance(1.0)
+    assert drawn == [pacer.settle]
     now = []
     Pacer(lambda: now.append(1)).request()
     assert now == [1]
+
+
+def test_the_readout_pacing_draws_at_once_and_then_at_most_every_interval():
+    clock, drawn, state = Clock(), [], {"value": 0}
+    pacer = Pacer(lambda: drawn.append(state["value"]), later=clock.later, key="r", interval=0.05, settle=0.0,
+                  clock=clock)
+    state["value"] = 1
+    pacer.request()
+    assert drawn == [1]  # at once
+    drag(pacer, state, clock, states=24, every=0.02)
+    clock.advance(0.5)
+    assert drawn[-1] == 24 and len(drawn) <= 1 + 24 * 0.02 / 0.05 + 2

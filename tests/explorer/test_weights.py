@@ -1,10 +1,10 @@
-"""Weight magnitudes view: |w| histogram with the live threshold, heatmap with pruned entries
-masked; both follow the selected layer and send only changed columns."""
+"""Weight magnitudes view: |w| histogram with the live threshold, heatmap of the dense weights
+with a veil on the pruned ones; both follow the selected layer and send only changed columns."""
 
 import numpy as np
 
 from prunelab.explorer.state import measure
-from prunelab.explorer.views.weights import WeightsView, block_factors, block_reduce
+from prunelab.explorer.views.weights import VEIL_LEVELS, WeightsView, block_factors, block_reduce, pruned_share
 
 from explorer_support import Sent, make_state
 
@@ -24,10 +24,14 @@ def test_histogram_counts_kept_weights_and_draws_the_threshold(mlp_demo_pruner):
     dense = state.reference.abs_flat("2")
     assert abs(view.threshold.location - np.sort(dense)[21000 - 1]) < 1e-7  # largest pruned |w|
     assert sent.columns(view.hist_src) == {"kept"}
-    assert sent.columns(view.heat_src) == {"image"}
+    assert sent.columns(view.heat_src) == set()  # the dense magnitudes stay where they are
+    assert sent.columns(view.veil_src) == {"image"}  # one byte a cell
     assert not sent.full_data_sends(view.hist_src) and not sent.rerendered()
-    image = view.heat_src.data["image"][0]
-    assert image.shape == (100, 300) and np.isnan(image).mean() == 0.7  # pruned cells masked
+    image, veil = view.heat_src.data["image"][0], view.veil_src.data["image"][0]
+    assert image.shape == veil.shape == (100, 300) and not np.isnan(image).any()
+    assert veil.dtype == np.uint8 and (veil == VEIL_LEVELS - 1).mean() == 0.7 and (veil == 0).mean() == 0.3
+    pruned = ~mlp_demo_pruner.mask("2").numpy()
+    assert (veil[pruned] == VEIL_LEVELS - 1).all()  # the veil lies on exactly the pruned weights
     assert "70.0% pruned" in view.caption.value and "|w| &lt;" in view.caption.value
     mlp_demo_pruner.reset()
 
@@ -73,3 +77,14 @@ def test_big_matrices_are_shown_as_blocks():
     assert block == (2, 1) and img.shape == (512, 8)
     assert abs(img[0, 0] - np.sqrt((9 + 16) / 2)) < 1e-6  # RMS of the block's nonzero weights
     assert np.isnan(img[1, 0])  # a block with every weight pruned is masked
+
+
+def test_the_veil_of_a_convolution_or_a_block_says_the_share_pruned():
+    import torch
+    mask = torch.ones(2, 2, 3, 3, dtype=torch.bool)
+    mask[0, 1, 0, :2] = False  # 2 of the 9 weights of one kernel
+    mask[1, 0] = False  # a whole kernel
+    veil = pruned_share(mask, (1, 1))
+    assert veil.tolist() == [[0, 2], [VEIL_LEVELS - 1, 0]]  # ceil(2/9 * 7) = 2: any pruned weight shows
+    blocks = pruned_share(torch.tensor([[True, False], [True, True], [False, False]]), (2, 2))
+    assert blocks.tolist() == [[2], [VEIL_LEVELS - 1]]  # 1 of 4, then the short last block: 2 of 2

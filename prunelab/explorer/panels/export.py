@@ -73,6 +73,7 @@ class ExportPanel(Panel):
         self.export_button = widgets.Button(description="Export", icon="download", button_style="primary")
         self.status = widgets.HTML()
         self.measure_button = widgets.Button(description="Measure all formats", icon="tachometer",
+                                             layout=widgets.Layout(width="170px"),  # its label whole
                                              tooltip="write every format to a temporary folder, count the bytes, "
                                                      "time dense vs structured")
         self.table = widgets.HTML("<i>Press <b>Measure all formats</b> to see each format's real file size and "

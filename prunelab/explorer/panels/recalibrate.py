@@ -91,12 +91,13 @@ class RecalibratePanel(Panel):
         self.apply_button = widgets.Button(description="Apply", icon="magic", disabled=True,
                                            tooltip="re-estimate BatchNorm statistics (and compensate biases): one "
                                                    "step of history, undo returns to the raw pruned state",
-                                           layout=widgets.Layout(width="84px", height="26px"))
+                                           layout=widgets.Layout(width="84px", min_width="84px", height="26px"))
         self.apply_button.add_class("prunelab-recalibrate-apply")
         self.apply_button.on_click(lambda _: self.post("recalibrate:apply", self.apply))
         self.details = widgets.HTML()
+        # beside the readout, which wraps first: squeezed, Apply showed as "…"
         self.inline = widgets.HBox([self.label, self.apply_button],
-                                   layout=widgets.Layout(align_items="center", margin="0 0 0 12px"))
+                                   layout=widgets.Layout(align_items="center", margin="0 0 0 12px", flex="0 0 auto"))
         self.inline.add_class("prunelab-recalibrate")
         if not self.available:
             self.inline.layout.display = "none"

@@ -120,7 +120,7 @@ class SensitivitySection(widgets.VBox):
         self.empty = widgets.HTML("<i style='color:#555'>Press <b>Analyse sensitivity</b> to see one accuracy "
                                   "curve per layer (each layer pruned alone), then Allocate from them.</i>")
         self.allocate_mode = widgets.ToggleButtons(options=[(label, mode) for mode, (label, *_r) in TARGETS.items()],
-                                                   value="target", style={"button_width": "96px"})
+                                                   value="target", style={"button_width": "104px"})  # "params kept" whole
         self.allocate_value = widgets.FloatSlider(value=0.9, min=0.0, max=0.99, step=0.01, readout_format=".0%",
                                                   continuous_update=False)
         self.allocate_button = widgets.Button(description="Allocate", icon="sliders", disabled=True,

@@ -108,7 +108,8 @@ class TrainingPanel(Panel):
                                          layout=widgets.Layout(width="170px"), style=style)
         self.steps = widgets.BoundedIntText(it.steps, min=1, max=1000, description="steps", layout=layout, style=style)
         self.epochs_per_step = widgets.BoundedIntText(it.epochs_per_step, min=0, max=1000, description="epochs/step",
-                                                      layout=layout, style=style)
+                                                      layout=widgets.Layout(width="165px"),
+                                                      style={"description_width": "85px"})  # its label whole
         self.final_epochs = widgets.BoundedIntText(it.final_epochs, min=0, max=10_000, description="then",
                                                    layout=layout, style=style)
         self.regrow = widgets.FloatSlider(value=it.regrow, min=0.0, max=0.5, step=0.05, description="regrow",

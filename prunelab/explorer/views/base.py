@@ -3,6 +3,7 @@ only the columns that changed."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import inspect
@@ -28,12 +29,13 @@ CRITERION_COLOURS = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(CRITERIO
 class BokehWidget(BokehModel):
     """jupyter_bokeh's widget, one way: Python owns every view's state.
 
-    BokehJS (jupyter_bokeh 4.1) echoes each patch it applies back to the kernel, and JupyterLab
+    BokehJS (jupyter_bokeh 4.1) echoes each patch it applies back to the kernel (the page the
+    explorer loads sends one small "applied" message instead: bokeh_loader.py), and JupyterLab
     delivers widget messages on a kernel subshell thread. Applying those echoes would replace a
     data source's columns with the patched ones only, from another thread while the main thread
     updates the same sources. The views take no input from the page (tools act in the browser
-    alone), so incoming document events are ignored, except "document ready", which says a new
-    page view exists and may have missed patches.
+    alone), so incoming document events only say that the page applied a patch, except
+    "document ready", which says a new page view exists and may have missed patches.
 
     The changes one turn of the event loop makes (a view's redraw: several columns, a range, a
     caption's span) go to the page as one patch message, not one per change: jupyter_bokeh sends
@@ -48,6 +50,7 @@ class BokehWidget(BokehModel):
         self._held: list = []  # changes of this turn of the loop, sent together by _flush
         self._sent_at: float | None = None  # when the last patch went out
         self._applied_at = 0.0  # when the page last echoed a change it applied
+        self.received: collections.Counter = collections.Counter()  # what pages sent, by kind (for checks)
         super().__init__(model, **kwargs)
 
     def _document_patched(self, event) -> None:
@@ -91,7 +94,8 @@ class BokehWidget(BokehModel):
         self._applied_at = time.monotonic()
 
     def _sync_model(self, _model, content, _buffers) -> None:
-        if content.get("event") == "jsevent":  # BokehJS echoes each change it applied
+        if content.get("event") == "jsevent":  # the page applied a patch (an echo, or "applied")
+            self.received[content.get("msg_type") or ":".join(filter(None, (content.get("kind"), content.get("attr"))))] += 1
             self.applied()
         # A page that shows this widget draws it from render_bundle; patches sent before it was
         # ready never reached it. When its document is ready, send the current state if it moved

@@ -37,7 +37,7 @@ class ConnectivityView(View):
         self._graph: UnitGraph | None = None
         super().__init__(pruner, state, post)
         state.observe(self._rebuild, "reference")
-        self.pacer = Pacer(self._refresh, later, "connectivity", ready=self.page_ready)  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "connectivity", ready=self.page_ready)  # drawn when a drag pauses (pacing.py)
         state.observe(self.pacer.request, "revision")
         state.observe(self._recolour, ["scores", "criterion"])
         self._rebuild()

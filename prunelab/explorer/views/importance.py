@@ -29,7 +29,7 @@ class ImportanceView(View):
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "scores", "score_errors", "reference"])
-        self.pacer = Pacer(self._refresh, later, "importance", ready=self.page_ready)  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "importance", ready=self.page_ready)  # drawn when a drag pauses (pacing.py)
         state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()

@@ -61,7 +61,7 @@ class InterpretabilityView(View):
         self.auto.observe(lambda c: send("auto", lambda: setattr(state, "auto_explain", c["new"])), "value")
         state.observe(lambda c: setattr(self.auto, "value", c["new"]), "auto_explain")
         state.observe(self._show, ["explanations", "explanations_stale", "explain_error", "auto_explain"])
-        self.pacer = Pacer(self._per_class, later, "per-class", ready=self.page_ready)  # a drag redraws a few times a second
+        self.pacer = Pacer(self._per_class, later, "per-class", ready=self.page_ready)  # drawn when a drag pauses (pacing.py)
         state.observe(self.pacer.request, ["metrics", "baseline"])
         self._show()
         self._per_class()
@@ -225,5 +225,8 @@ class InterpretabilityView(View):
             self.classes.y_range.factors = labels
         update_columns(self.class_src, cls=labels, delta=delta, now=now, before=before,
                        color=["#c0392b" if d < 0 else "#3a9a5b" for d in delta])
-        span = max(1.0, float(np.abs(delta).max()) * 1.1)
+        # the axis in steps (1, 2, 5, 10, 20, 50, 100 pts): a drag rarely moves it, so the page
+        # rarely re-lays out its ticks
+        need = float(np.abs(delta).max()) * 1.1
+        span = next((s for s in (1, 2, 5, 10, 20, 50) if s >= need), 100.0)
         self.classes.x_range.update(start=-span, end=span * 0.35 if delta.max() <= 0 else span)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import ipywidgets as w
-from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem, NumeralTickFormatter, Span
+from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, LegendItem, NumeralTickFormatter, Range1d, Span
 from bokeh.plotting import figure
 
 from ...core.checks import GRANULARITIES
@@ -56,6 +56,11 @@ def measured_on(m: Metrics) -> str:
     return f"on {m.samples:,} of {m.of:,} {data} samples, refining"
 
 
+def nb(text: str) -> str:
+    """``text`` with non-breaking spaces: "100 k" never wraps between the number and its prefix."""
+    return text.replace(" ", "\u00a0")
+
+
 def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
     """The numbers of one state, densely: accuracy first (as "NN.N%"), what it was measured on
     (a first answer on part of the samples says so, and is drawn lighter until complete)."""
@@ -85,9 +90,9 @@ def readout_html(m: Metrics, baseline: Metrics | None, sparsity: float) -> str:
         f"<td {cell}>loss <b>{loss}</b><br><span {small}>sparsity <b>{sparsity:.1%}</b> of prunable weights</span></td>"
         f"<td {cell}>params <b>{m.nonzero_params:,}</b> nonzero of {m.params:,}<br>"
         f"<span {small}>{m.compression_ratio:.2f}× compression</span></td>"
-        f"<td {cell}>memory <b>{si(m.dense_bytes, 'B')}</b> dense → <b>{si(m.sparse_bytes, 'B')}</b> sparse<br>"
+        f"<td {cell}>memory <b>{nb(si(m.dense_bytes, 'B'))}</b> dense → <b>{nb(si(m.sparse_bytes, 'B'))}</b> sparse<br>"
         f"<span {small}>fp32 values + 1-bit mask</span></td>"
-        f"<td {cell}>FLOPs <b>{si(m.flops)}</b> → <b>{si(m.nonzero_flops)}</b> per sample<br>"
+        f"<td {cell}>FLOPs <b>{nb(si(m.flops))}</b> → <b>{nb(si(m.nonzero_flops))}</b> per sample<br>"
         f"<span {small}><b>{m.theoretical_speedup:.2f}×</b> theoretical speedup</span></td>"
         "</tr></table></div>"
     )
@@ -117,9 +122,9 @@ class MetricsView(View):
         super().__init__(pruner, state, post)
         # The readout follows the measurement itself, before the views patch on "revision": the
         # page handles messages in order, so the numbers show without waiting for the plots.
-        # During a drag it shows the latest state at most twenty times a second, the trace (every
-        # state visited is kept, drawn in one go) a few times a second, like the heavy views.
-        self.readout_pacer = Pacer(self._update_readout, later, "readout", interval=READOUT_S)
+        # During a drag it shows the latest state at most twenty times a second; the trace (every
+        # state visited is kept, drawn in one go) draws when the drag pauses, like the heavy views.
+        self.readout_pacer = Pacer(self._update_readout, later, "readout", interval=READOUT_S, settle=0.0)
         self.pacer = Pacer(self._draw, later, "trace", ready=self.page_ready)
         state.observe(self.readout_pacer.request, "metrics")
         state.observe(self._update, ["revision", "metrics"])  # a first answer, then each refinement
@@ -129,16 +134,17 @@ class MetricsView(View):
         self.mount()
 
     def build(self):
+        # sparsity lies in 0..1: a fixed x range (a little room for the ring at 0%) the page never re-fits
         self.fig = figure(width=self.size[0], height=self.size[1], tools="pan,wheel_zoom,box_zoom,reset,save",
                           toolbar_location="above", x_axis_label="sparsity (prunable weights)",
-                          y_axis_label="accuracy", min_border=4)
+                          y_axis_label="accuracy", min_border=4, x_range=Range1d(-0.04, 1.02))
         self.fig.toolbar.logo = None
         self.fig.xaxis.formatter = NumeralTickFormatter(format="0%")
         self.fig.yaxis.formatter = NumeralTickFormatter(format="0.0%")
-        self.fig.x_range.start = 0
         self.base_line = Span(location=0, dimension="width", line_color="#555", line_dash="dotted", line_width=1.5,
                               visible=False)
-        self.base_label = Label(x=0.01, y=0, text="", text_font_size="10px", text_color="#555", visible=False)
+        self.base_label = Label(x=0, y=0, x_offset=10, y_offset=1, text="", text_font_size="10px", text_color="#555",
+                                visible=False)  # right of the ring at 0%, above the line
         self.fig.add_layout(self.base_line)
         self.fig.add_layout(self.base_label)
         self.points = {}

@@ -9,6 +9,9 @@ MAX_WIDTH = 1400
 CONTROLS_PX = 360   # the column of controls (and the trace under them)
 VIEWS_MIN_PX = 560  # narrower than this beside the controls, the views go below them
 VIEWS_MAX_PX = MAX_WIDTH
+# ipywidgets gives every tab 144 px and shrinks them all alike: on a laptop "What pruning breaks"
+# was cut to "What pruning bre". Each tab as wide as its title, shrinking only when the bar is full.
+TAB_CSS = ".jupyter-widgets.jupyter-widget-tab.prunelab-tabs > .lm-TabBar .lm-TabBar-tab { flex: 0 1 auto; }"
 
 
 def reflowing(controls: w.Widget, views: w.Widget) -> w.Box:

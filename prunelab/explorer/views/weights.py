@@ -1,5 +1,5 @@
 """Weight magnitudes of the selected layer: a histogram of |w| (kept over all, with the |w|
-threshold in effect) and a heatmap of the weights with pruned entries masked."""
+threshold in effect) and a heatmap of the dense weights under a veil where they are pruned."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from .base import View, update_columns
 BINS = 60
 MAX_SIDE, MAX_CELLS = 512, 65536  # heatmap size; bigger layers are shown as blocks
 KEPT, PRUNED = "#3b6ea5", "#d9dde3"
+VEIL_LEVELS = 8  # the pruned share of a heatmap cell, in steps: 0 none (clear) ... 7 all (pale, opaque)
+VEIL = tuple(f"#f4f4f4{round(255 * k / (VEIL_LEVELS - 1)):02x}" for k in range(VEIL_LEVELS))
 
 
 def heatmap_matrix(weight: torch.Tensor) -> np.ndarray:
@@ -40,16 +42,38 @@ def block_factors(rows: int, cols: int, side: int = MAX_SIDE, cells: int = MAX_C
     return fr, fc
 
 
+def pruned_share(mask: torch.Tensor, block: tuple[int, int]) -> np.ndarray:
+    """(out, in) share of the weights pruned per heatmap cell (a kernel for convolutions, a
+    ``block`` of cells for big layers), as veil levels: uint8 0 (nothing pruned) to
+    ``VEIL_LEVELS - 1`` (all), any pruned weight at least level 1.
+
+    Example:
+        >>> pruned_share(torch.tensor([[True, False]]), (1, 1)).tolist()
+        [[0, 7]]
+    """
+    gone = (~mask.bool()).float()
+    gone = (gone.reshape(gone.shape[0], gone.shape[1], -1).mean(2) if gone.dim() > 2 else gone).cpu().numpy()
+    if block != (1, 1):
+        gone = _blocks(gone, block).sum(axis=(1, 3)) / _blocks(np.ones_like(gone), block).sum(axis=(1, 3))
+    return np.ceil(gone * (VEIL_LEVELS - 1)).astype(np.uint8)
+
+
+def _blocks(m: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    """``m`` zero-padded to whole blocks, as (block rows, fr, block columns, fc)."""
+    fr, fc = block
+    rows, cols = math.ceil(m.shape[0] / fr) * fr, math.ceil(m.shape[1] / fc) * fc
+    padded = np.zeros((rows, cols), dtype=np.float64)
+    padded[: m.shape[0], : m.shape[1]] = m
+    return padded.reshape(rows // fr, fr, cols // fc, fc)
+
+
 def block_reduce(m: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """Shrink ``m`` to a displayable size: each cell the RMS of the nonzero entries of its block,
     NaN where all are zero (pruned). Returns the image and the block size."""
     fr, fc = block_factors(*m.shape)
     if fr == 1 and fc == 1:
         return np.where(m > 0, m, np.nan).astype(np.float32), (1, 1)
-    rows, cols = math.ceil(m.shape[0] / fr) * fr, math.ceil(m.shape[1] / fc) * fc
-    padded = np.zeros((rows, cols), dtype=np.float64)
-    padded[: m.shape[0], : m.shape[1]] = m
-    blocks = padded.reshape(rows // fr, fr, cols // fc, fc)
+    blocks = _blocks(m, (fr, fc))
     nonzero = (blocks > 0).sum(axis=(1, 3))
     sq = (blocks ** 2).sum(axis=(1, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -67,7 +91,7 @@ class WeightsView(View):
         self._layer = None
         super().__init__(pruner, state, post)
         state.observe(self._select, ["layer", "reference"])
-        self.pacer = Pacer(self._refresh, later, "weights", ready=self.page_ready)  # a drag redraws a few times a second
+        self.pacer = Pacer(self._refresh, later, "weights", ready=self.page_ready)  # drawn when a drag pauses (pacing.py)
         state.observe(self.pacer.request, "revision")
         self._select()
         self.mount()
@@ -96,12 +120,17 @@ class WeightsView(View):
         self.heat.toolbar.logo = None
         self.heat.grid.visible = False
         self.mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="#f4f4f4")
+        # the dense magnitudes, sent once per layer; over them a veil, pale where pruned: a move
+        # sends one byte a cell (the veil), not the four of a float image
         self.heat_src = ColumnDataSource(dict(image=[], dw=[], dh=[]))
         image = self.heat.image(image="image", x=0, y=0, dw="dw", dh="dh", source=self.heat_src,
                                 color_mapper=self.mapper)
+        self.veil_src = ColumnDataSource(dict(image=[], dw=[], dh=[]))
+        self.heat.image(image="image", x=0, y=0, dw="dw", dh="dh", source=self.veil_src,
+                        color_mapper=LinearColorMapper(palette=VEIL, low=0, high=VEIL_LEVELS - 1))
         floor = CustomJSHover(code="return String(Math.floor(value))")
         self.heat.add_tools(HoverTool(renderers=[image], tooltips=[("out", "$y{custom}"), ("in", "$x{custom}"),
-                                                                   ("|w|", "@image{0.0000}")],
+                                                                   ("|w| dense", "@image{0.0000}")],
                                       formatters={"$x": floor, "$y": floor}))
         return row(self.hist, self.heat, sizing_mode="stretch_width", max_width=MAX_WIDTH)
 
@@ -128,7 +157,9 @@ class WeightsView(View):
         self.heat.x_range.update(start=0, end=cols)
         self.heat.y_range.update(start=rows, end=0)
         self.heat.xaxis.axis_label = "input channel" if layer.kind.startswith("Conv") else "input"
-        self.heat_src.data = dict(image=[block_reduce(m)[0]], dw=[cols], dh=[rows])
+        image, self._block = block_reduce(m)
+        self.heat_src.data = dict(image=[image], dw=[cols], dh=[rows])
+        self.veil_src.data = dict(image=[np.zeros(image.shape, np.uint8)], dw=[cols], dh=[rows])
         self._refresh()
 
     def _refresh(self, change=None):
@@ -138,9 +169,8 @@ class WeightsView(View):
         keep = self.pruner.mask(layer.name).reshape(-1).cpu().numpy()
         kept = np.bincount(self._bin[keep], minlength=BINS)
         update_columns(self.hist_src, kept=kept)
-        current = heatmap_matrix(layer.weight)
-        image, block = block_reduce(current)
-        update_columns(self.heat_src, image=[image])
+        block = self._block
+        update_columns(self.veil_src, image=[pruned_share(self.pruner.mask(layer.name), block)])
         line = self._threshold(keep)
         self.threshold.visible = line is not None
         if line is not None:
@@ -154,7 +184,7 @@ class WeightsView(View):
         elif pruned > 0:
             detail += " (no single |w| threshold for this criterion or granularity)"
         if block != (1, 1):
-            detail += f". Heatmap cells are RMS of {block[0]}×{block[1]} blocks"
+            detail += f". Heatmap cells are RMS of {block[0]}×{block[1]} blocks of the dense weights, paler by the share pruned"
         if layer.kind.startswith("Conv"):
             detail += ". Heatmap: kernel norms per output × input channel"
         self.set_caption(detail + ". Pale cells: pruned.</span>")
