@@ -17,7 +17,7 @@ re-estimated after each step's fine-tuning, as part of that step; train/eval fla
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -205,7 +205,7 @@ class IterateJob:
                                            s.regrow)
                 if new:
                     by_param = {l.weight_name: l.name for l in twin.layers}
-                    twin.set_plans({by_param[p]: replace(twin.plans[by_param[p]], keep=m) for p, m in new.items()})
+                    twin.set_plans({by_param[p]: twin.plans[by_param[p]].replace(keep=m) for p, m in new.items()})
             epochs = s.epochs_per_step + (s.final_epochs if k == s.steps else 0)
             train_masked(twin.model, twin.masks(), batches, loss, epochs=epochs, lr=s.lr,
                          optimizer=s.optimizer, hooks=hooks, done=(k - 1) * s.epochs_per_step * len(batches),
