@@ -60,8 +60,8 @@ class Plan:
 
     def replace(self, **changes) -> "Plan":
         """A new plan with ``changes`` (any of granularity, criterion, amount, threshold, keep)."""
-        fields = dict(zip(("granularity", "criterion", "amount", "threshold", "keep"), self.__reduce__()[1]))
-        return Plan(**{**fields, **changes})
+        return Plan(**{**dict(granularity=self.granularity, criterion=self.criterion, amount=self.amount,
+                                threshold=self.threshold, keep=self._keep), **changes})
 
     def __reduce__(self):  # copies and pickles go through __init__ (setting attributes is refused)
         return Plan, (self.granularity, self.criterion, self.amount, self.threshold, self._keep)

@@ -136,8 +136,9 @@ class ScoreCache:
         """
         crit = get_criterion(criterion)
         key = (criterion_key(criterion, self._refs), units, version)
-        if not units and key not in self._scores and self._derived(crit) is not None:
-            return {n: d() for n, d in self._derived(crit).items()}
+        derived = None if units or key in self._scores else self._derived(crit)
+        if derived is not None:
+            return {n: d() for n, d in derived.items()}
         if key not in self._scores:
             self._scores[key] = self._compute(crit, units)
         return self._scores[key]

@@ -166,11 +166,10 @@ class WeightsView(View):
         layer = self._layer
         if layer is None:
             return
-        keep = self.pruner.mask(layer.name).reshape(-1).cpu().numpy()
-        kept = np.bincount(self._bin[keep], minlength=BINS)
-        update_columns(self.hist_src, kept=kept)
-        block = self._block
-        update_columns(self.veil_src, image=[pruned_share(self.pruner.mask(layer.name), block)])
+        mask = self.pruner.mask(layer.name)
+        keep = mask.reshape(-1).cpu().numpy()
+        update_columns(self.hist_src, kept=np.bincount(self._bin[keep], minlength=BINS))
+        update_columns(self.veil_src, image=[pruned_share(mask, self._block)])
         line = self._threshold(keep)
         self.threshold.visible = line is not None
         if line is not None:
@@ -183,8 +182,8 @@ class WeightsView(View):
             detail += f", |w| &lt; {line:.4g} removed (red line)"
         elif pruned > 0:
             detail += " (no single |w| threshold for this criterion or granularity)"
-        if block != (1, 1):
-            detail += f". Heatmap cells are RMS of {block[0]}×{block[1]} blocks of the dense weights, paler by the share pruned"
+        if self._block != (1, 1):
+            detail += f". Heatmap cells are RMS of {self._block[0]}×{self._block[1]} blocks of the dense weights, paler by the share pruned"
         if layer.kind.startswith("Conv"):
             detail += ". Heatmap: kernel norms per output × input channel"
         self.set_caption(detail + ". Pale cells: pruned.</span>")
