@@ -32,7 +32,7 @@ from .inputs import check_label_key, check_output, plain_example, select_output
 from .meter import CACHE_BYTES, Measuring, Meter
 from .ownership import Custody
 from .transitions import Transitions
-from .planning import Plan
+from .plan import Plan
 from .scores import ScoreCache, score_dense, scoring_context, scoring_samples
 
 __all__ = ["BasePruner", "Plan"]  # Plan lives in .planning; importable from here too
@@ -237,7 +237,7 @@ class BasePruner(Measuring):
     def prune(self, amount: float | Mapping[str, float] | None = None, *,
               threshold: float | Mapping[str, float] | None = None,
               criterion: str | Criterion = "magnitude", granularity: str = "unstructured",
-              scope: str = "global") -> "BasePruner":
+              scope: str = "global", round_to: int | None = None) -> "BasePruner":
         """Set the sparsity of some or all layers, as one step of history.
 
         Args:
@@ -251,6 +251,9 @@ class BasePruner(Measuring):
             granularity: "unstructured", "structured" (output units / filters; the layers they
                 feed lose the matching inputs) or "2:4" (2 of every 4 consecutive weights).
             scope: "global" or "layer" for a single ``amount``.
+            round_to: structured only: every layer keeps a multiple of this many units (the
+                nearest to what was asked, the highest scored; e.g. 16, the channel block of
+                oneDNN's kernels on AVX-512 CPUs, so an exported model runs its channels in full blocks).
 
         Returns:
             The Pruner, so calls chain. Nothing changes if any argument is invalid.
@@ -258,7 +261,7 @@ class BasePruner(Measuring):
             >>> pruner.prune(0.9).prune({"0": 0.5}, granularity="structured")
         """
         self._guard()
-        self._moves.commit(planning.requested_plans(self, amount, threshold, criterion, granularity, scope))
+        self._moves.commit(planning.requested_plans(self, amount, threshold, criterion, granularity, scope, round_to))
         return self
 
     def set_plans(self, plans: Mapping[str, Plan | None], weights: Mapping | None = None, *, buffers=None) -> None:

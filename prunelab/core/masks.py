@@ -20,6 +20,20 @@ def pruned_count(amount: float, n: int) -> int:
     return int(round(amount * n))
 
 
+def rounded_kept(kept: int, n: int, multiple: int) -> int:
+    """``kept`` of ``n`` units moved to the nearest multiple of ``multiple`` (at least one multiple,
+    at most ``n``); all ``n`` stay when all were kept, whatever their count. Kernels run channel
+    counts in blocks (oneDNN: 8 or 16), so a ragged count costs as much as the next multiple.
+
+    Example:
+        >>> rounded_kept(125, 256, 16), rounded_kept(3, 256, 16), rounded_kept(250, 250, 16)
+        (128, 16, 250)
+    """
+    if kept >= n:
+        return n
+    return min(n, max(multiple, multiple * int(kept / multiple + 0.5)))
+
+
 def row_length(shape, out_dim: int = 0) -> int:
     """Weights per output unit of a weight shaped ``shape`` (a convolution's kernel included):
     every axis but ``out_dim``, the axis of output units (0 for Linear and Conv; 1 for
@@ -138,6 +152,10 @@ class Ranking:
         k = pruned_count(amount, self.total)
         for part, shape in zip(self.keep_all_but(k), self.shapes):
             yield part.view(shape)
+
+    def keeping(self, kept: int) -> list[torch.Tensor]:
+        """Keep-masks that keep exactly the ``kept`` highest entries of all parts together."""
+        return [part.clone().view(shape) for part, shape in zip(self.keep_all_but(self.total - kept), self.shapes)]
 
     def masks_below(self, threshold: float) -> list[torch.Tensor]:
         """Keep-masks that remove every entry scored below ``threshold``."""

@@ -15,60 +15,12 @@ from typing import Callable, Mapping
 import torch
 
 from .bits import Bits
-from .checks import GRANULARITIES, SCOPES, check_choice, check_fraction, check_layer_names, check_threshold
+from .plan import Plan
+from .checks import GRANULARITIES, SCOPES, check_choice, check_count, check_fraction, check_layer_names, check_threshold
 from .criteria import get_criterion
 from .units import UnitGroup
-from .masks import n_of_m_mask
+from .masks import n_of_m_mask, rounded_kept
 from .reasons import summarize
-
-
-class Plan:
-    """How one layer is pruned now. ``keep`` is the weight keep-mask (unstructured, 2:4) or the
-    unit keep-vector (structured, shared by coupled layers), True = kept.
-
-    A plan is immutable. A bool ``keep`` is held one bit per entry (:class:`~prunelab.core.bits.Bits`,
-    so every step of history costs 1/32 of the weights it masks) and ``plan.keep`` gives a new bool
-    tensor on each read; anything else given as ``keep`` is held as it is, for
-    :func:`checked_plans` to refuse by name.
-
-    Example:
-        >>> Plan("unstructured", "magnitude", 0.5, None, torch.tensor([True, False])).keep
-        tensor([ True, False])
-    """
-
-    __slots__ = ("granularity", "criterion", "amount", "threshold", "_keep")
-
-    def __init__(self, granularity: str, criterion: str, amount: float | None, threshold: float | None, keep):
-        packed = keep if isinstance(keep, Bits) else (
-            Bits(keep) if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool else keep)
-        for name, value in zip(self.__slots__, (granularity, criterion, amount, threshold, packed)):
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"a Plan is immutable (it is part of a step of history); make a new one instead "
-                             f"of setting {name!r}.")
-
-    @property
-    def keep(self):
-        """The keep-mask as a new bool tensor (what was given, when it was not a bool tensor)."""
-        return self._keep.tensor() if isinstance(self._keep, Bits) else self._keep
-
-    @property
-    def bits(self) -> Bits | None:
-        """The keep-mask as held (one bit per entry); None when ``keep`` was not a bool tensor."""
-        return self._keep if isinstance(self._keep, Bits) else None
-
-    def replace(self, **changes) -> "Plan":
-        """A new plan with ``changes`` (any of granularity, criterion, amount, threshold, keep)."""
-        return Plan(**{**dict(granularity=self.granularity, criterion=self.criterion, amount=self.amount,
-                                threshold=self.threshold, keep=self._keep), **changes})
-
-    def __reduce__(self):  # copies and pickles go through __init__ (setting attributes is refused)
-        return Plan, (self.granularity, self.criterion, self.amount, self.threshold, self._keep)
-
-    def __repr__(self) -> str:
-        return (f"Plan({self.granularity!r}, {self.criterion!r}, amount={self.amount!r}, "
-                f"threshold={self.threshold!r}, keep={self._keep!r})")
 
 
 def eligible(pruner, granularity: str, names: list[str] | None) -> list[str]:
@@ -110,7 +62,8 @@ def _pruned(keep: torch.Tensor) -> float:
     return 1 - int(keep.count_nonzero()) / keep.numel()  # (a bool sum widens every entry: 30x slower)
 
 
-def requested_plans(pruner, amount, threshold, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
+def requested_plans(pruner, amount, threshold, criterion, granularity: str, scope: str,
+                    round_to: int | None = None) -> dict[str, Plan | None]:
     """Plans for what ``pruner.prune`` was asked, every argument checked first.
 
     Returns:
@@ -125,12 +78,18 @@ def requested_plans(pruner, amount, threshold, criterion, granularity: str, scop
     if (amount is None) == (threshold is None):
         raise ValueError("give either amount (a fraction to prune) or threshold (an absolute |w|), not "
                          f"{'both' if amount is not None else 'neither'}.")
+    if round_to is not None:
+        check_count(round_to, "round_to")
+    if round_to is not None and (granularity != "structured" or threshold is not None):
+        raise ValueError("round_to rounds the units each layer keeps, so it needs granularity='structured' and an "
+                         "amount; leave it out otherwise.")
     if threshold is not None:
         return threshold_plans(pruner, threshold, criterion, granularity)
-    return amount_plans(pruner, amount, criterion, granularity, scope)
+    return amount_plans(pruner, amount, criterion, granularity, scope, round_to)
 
 
-def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dict[str, Plan | None]:
+def amount_plans(pruner, amount, criterion, granularity: str, scope: str,
+                 round_to: int | None = None) -> dict[str, Plan | None]:
     """Plans pruning ``amount`` (a fraction, or ``{layer: fraction}``), as ``pruner.prune`` does.
 
     Returns:
@@ -179,13 +138,22 @@ def amount_plans(pruner, amount, criterion, granularity: str, scope: str) -> dic
         for root in roots:
             g = groups[root]
             a = next(amounts[n] for n in g.layers if n in amounts) if per_layer else amount
-            keep = pruner.ranking(criterion, granularity, (root,)).masks(a)[0]
+            keep = _rounded(pruner, criterion, root, pruner.ranking(criterion, granularity, (root,)).masks(a)[0], round_to)
+            a = _pruned(keep) if round_to else a
             _set_group(plans, g, Plan(granularity, name, a, None, keep) if a > 0 else None)
     else:
         for root, keep in zip(roots, pruner.ranking(criterion, granularity, tuple(roots)).masks(amount)):
+            keep = _rounded(pruner, criterion, root, keep, round_to)
             a = _pruned(keep)
             _set_group(plans, groups[root], Plan(granularity, name, a, None, keep) if a > 0 else None)
     return plans
+
+
+def _rounded(pruner, criterion, root: str, keep: torch.Tensor, round_to: int | None) -> torch.Tensor:
+    """A unit group's ``keep`` moved to a multiple of ``round_to`` units kept, the highest scored."""
+    kept = int(keep.count_nonzero())
+    want = rounded_kept(kept, keep.numel(), round_to) if round_to else kept
+    return keep if want == kept else pruner.ranking(criterion, "structured", (root,)).keeping(want)[0]
 
 
 def nm_plans(pruner, amounts: dict[str, float], criterion, strict: bool) -> dict[str, Plan | None]:

@@ -14,6 +14,7 @@ from typing import Mapping
 
 from ..core.base import BasePruner
 from ..core.checks import check_count, check_fraction
+from ..core.masks import rounded_kept
 from ..export import latency as export_latency
 from .curves import SensitivityTable
 
@@ -169,8 +170,7 @@ def rounded(chosen: dict[str, float], table: SensitivityTable, round_to: int | N
     for layer, s in chosen.items():
         n = table.weights[layer]  # units, for a structured table
         keep = n - floor(s * n + 0.5)
-        if keep < n:
-            keep = min(n, max(round_to, round_to * floor(keep / round_to + 0.5)))
+        keep = rounded_kept(keep, n, round_to)
         out[layer] = (n - keep) / n
     return out
 

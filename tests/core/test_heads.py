@@ -9,7 +9,7 @@ from torch import nn
 
 import prunelab as pl
 from prunelab.core.heads import cut_heads
-from prunelab.core.planning import Plan
+from prunelab.core.plan import Plan
 
 transformers = pytest.importorskip("transformers")
 

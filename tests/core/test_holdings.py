@@ -10,7 +10,7 @@ from torch import nn
 from prunelab import Pruner
 from prunelab.core.bits import Bits, unique_nbytes
 from prunelab.core.masks import Derived, Ranking
-from prunelab.core.planning import Plan
+from prunelab.core.plan import Plan
 
 
 @given(st.integers(0, 70), st.integers(1, 5), st.integers(0, 2**31 - 1))

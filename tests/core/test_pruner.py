@@ -10,7 +10,7 @@ from torch import nn
 from core_models import (IMAGE, TOKENS, VECTOR, assert_same_state, make_attention_net, make_bn_cnn, make_concat_cnn,
                       make_depthwise_cnn, make_mlp, make_residual_cnn, random_data, state_of)
 from prunelab import Pruner
-from prunelab.core.planning import Plan
+from prunelab.core.plan import Plan
 
 
 def masked_count(pruner, names=None):
