@@ -137,8 +137,21 @@ def tree_bytes(v) -> int:
 
 def unique_bytes(lists) -> int:
     """Bytes of the distinct tensors in lists of values, parameters left out (the model holds them)."""
-    seen = {id(v): v for vs in lists for v in vs}
-    return sum(nbytes(v) for v in seen.values() if not isinstance(v, nn.Parameter))
+    return distinct_bytes(v for vs in lists for v in vs if not isinstance(v, nn.Parameter))
+
+
+def distinct_bytes(tensors) -> int:
+    """Bytes of the tensors among ``tensors`` (anything else is skipped), tensors that view the same
+    part of one storage counted once (what is held, not how often it is named).
+
+    Example:
+        >>> t = torch.zeros(4)
+        >>> distinct_bytes([t, t.view(2, 2), None])
+        16
+    """
+    seen = {(t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()): t
+            for t in tensors if isinstance(t, torch.Tensor)}
+    return sum(nbytes(t) for t in seen.values())
 
 
 def nbytes(v) -> int:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .bits import unique_nbytes
+from .blocking import distinct_bytes
 from .data import stratified_order
 from .evaluation import Evaluator
 from .flops import count_flops
@@ -182,11 +183,6 @@ class Holdings:
         return Table(["held", "MB"], rows + [{"held": "total", "MB": round(self.total / 2**20, 1)}])
 
 
-def _unique_bytes(tensors) -> int:
-    seen = {(t.untyped_storage().data_ptr(), t.numel()): t for t in tensors if isinstance(t, torch.Tensor)}
-    return sum(t.numel() * t.element_size() for t in seen.values())
-
-
 class Measuring:
     """The measuring surface of :class:`~prunelab.core.base.BasePruner` (a base class of it): it
     uses the Pruner's meter, masks and history as the Pruner sets them up."""
@@ -252,5 +248,5 @@ class Measuring:
         weights = [t for s in steps for t in s.weights.values()]
         keeps = [p.bits for s in steps for p in s.plans.values()] + self._masks.held()  # one bit per entry
         ev = self._meter.evaluator
-        return Holdings(weights_copy=_unique_bytes(weights), plans=unique_nbytes(keeps), caches=ev.cached_bytes,
+        return Holdings(weights_copy=distinct_bytes(weights), plans=unique_nbytes(keeps), caches=ev.cached_bytes,
                         cache_budget=ev.cache_bytes, outputs=ev.output_bytes, scores=self._scores.nbytes())

@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from .blocking import distinct_bytes
 from .checks import check_scores
 from .criteria import Criterion, ScoringContext, get_criterion
 from .data import batches, first_samples
@@ -187,9 +188,7 @@ class ScoreCache:
         """Bytes of the scores and rankings cached now (tensors shared between entries once)."""
         tensors = [t for d in self._scores.values() for t in d.values()]
         tensors += [t for r in self._rankings.values() for t in r.parts]
-        seen = {(t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()): t
-                for t in tensors if isinstance(t, torch.Tensor)}
-        return sum(t.numel() * t.element_size() for t in seen.values())
+        return distinct_bytes(tensors)
 
     def add(self, criterion: str, scores: Mapping[str, torch.Tensor], *, units: bool, version: int) -> bool:
         """Adopt scores of the built-in criterion named ``criterion`` computed elsewhere.
