@@ -154,6 +154,14 @@ def assert_offline(nb: NotebookPage) -> None:
     assert nb.outside_requests() == []
 
 
+def open_file_browser(nb: NotebookPage) -> None:
+    """JupyterLab's left area with the file browser shown, as on a first start: where people first
+    see the explorer (at 1280x800 it leaves the notebook its narrow width)."""
+    nb.page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
+    nb.page.wait_for_function("() => !window.jupyterapp.shell.leftCollapsed", timeout=10_000)
+    nb.page.wait_for_timeout(500)
+
+
 # Boxes of everything the explorer draws (shadow roots included: bokeh draws inside them), against
 # the box of the output area that holds it. Playwright's Chromium hides scrollbars, so a scrollbar
 # is found from sizes: an element that scrolls sideways (overflow-x auto/scroll and wider content).

@@ -16,7 +16,6 @@ import pytest
 
 import explorer_ui as ui
 import labdriver
-from test_fits import open_file_browser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import browser_latency as bench  # noqa: E402  (the bench's hand-paced drag)
@@ -30,7 +29,7 @@ STUCK = "computing"  # the importance view's badge while a criterion's scores ar
 def quick(lab, browser):
     nb = labdriver.open_notebook(lab, browser, "01-quickstart.ipynb", viewport=(1280, 800))
     try:
-        open_file_browser(nb)
+        ui.open_file_browser(nb)
         nb.run_all(timeout_s=240)
         ui.wait_ready(nb)
         nb.original = nb.text(ui.METRICS)
