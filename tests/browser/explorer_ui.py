@@ -15,6 +15,12 @@ EXPLORER = ".prunelab-explorer"
 GLOBAL_SLIDER = ".prunelab-global-slider"
 LAYER_SLIDER = ".prunelab-layer-slider"
 RESET = "button.prunelab-reset"
+UNDO = "button.prunelab-undo"
+REDO = "button.prunelab-redo"
+GRANULARITY = ".prunelab-granularity"  # toggle buttons: unstructured, structured, 2:4
+MODE = ".prunelab-mode"  # toggle buttons: "fraction", "|w| threshold"
+THRESHOLD_SLIDER = ".prunelab-threshold-slider"
+GLOBAL_NOTE = ".prunelab-global-note"  # beside the structured slider: the weights' sparsity
 # The readout: the HTML widget that holds the accuracy span ("NN.N%").
 METRICS = ".prunelab-metrics:has(.prunelab-accuracy)"
 ACCURACY = ".prunelab-metrics .prunelab-accuracy"
@@ -69,11 +75,29 @@ def settle(nb: NotebookPage, quiet_ms: int = 600, timeout_s: float = 60.0) -> No
     raise AssertionError(f"the explorer did not settle in {timeout_s} s (busy: {busy!r}; readout: {last!r})")
 
 
-def click_reset(nb: NotebookPage) -> None:
-    """Press the reset button with the mouse and wait for the explorer to settle."""
-    nb.page.locator(RESET).first.click()
+def click(nb: NotebookPage, button: str) -> None:
+    """Press a button (reset, undo, redo...) with the mouse and wait for the explorer to settle."""
+    nb.page.locator(button).first.click()
     nb.page.wait_for_timeout(150)
     settle(nb)
+
+
+def click_reset(nb: NotebookPage) -> None:
+    """Press reset with the mouse and wait for the explorer to settle."""
+    click(nb, RESET)
+
+
+def choose(nb: NotebookPage, group: str, label: str) -> None:
+    """Click the toggle button labelled exactly `label` in `group` (GRANULARITY, MODE) and settle.
+    Exactly: "unstructured" contains "structured"."""
+    nb.page.locator(f"{group} button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")).first.click()
+    nb.page.wait_for_timeout(150)
+    settle(nb)
+
+
+def chosen(nb: NotebookPage, group: str) -> str:
+    """The label of the toggle button shown pressed in `group`."""
+    return nb.text(f"{group} button.mod-active").strip()
 
 
 def view_hashes(nb: NotebookPage) -> dict[str, list[int]]:
@@ -128,6 +152,14 @@ def assert_offline(nb: NotebookPage) -> None:
     assert loaders, "no BokehJS loader output"
     assert not [d for d in loaders if "cdn.bokeh.org" in json.dumps(d)], "BokehJS is loaded from the CDN"
     assert nb.outside_requests() == []
+
+
+def open_file_browser(nb: NotebookPage) -> None:
+    """JupyterLab's left area with the file browser shown, as on a first start: where people first
+    see the explorer (at 1280x800 it leaves the notebook its narrow width)."""
+    nb.page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
+    nb.page.wait_for_function("() => !window.jupyterapp.shell.leftCollapsed", timeout=10_000)
+    nb.page.wait_for_timeout(500)
 
 
 # Boxes of everything the explorer draws (shadow roots included: bokeh draws inside them), against

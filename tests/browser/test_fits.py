@@ -22,20 +22,13 @@ TABS = ("Inspect", "Fine-tune", "Export", "Tables", "Recover", "What pruning bre
 def quick(lab, browser):
     nb = labdriver.open_notebook(lab, browser, NOTEBOOK, viewport=(1280, 800))
     try:
-        open_file_browser(nb)
+        ui.open_file_browser(nb)
         nb.run_all(timeout_s=240)
         ui.wait_ready(nb)
         yield nb
     finally:
         nb.close()
         lab.shutdown_kernels()
-
-
-def open_file_browser(nb) -> None:
-    """JupyterLab's left area with the file browser shown, as on a first start."""
-    nb.page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
-    nb.page.wait_for_function("() => !window.jupyterapp.shell.leftCollapsed", timeout=10_000)
-    nb.page.wait_for_timeout(500)
 
 
 def scroll_to_explorer(nb) -> None:
