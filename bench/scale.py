@@ -14,7 +14,8 @@ Three parts, each in its own process (so each peak resident memory is its own):
   target: peak memory <= 2.5x its weights (above the process's memory after its imports).
 - export: the ResNet-50 shape exported structured at 30% and 50% of channels (every layer keeping a
   multiple of the CPU's channel block, ``round_to``); latency at batch 1 and 32 with 1 and 2 threads
-  beside the FLOPs ratio of the exported model; target: speedup >= 0.7x the FLOPs ratio.
+  beside the FLOPs ratio of the exported model; target: speedup >= 0.7x the FLOPs ratio, against the
+  dense model deployed as the export is (BatchNorms folded, channels-last), the model as given beside it.
 
     OMP_NUM_THREADS=2 python bench/scale.py                 # the issue's sizes (minutes)
     PRUNELAB_SCALE_QUICK=1 python bench/scale.py            # smaller and quicker, same checks
@@ -26,6 +27,7 @@ Exits non-zero when any target is missed; every number is printed, missed or not
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import resource
 import subprocess
@@ -266,6 +268,7 @@ def part_bert() -> None:
 def part_export() -> None:
     import prunelab as pl
     from prunelab.export import measure_latency, shrink
+    from prunelab.export.folding import channels_last, fold_batchnorms
 
     model = resnet()
     gen = torch.Generator().manual_seed(1)
@@ -282,21 +285,29 @@ def part_export() -> None:
         pruner.reset().close()
         s = shrunk[amount]
         print(f"ResNet-50 shape structured at {amount:.0%} of channels, each layer keeping a multiple of {block}: "
-              f"{s.removed} units removed, "
+              f"{s.removed} units removed, channels-last {s.channels_last}, "
               f"{len(s.folded)} BatchNorms folded, FLOPs ratio {s.flops_ratio:.2f}x (outputs within "
               f"{s.max_abs_diff:.1e} of the masked model)")
-    models = {"dense": model, **{f"{a:.0%}": shrunk[a].model for a in shrunk}}
+    # The export folds BatchNorms and stores weights channels-last; the dense model deployed the same
+    # way is the baseline the target is judged on, so those steps are not counted as pruning's gain.
+    same = lambda m: True  # the dense fold is exact up to float rounding (the export checks its own)
+    deployed = channels_last(fold_batchnorms(copy.deepcopy(model), same)[0], same)[0]
+    models = {"dense": model, "deployed": deployed, **{f"{a:.0%}": shrunk[a].model for a in shrunk}}
+    print("  baselines: the dense model as given, and deployed as the export is (BatchNorms folded, channels-last); "
+          "the target is judged against the deployed one")
     for threads in (1, 2):
         for batch in (1, 32):
             repeats, warmup = (10, 2) if batch == 1 else (3, 1)
             t = measure_latency(models, x[:batch], threads=threads, repeats=repeats, warmup=warmup)
+            ms = {k: v.median * 1e3 for k, v in t.items()}
             for a, s in shrunk.items():
                 label = f"{a:.0%}"
-                speedup = t["dense"].median / t[label].median
+                speedup = ms["deployed"] / ms[label]
                 ratio = speedup / s.flops_ratio
-                print(f"  {label} batch {batch:2d}, {threads} thread(s): dense {t['dense'].median * 1e3:8.1f} ms, "
-                      f"structured {t[label].median * 1e3:8.1f} ms: {speedup:.2f}x for {s.flops_ratio:.2f}x fewer "
-                      f"FLOPs = {ratio:.2f} ({check(ratio >= TARGETS['speedup_vs_flops'], f'export {label} b{batch} t{threads}')} "
+                print(f"  {label} batch {batch:2d}, {threads} thread(s): dense {ms['dense']:8.1f} ms, deployed "
+                      f"{ms['deployed']:8.1f} ms, structured {ms[label]:8.1f} ms ({ms['dense'] / ms[label]:.2f}x the "
+                      f"dense): {speedup:.2f}x the deployed for {s.flops_ratio:.2f}x fewer FLOPs = {ratio:.2f} "
+                      f"({check(ratio >= TARGETS['speedup_vs_flops'], f'export {label} b{batch} t{threads}')} "
                       f">= {TARGETS['speedup_vs_flops']})")
 
 

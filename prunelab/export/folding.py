@@ -11,6 +11,8 @@ unfolded one and folds nothing when they differ beyond the tolerance given.
 
 The structured export records the folds (``[[batchnorm, into], ...]``), and
 :func:`refold` makes a fresh instance of the model take the same shape when it is loaded back.
+Its other deployment step, :func:`channels_last`, stores convolution weights in the layout
+oneDNN's CPU kernels compute in.
 """
 
 from __future__ import annotations
@@ -160,3 +162,14 @@ def refold(model: nn.Module, folds: list, shapes: dict[str, torch.Size]) -> None
                                  "the file is damaged. Export it again.")
             layer.bias = nn.Parameter(torch.empty(shape, dtype=layer.weight.dtype, device=layer.weight.device))
         _replace(model, bn_name, nn.Identity())
+
+
+def channels_last(model: nn.Module, same: Callable[[nn.Module], bool]) -> tuple[nn.Module, bool]:
+    """``model`` with its 4-d parameters and buffers stored channels-last (a copy), and True; or
+    ``model`` as it is and False when it has no 2-d convolution or ``same(copy)`` is False (its
+    outputs moved). Convolutions run in the layout of their input or weight, so the activations
+    follow the weights from the first convolution on."""
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model, False
+    moved = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return (moved, True) if same(moved) else (model, False)

@@ -83,7 +83,8 @@ def export(pruner, path, format: str = "state_dict") -> Exported:
         files, shrunk = save_structured(pruner, path)
         details = {"units": shrunk.units, "units_removed": shrunk.removed, "max_abs_diff": shrunk.max_abs_diff,
                    "checked": shrunk.checked, "flops_ratio": shrunk.flops_ratio,
-                   "batchnorms_folded": len(shrunk.folded), "folded": shrunk.folded}
+                   "batchnorms_folded": len(shrunk.folded), "folded": shrunk.folded,
+                   "channels_last": shrunk.channels_last}
     elif format == "onnx":
         file, details = save_onnx(pruner, path)
         files = (file,)

@@ -87,7 +87,10 @@ def program_bytes(model: nn.Module, example: torch.Tensor, info: dict, output=No
     except AttributeError:  # older torch: no setter
         program._example_inputs = None
     buffer = io.BytesIO()
-    torch.export.save(program, buffer)
+    with warnings.catch_warnings():  # channels-last weights do not span their storage as a contiguous
+        # tensor would; torch then writes the whole storage (strides are kept in the graph), and says so
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        torch.export.save(program, buffer)
     with zipfile.ZipFile(buffer) as z:
         names = z.namelist()
         root = names[0].split("/", 1)[0]
