@@ -122,3 +122,16 @@ def test_in_an_explorer_the_panel_observes_the_explorers_state(explorer):
     explorer.pruner.reset()
     explorer.wait()
     panel.report = None
+
+
+def test_the_gives_line_says_a_shrinking_format_gains_nothing_until_units_are_pruned(mlp_demo_pruner, tmp_path):
+    panel = ExportPanel(mlp_demo_pruner, directory=tmp_path)
+    mlp_demo_pruner.prune(0.8)  # unstructured: no unit goes whole
+    for fmt in ("structured", "onnx"):
+        panel.format.value = fmt
+        assert "nothing now" in panel.gives.value and "units are removed" not in panel.gives.value
+    panel.format.value = "structured"
+    mlp_demo_pruner.prune(0.5, granularity="structured")  # the line follows the state, the format unchanged
+    assert "units are removed" in panel.gives.value
+    panel.format.value = "sparse"
+    assert "size only" in panel.gives.value

@@ -14,6 +14,7 @@ from pathlib import Path
 import ipywidgets as widgets
 
 from ...export import FORMATS, GIVES, compare_formats
+from ...export.report import SHRINKING
 from .base import Panel
 
 ENDINGS = {"state_dict": ".safetensors", "sparse": ".sparse.safetensors", "structured": ".structured",
@@ -159,12 +160,19 @@ class ExportPanel(Panel):
         self.gives.value = self._gives_html(new)
 
     def _on_pruner_change(self, _change):
+        self.gives.value = self._gives_html(self.format.value)
         if self.report is not None:
             self.stale.value = ("<span style='color:#b60'>The pruning changed since this table was measured; press "
                                 "<b>Measure all formats</b> for the current state.</span>")
 
     def _gives_html(self, fmt: str) -> str:
-        return f"<span style='color:#555'>Gives: {html.escape(GIVES[fmt])}.</span>"
+        """What ``fmt`` gives, for the state as it is: a shrinking format gains nothing until some
+        unit is pruned whole (the measured table says by how much once it is)."""
+        gives = GIVES[fmt]
+        if fmt in SHRINKING and not any(p.granularity == "structured" for p in self.pruner.plans.values()):
+            gives = ("nothing now: no unit is pruned whole, so the network keeps its dense shape, size and latency "
+                     "(granularity 'structured' removes units)")
+        return f"<span style='color:#555'>Gives: {html.escape(gives)}.</span>"
 
     def _status(self, text: str, error: bool = False):
         colour = "#b00" if error else "#060"
