@@ -22,7 +22,10 @@ import torch
 from ..core.planning import unit_sparsity
 
 LOG_STEPS = 400  # at most this many steps over the |w| slider's range
-FIRST_STEPS = 10  # the |w| slider's first steps spread the lowest 2% of the kept weights
+FIRST_STEPS = 10  # the |w| slider's first steps spread the lowest 2% of the kept weights...
+FIRST_STEP_SHARE = 0.001  # ...and each of the first VISIBLE_STEPS removes this share of all weights
+VISIBLE_STEPS = 5  # (the readout shows 0.1%: a step that removes less looks like nothing)
+MIN_STEPS = 15  # ...unless the range would then have fewer steps than this
 
 
 def slider_fraction(pruner, granularity: str) -> float:
@@ -76,10 +79,12 @@ def threshold_range(pruner, reference, start: float = 0.0) -> tuple[float, float
     It starts at the state in effect: at ``start`` (the |w| that keeps the sparsity now), or at
     the smallest *kept* |w| when that is higher, so a threshold just there prunes nothing more.
     Its step comes from the kept weights too: each of the first steps up removes weights (the
-    first :data:`FIRST_STEPS` steps spread the lowest 2% of the kept weights), with at most
-    :data:`LOG_STEPS` steps in all. The range runs from the smallest nonzero unmasked |w| (below
+    first :data:`FIRST_STEPS` steps spread the lowest 2% of the kept weights, and each of the first
+    :data:`VISIBLE_STEPS` removes at least :data:`FIRST_STEP_SHARE` of all weights, so the readout
+    moves: after a fine-tune the kept |w| thin out below the old threshold), with
+    :data:`MIN_STEPS` to :data:`LOG_STEPS` steps in all. The range runs from the smallest nonzero unmasked |w| (below
     it no step changes anything; pruned weights fine-tuned to zero lie there) to the largest.
-    Bounds and start lie on the step's grid (the page snaps to it).
+    Bounds and start lie on the step's grid (the page snaps to it), which runs through the start.
 
     Args:
         pruner: a Pruner. reference: the state hub's DenseReference (unmasked weights).
@@ -95,6 +100,7 @@ def threshold_range(pruner, reference, start: float = 0.0) -> tuple[float, float
     """
     kept = kept_magnitudes(pruner, reference)
     every = np.concatenate([reference.abs_flat(l.name) for l in pruner.layers])
+    weights = every.size
     every = every[every > 0]
     if kept.size == 0 or every.size == 0:
         return -4.0, 0.0, 0.01, -4.0
@@ -102,12 +108,29 @@ def threshold_range(pruner, reference, start: float = 0.0) -> tuple[float, float
     lo, hi = math.log10(float(every.min())), math.log10(float(every.max()))
     span = max(hi - lo, 1e-3)
     low_tail = float(np.quantile(kept, 0.02))
+    at = math.floor(min(max(math.log10(max(start, smallest_kept)), lo), hi) * 1e10) / 1e10  # down: keeps it
     step = (math.log10(max(low_tail, smallest_kept)) - math.log10(smallest_kept)) / FIRST_STEPS
-    step = float(f"{min(max(step, span / LOG_STEPS), span / 50):.2g}")
-    grid = lambda x, rounding: rounding(round(x / step, 6)) * step  # noqa: E731
-    at = min(max(math.log10(max(start, smallest_kept)), lo), hi)
-    return (round(grid(lo, math.floor), 10), round(grid(hi, math.ceil), 10), step,
-            round(grid(at, math.floor), 10))
+    step = _visible_step(kept, at, max(step, span / LOG_STEPS), span / MIN_STEPS,
+                         math.ceil(FIRST_STEP_SHARE * weights))
+    below, above = (math.ceil(round(d / step, 6)) for d in (at - lo, hi - at))  # the grid runs through the start
+    return round(at - below * step, 10), round(at + above * step, 10), step, at
+
+
+def _visible_step(kept: np.ndarray, at: float, step: float, most: float, share: int) -> float:
+    """The smallest step from ``step`` up (to ``most``, two significant digits) whose first
+    :data:`VISIBLE_STEPS` steps from log10 |w| ``at`` each remove ``share`` of the ``kept`` |w|."""
+    lowest = min(kept.size, 40 * share * VISIBLE_STEPS)  # the region the first steps can reach
+    low = np.log10(np.sort(np.partition(kept, lowest - 1)[:lowest]))
+    most = round(most, 12)
+    while step < most:
+        unit = 10.0 ** (math.floor(math.log10(step)) - 1)
+        step = round(min(math.ceil(step / unit) * unit, most), 12)
+        edges = at + step * np.arange(VISIBLE_STEPS + 1)
+        removed = np.diff(np.searchsorted(low, edges))  # |w| below a threshold goes
+        if (removed >= share).all() or edges[-1] > low[-1]:
+            return step
+        step *= 1.05
+    return most
 
 
 def short_name(name: str, limit: int = 10) -> str:

@@ -81,11 +81,18 @@ def test_a_switch_that_changes_nothing_adds_no_history_step(ex):
     assert p.history.cursor == cursor and not p.plans
 
 
-def test_threshold_slider_after_fine_tuning_starts_at_the_state_and_each_first_step_prunes(ex):
+def really_fine_tuned(pruner):
+    """A real epoch of fine-tuning with the masks held: the kept weights move, and some thin out
+    below the old threshold (a thin tail of small |w| under the kept mass)."""
+    pruner.finetune(1)
+
+
+@pytest.mark.parametrize("fine_tune", [as_fine_tuned, really_fine_tuned])
+def test_threshold_slider_after_fine_tuning_starts_at_the_state_and_each_first_step_prunes(ex, fine_tune):
     c, p = ex.controls, ex.pruner
     c.global_slider.value = 0.885
     ex.wait()
-    as_fine_tuned(p)
+    fine_tune(p)
     ex.wait()
     sparsity = p.overall_sparsity()
     c.mode.value = "threshold"
@@ -94,11 +101,11 @@ def test_threshold_slider_after_fine_tuning_starts_at_the_state_and_each_first_s
     assert p.overall_sparsity() == pytest.approx(sparsity, abs=1e-3)  # entering keeps the state
     kept = min(float(ex.state.reference.weights[l.name].abs()[p.mask(l.name)].min()) for l in p.layers)
     assert s.value <= kept < 10 ** (math.log10(s.value) + s.step)  # starts right below the weights kept
-    for _ in range(5):  # the keyboard's steps, right arrow
+    for _ in range(5):  # the keyboard's steps, right arrow: each shows in the readout (0.1%)
         last = p.overall_sparsity()
         s.value = 10 ** (math.log10(s.value) + s.step)
         ex.wait()
-        assert p.overall_sparsity() > last
+        assert p.overall_sparsity() >= last + 0.001
 
 
 def test_long_layer_names_are_shortened_in_the_middle_with_the_whole_name_on_hover():
