@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 import explorer_ui as ui  # noqa: E402
 import labdriver  # noqa: E402
+import labserver  # noqa: E402
 import pagetrace  # noqa: E402
 
 TARGET_MEDIAN_MS = 150.0   # key -> readout, median of bursts
@@ -98,7 +99,7 @@ def _wait_settled(nb: labdriver.NotebookPage, settle_ms: int, timeout_s: float =
         if quiet:
             return
         nb.page.wait_for_timeout(100)
-    raise labdriver.LabError(f"the readout kept changing for {timeout_s} s after a key press")
+    raise labserver.LabError(f"the readout kept changing for {timeout_s} s after a key press")
 
 
 _JS_WATCH = """(sel) => {
@@ -262,7 +263,7 @@ def drag_misses(drags: list[dict], traces: list[str]) -> list[str]:
 
 def drags_only(folders: dict, args) -> int:
     """Only the explorer's drags (and the traced ones): for looking at the page's work quickly."""
-    with labdriver.lab_server(folders) as lab, labdriver.chromium_browser() as browser:
+    with labserver.lab_server(folders) as lab, labserver.chromium_browser() as browser:
         nb = labdriver.open_notebook(lab, browser, args.notebook)
         nb.run_all(timeout_s=300)
         ui.wait_ready(nb, timeout_s=180)
@@ -312,7 +313,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.moves < 10:
         ap.error("--moves must be at least 10")
-    reason = labdriver.chromium_missing_reason()
+    reason = labserver.chromium_missing_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
@@ -320,7 +321,7 @@ def main(argv=None) -> int:
     folders = {"harness": REPO / "tests" / "browser" / "notebooks", "": REPO / "notebooks"}
     if args.only_drags:
         return drags_only(folders, args)
-    with labdriver.lab_server(folders) as lab, labdriver.chromium_browser() as browser:
+    with labserver.lab_server(folders) as lab, labserver.chromium_browser() as browser:
         print(f"JupyterLab + headless Chromium; {args.moves} ArrowRight presses per slider; page-side timing\n")
         nb = labdriver.open_notebook(lab, browser, "harness/harness_healthy.ipynb")
         nb.run_all()

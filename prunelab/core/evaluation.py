@@ -241,7 +241,8 @@ class Evaluator:
         """Run ``group`` (consecutive blocks) as one batch; their outputs and the rate updated."""
         began = time.perf_counter()
         counts = [count(self.blocks[b]) for b in group]
-        x = self.inputs[joined_index([self.blocks[b] for b in group])]
+        resumes = not plain and max(self._caches[group[0]], default=0) > 0
+        x = None if resumes else self.inputs[joined_index([self.blocks[b] for b in group])]  # (a gather: a copy)
         out = self._call(x) if plain else select_output(self._run(group, x), self.output)
         parts = [out] if len(group) == 1 else split(out, counts)
         if parts is None:
@@ -324,10 +325,10 @@ class Evaluator:
 
     # ------------------------------------------------------------------ the traced run
 
-    def _run(self, group: list[int], x: torch.Tensor, record: dict | None = None):
-        """Run the blocks of ``group`` (one batch: ``x``) from their latest cached cut (all
-        cached cuts are valid: stale ones were dropped), caching the planned cuts within the
-        budget. ``record``: probe only, no cache: ``{node: (batch-aligned bytes, other bytes,
+    def _run(self, group: list[int], x: torch.Tensor | None, record: dict | None = None):
+        """Run the blocks of ``group`` (one batch: ``x``; None when they resume from a cut) from
+        their latest cached cut (all cached cuts are valid: stale ones were dropped), caching the
+        planned cuts within the budget. ``record``: probe only, no cache: ``{node: (batch-aligned bytes, other bytes,
         seconds)}``, ``"peak"``: the live bytes at most, ``"aligned"``: the nodes whose value is
         one batch-aligned tensor."""
         caches = [self._caches[b] for b in group] if record is None else [{}]

@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import labdriver  # noqa: E402
+import labserver  # noqa: E402
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 _skipped_for_chromium: list[str] = []
@@ -38,14 +39,14 @@ def _no_browser(reason: str):
 @pytest.fixture(scope="session")
 def browser():
     """Headless Chromium (Debian's, through playwright), started once per session."""
-    reason = labdriver.chromium_missing_reason()
+    reason = labserver.chromium_missing_reason()
     if reason:
         _no_browser(reason)
     try:
         import playwright  # noqa: F401
     except ImportError:
         _no_browser("the playwright Python package is not installed (pip install -e '.[test]')")
-    with labdriver.chromium_browser() as b:
+    with labserver.chromium_browser() as b:
         yield b
 
 
@@ -56,10 +57,10 @@ def lab(browser):
     Depends on `browser` so that a missing Chromium is reported before a server is started for nothing.
     """
     folders = {"harness": Path(__file__).parent / "notebooks"}
-    repo_notebooks = labdriver.REPO_ROOT / "notebooks"
+    repo_notebooks = labserver.REPO_ROOT / "notebooks"
     if repo_notebooks.is_dir():
         folders[""] = repo_notebooks
-    with labdriver.lab_server(folders) as server:
+    with labserver.lab_server(folders) as server:
         yield server
 
 

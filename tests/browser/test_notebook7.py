@@ -7,6 +7,7 @@ import pytest
 
 import explorer_ui as ui
 import labdriver
+import labserver
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 NOTEBOOK = "01-quickstart.ipynb"
@@ -16,7 +17,7 @@ NOTEBOOK7_STARTUP_ERROR = "Cannot read properties of undefined (reading 'schema'
 @pytest.fixture(scope="module")
 def nb7(browser):
     pytest.importorskip("notebook", minversion="7", reason="Jupyter Notebook 7 is in the test extra")
-    with labdriver.lab_server({"": labdriver.REPO_ROOT / "notebooks"}, app="notebook") as server:
+    with labserver.lab_server({"": labserver.REPO_ROOT / "notebooks"}, app="notebook") as server:
         nb = labdriver.open_notebook(server, browser, NOTEBOOK)
         # Notebook 7.6's own keyboard-shortcuts plugin throws once while the page starts, before
         # any cell runs (notebook_core.js, settings registry): not the explorer's. Only that is let go.
@@ -26,7 +27,7 @@ def nb7(browser):
         try:
             nb.run_all(timeout_s=240)
             ui.wait_ready(nb)
-            nb.screenshot(labdriver.REPO_ROOT / "tests" / "browser" / "screenshots" / "notebook7", "after-run")
+            nb.screenshot(labserver.REPO_ROOT / "tests" / "browser" / "screenshots" / "notebook7", "after-run")
             yield nb
         finally:
             nb.close()
