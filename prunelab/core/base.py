@@ -33,7 +33,7 @@ from .meter import CACHE_BYTES, Measuring, Meter
 from .ownership import Custody
 from .transitions import Transitions
 from .plan import Plan
-from .scores import ScoreCache, score_dense, scoring_context, scoring_samples
+from .scores import SCORING_SAMPLES, ScoreCache, score_dense, scoring_context, scoring_samples
 
 __all__ = ["BasePruner", "Plan"]  # Plan lives in .planning; importable from here too
 
@@ -174,7 +174,7 @@ class BasePruner(Measuring):
         self._guard()
         return self._masks.dense()
 
-    def scoring_context(self, samples: int = 2048) -> ScoringContext:
+    def scoring_context(self, samples: int = SCORING_SAMPLES) -> ScoringContext:
         """What a criterion scores on: the model, its layers, batches of the first ``samples`` of
         train_data (else val_data; taken once), the loss, and the seed.
 

@@ -128,6 +128,20 @@ def aligned_bytes(v, k: int) -> tuple[int, int]:
     return 0, 0
 
 
+def output_bytes(model: nn.Module, run) -> tuple[int, object]:
+    """(bytes of every module's output while ``run()`` calls ``model``, what ``run`` returned): an
+    upper bound on the activations a forward holds at once, and about what autograd keeps for the
+    backward pass of a gradient."""
+    total = []
+    hooks = [m.register_forward_hook(lambda m, i, o: total.append(tree_bytes(o))) for m in model.modules()]
+    try:
+        out = run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(total), out
+
+
 def tree_bytes(v) -> int:
     """Bytes of the tensors in ``v`` (a tensor, or nested tuples, lists and dicts of them)."""
     if isinstance(v, dict):

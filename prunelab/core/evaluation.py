@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 
 from .blocking import (aligned_bytes, batch_aligned, choose_cuts, count, indices, join, joined_index, maybe_inplace, nbytes,
-                       plan_blocks, split, tree_bytes, unique_bytes)
+                       output_bytes, plan_blocks, split, unique_bytes)
 from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
 from .tracing import TRACING, symbolic_trace
@@ -312,16 +312,10 @@ class Evaluator:
             self._kept_cuts = choose_cuts(self._cuts, len(self._nodes), cost, seconds, self.cache_bytes, self._inplace)
 
     def _probe_plain(self, x) -> tuple[tuple[int, int], torch.Tensor]:
-        """((bytes of every module's output for ``x``, 0): an upper bound on the live activations,
-        the output)."""
-        total = [nbytes(x)]
-        hooks = [m.register_forward_hook(lambda m, i, o: total.append(tree_bytes(o))) for m in self.model.modules()]
-        try:
-            out = self._call(x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return (sum(total), 0), out
+        """((bytes of ``x`` and every module's output for it, 0): an upper bound on the live
+        activations, the output)."""
+        held, out = output_bytes(self.model, lambda: self._call(x))
+        return (nbytes(x) + held, 0), out
 
     # ------------------------------------------------------------------ the traced run
 

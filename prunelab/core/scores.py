@@ -21,12 +21,17 @@ from typing import Callable, Mapping
 
 import torch
 
-from .blocking import distinct_bytes
+from .blocking import distinct_bytes, output_bytes
 from .checks import check_scores
 from .criteria import Criterion, ScoringContext, get_criterion
 from .data import batches, first_samples
-from .units import UnitGroup
+from .inputs import forward
 from .masks import Derived, Ranking
+from .modes import untouched
+from .units import UnitGroup
+
+GRADIENT_BYTES = 2**30  # a scoring batch's activations, kept for its backward pass, fit this
+SCORING_SAMPLES = 2048  # data-driven criteria score on the first this many samples (by default)
 
 
 def criterion_key(criterion: str | Criterion, refs: dict[int, Criterion] | None = None) -> object:
@@ -75,14 +80,29 @@ def scoring_samples(pruner, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scoring_context(pruner, x: torch.Tensor, y: torch.Tensor) -> ScoringContext:
     """A :class:`~prunelab.core.criteria.ScoringContext` over ``pruner``'s model and layers, in
-    batches of ``(x, y)`` of at most 256 (or the Pruner's batch size), with its loss and seed.
+    batches of ``(x, y)`` (:func:`scoring_batch`), with its loss and seed.
 
     Example:
         >>> ctx = scoring_context(pruner, *scoring_samples(pruner, 256))
     """
-    batch = min(pruner.batch_size, 256)
+    batch = scoring_batch(pruner, x)
     return ScoringContext(pruner.model, pruner.layers, lambda: batches(x, y, batch), pruner.loss or _missing_loss,
                           pruner.classification, pruner.seed, pruner.output)
+
+
+def scoring_batch(pruner, x) -> int:
+    """Samples per scoring batch: at most 256 (or the Pruner's batch size), and few enough that the
+    activations a gradient keeps for its backward pass (every module's output, measured on one
+    sample of ``x``) fit :data:`GRADIENT_BYTES`, whatever the model's size (a ResNet-50 at 224 px
+    keeps about 0.2 GB a sample: 256 of them would be 50 GB).
+
+    Example:
+        >>> scoring_batch(pruner, pruner.val_inputs)   # doctest: +SKIP
+        256
+    """
+    with torch.no_grad(), untouched(pruner.model):
+        per_sample, _ = output_bytes(pruner.model, lambda: forward(pruner.model, x[:1], pruner.output))
+    return max(1, min(pruner.batch_size, 256, GRADIENT_BYTES // max(per_sample, 1)))
 
 
 def score_dense(pruner, criterion: Criterion, units: bool) -> dict[str, torch.Tensor]:

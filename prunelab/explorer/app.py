@@ -16,8 +16,8 @@ import html
 import ipywidgets as w
 
 from ..core.checks import check_count
-from ..core.metrics import Metrics
-from ..core.scores import scoring_context, scoring_samples
+from ..core.meter import PROGRESSIVE_FLOPS
+from ..core.scores import SCORING_SAMPLES, scoring_context, scoring_samples
 from ..pruner import Pruner
 from .actions import Action
 from ..core.copies import ModelCopy, model_state
@@ -39,6 +39,7 @@ from .views.sizes import TAB_CSS, reflowing
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
+BIG_SCORE_SAMPLES = 64  # Taylor and attribution score on this many when 2,048 would take minutes (a big model)
 
 
 class Explorer(w.VBox):
@@ -52,8 +53,8 @@ class Explorer(w.VBox):
     Args:
         pruner: the Pruner to drive. title: shown in the heading.
         image_shape: (height, width) to draw 1-D inputs as images. class_names: labels of the classes.
-        score_samples: how many samples Taylor and attribution scores are computed on (in the
-            background); None: the Pruner's (``scoring_context()``, up to 2,048).
+        score_samples: how many samples Taylor and attribution scores are computed on (in the background);
+            None: the Pruner's (up to 2,048), or :data:`BIG_SCORE_SAMPLES` for a big model (the busy line says).
 
     Example:
         >>> ex = Explorer(pl.Pruner(model, val_data), title="my model")
@@ -286,9 +287,8 @@ class Explorer(w.VBox):
             return  # already on its way: a pending action runs when it lands
         try:
             shadow = self.shadow()
-            n = self.score_samples  # Taylor and attribution score on this subset (taken once), else the Pruner's
-            ctx = self._score_ctx = self._score_ctx or (scoring_context(p, *scoring_samples(p, n)) if n else
-                                                        p.scoring_context())
+            n = self.score_samples or (BIG_SCORE_SAMPLES if p.flops()[0] * SCORING_SAMPLES > PROGRESSIVE_FLOPS else None)
+            ctx = self._score_ctx = self._score_ctx or scoring_context(p, *scoring_samples(p, n or SCORING_SAMPLES))
         except (RuntimeError, ValueError) as e:
             self.state.score_errors = {**self.state.score_errors, criterion: str(e)}
             return
@@ -325,7 +325,7 @@ class Explorer(w.VBox):
 
         self._scoring.add(job)
         key = f"scores:{criterion}:{'units' if units else 'weights'}:{version}"
-        self._scheduler.submit(key, f"{criterion} scores", work, done, failed)
+        self._scheduler.submit(key, f"{criterion} scores" + (f" on {n} samples" if n else ""), work, done, failed)
 
     def _schedule_explain(self):
         if self.state.auto_explain:
