@@ -8,6 +8,8 @@ blocks can be short for deadlines while full passes run at full batch size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx, nn
 
@@ -96,11 +98,32 @@ def joined_index(parts: list):
 
 def join(values: list, clone: bool):
     """One value for a group from each block's cached value: the same object when all blocks
-    share it (a parameter), else the tensors concatenated along the batch dimension."""
+    share it (a parameter); a view of their storage when they lie one after another in it (parts
+    of the batch they were stored from) and no copy is asked for; else the tensors concatenated
+    along the batch dimension."""
     first = values[0]
     if all(v is first for v in values):
         return first.clone() if clone and isinstance(first, torch.Tensor) else first
+    if not clone and all(adjacent(u, v) for u, v in zip(values, values[1:])):
+        return first.as_strided((sum(len(v) for v in values), *first.shape[1:]), first.stride(), first.storage_offset())
     return torch.cat(values)
+
+
+def adjacent(u, v) -> bool:
+    """Whether batch part ``v`` starts in memory where ``u`` ends (one storage, the same layout,
+    each sample's entries dense): the two read as one batch without a copy."""
+    return (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dim() > 0 and v.dim() > 0
+            and u.shape[1:] == v.shape[1:] and u.stride() == v.stride() and u.dtype == v.dtype
+            and u.stride(0) == math.prod(u.shape[1:])
+            and u.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+            and v.storage_offset() == u.storage_offset() + len(u) * u.stride(0))
+
+
+def in_batch(v) -> bool:
+    """Whether tensor ``v`` is a dense run of samples inside a bigger batch in memory (a block's
+    share of a batch run as one), so that joining it with its neighbours needs no copy."""
+    return (isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.dim() > 0
+            and v.stride(0) == math.prod(v.shape[1:]) and v.untyped_storage().nbytes() > v.numel() * v.element_size())
 
 
 def split(value, counts: list[int]) -> list | None:

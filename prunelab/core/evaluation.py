@@ -17,8 +17,8 @@ import time
 import torch
 from torch import fx, nn
 
-from .blocking import (aligned_bytes, batch_aligned, choose_cuts, count, indices, join, joined_index, maybe_inplace, nbytes,
-                       output_bytes, plan_blocks, split, unique_bytes)
+from .blocking import (adjacent, aligned_bytes, batch_aligned, choose_cuts, count, in_batch, indices, join,
+                       joined_index, maybe_inplace, nbytes, output_bytes, plan_blocks, split, unique_bytes)
 from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
 from .tracing import TRACING, symbolic_trace
@@ -221,21 +221,28 @@ class Evaluator:
             return None
         for b in todo[1:]:
             more = total + count(self.blocks[b])
-            if rate is None or more > self.group_cap or ends(more) or not self._joinable(group[0], b, plain):
+            if rate is None or more > self.group_cap or ends(more) or not self._joinable(group[-1], b, plain):
                 break
             group.append(b)
             total = more
         return group
 
     def _joinable(self, a: int, b: int, plain: bool) -> bool:
-        """Whether blocks ``a`` and ``b`` can run as one batch: the same cuts cached, and every
-        value at the cut they resume from splits by sample."""
+        """Whether block ``b`` can join a batch that ends with block ``a``: the same cuts cached,
+        every value at the cut they resume from splits by sample and, when resuming, ``b``'s
+        values follow ``a``'s in memory (they were stored from one batch: joined without a copy)."""
         if not self._splits_output:
             return False
         if plain:
             return True
         keys = self._caches[a].keys()
-        return keys == self._caches[b].keys() and max(keys, default=0) in self._splittable
+        resume = max(keys, default=0)
+        if keys != self._caches[b].keys() or resume not in self._splittable:
+            return False
+        if resume == 0 or self._inplace:  # (in-place graphs cache copies: joined by copying)
+            return True
+        return all(u is v or adjacent(u, v) or not (in_batch(u) or in_batch(v))  # a stored batch is kept whole
+                   for u, v in zip(self._caches[a][resume], self._caches[b][resume]))
 
     def _measure(self, group: list[int], plain: bool) -> None:
         """Run ``group`` (consecutive blocks) as one batch; their outputs and the rate updated."""

@@ -100,3 +100,33 @@ def test_joined_blocks_cache_their_own_parts_and_a_later_move_resumes_from_them(
     assert BATCHES == []  # resumed after the slow layer: nothing before the change ran again
     assert torch.allclose(out, plain(model, x), atol=1e-6)
     assert ev.peak_cached_bytes <= 2**30
+
+
+def test_a_move_resumes_in_the_batches_it_stored_and_joins_them_without_a_copy(monkeypatch):
+    from prunelab.core import evaluation
+
+    model, (x, y) = slow_model(), data()
+    ev = evaluator(model, x, y, cache_bytes=2**30)
+    ev.outputs()  # blocks of a few samples, run (and cached) in batches of up to 64
+    joins = []  # (blocks joined, whether the result shares the cached memory)
+    real_join = evaluation.join
+    monkeypatch.setattr(evaluation, "join", lambda values, clone: joins.append(
+        (len(values), (j := real_join(values, clone)).data_ptr() == values[0].data_ptr())) or j)
+    with torch.no_grad():
+        model[4].weight.mul_(0.5)
+    out = ev.outputs({"4"})
+    assert max(n for n, _ in joins) > 1 and all(view for _, view in joins)  # batches read as views: no copy
+    assert torch.allclose(out, plain(model, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_parts_of_one_batch_join_as_a_view_and_others_are_copied(layout):
+    from prunelab.core.blocking import join
+
+    batch = torch.randn(6, 3, 4, 4).contiguous(memory_format=layout)
+    parts = list(batch.split([2, 1, 3]))
+    joined = join(parts, clone=False)
+    assert torch.equal(joined, batch) and joined.data_ptr() == batch.data_ptr()  # no copy
+    apart = join([parts[0], parts[2]], clone=False)  # not neighbours: copied
+    assert torch.equal(apart, torch.cat([parts[0], parts[2]])) and apart.data_ptr() != batch.data_ptr()
+    assert join(parts, clone=True).data_ptr() != batch.data_ptr()  # a copy when asked for
