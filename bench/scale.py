@@ -210,6 +210,7 @@ def part_resnet() -> None:
     explorer = pl.explore(model, (x, y), cache_bytes=CACHE_BYTES)
     explore_s = time.perf_counter() - began
     shown = explorer.state.metrics
+    explorer.close()  # its background scoring (Taylor, attribution) stops at its next batch
     print(f"  pl.explore() to its first readout: {explore_s:.1f} s "
           f"({check(shown is not None and explore_s <= TARGETS['explore_s'], 'explore first readout')} <= "
           f"{TARGETS['explore_s']} s): {shown}")

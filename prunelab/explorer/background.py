@@ -250,7 +250,12 @@ class Scheduler:
             # A newer job with this key is queued behind us: skip the work entirely.
             if self._generation.get(key) != generation:
                 return _SKIPPED
-            return work(self._report)
+
+            def progress(fraction: float) -> None:
+                if self._generation.get(key) != generation:  # superseded, or closed: stop at this report
+                    raise Superseded(key)
+                self._report(fraction)
+            return work(progress)
 
         job = _Job(key, label, generation, self._executor.submit(run), done, failed)
         self._jobs.append(job)
@@ -339,7 +344,8 @@ class Scheduler:
                 self._deliver(job)
 
     def close(self) -> None:
-        """Cancel the timers, drop late results and stop the worker thread."""
+        """Cancel the timers, drop late results and stop the worker thread (a running job at its
+        next progress report)."""
         for key in list(self._timers):
             self.cancel(key)
         self._generation = {k: g + 1 for k, g in self._generation.items()}  # late results are dropped
@@ -349,6 +355,11 @@ class Scheduler:
 
 
 _SKIPPED = object()
+
+
+class Superseded(Exception):
+    """Raised in a job's work at its next progress report once a newer job with its key, or
+    ``close()``, made its result moot: the worker stops instead of finishing work nobody reads."""
 
 
 def counting(batches: Callable[[], Any], passes: int, progress: Callable[[float], None]) -> Callable[[], Any]:

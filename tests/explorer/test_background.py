@@ -37,6 +37,37 @@ def test_a_newer_job_with_the_same_key_drops_the_older_result():
     s.close()
 
 
+@pytest.mark.parametrize("stop", ["newer job", "close"])
+def test_a_running_job_stops_at_its_next_progress_report_once_superseded_or_closed(stop):
+    steps, results, failures = [], [], []
+    s = Scheduler()
+    started = threading.Event()
+
+    def long_work(progress):  # a scoring pass: many batches, a report after each
+        for i in range(400):
+            started.set()
+            time.sleep(0.005)
+            steps.append(i)
+            progress(i / 400)
+        return "finished"
+
+    job = s.submit("k", "long", long_work, results.append, failures.append)
+    assert started.wait(5)
+    if stop == "close":
+        s.close()
+    else:
+        s.submit("k", "new", lambda progress: "new", results.append)
+    time.sleep(0.2)
+    ran = len(steps)
+    time.sleep(0.2)
+    assert ran == len(steps) and ran < 100  # it stopped (400 steps would take 2 s)
+    if stop == "newer job":
+        s.wait(timeout=10)
+        assert results == ["new"] and failures == []  # the old job's end is neither a result nor an error
+        s.close()
+    assert job == 1
+
+
 def test_failures_reach_the_failure_callback():
     errors = []
     s = Scheduler()
