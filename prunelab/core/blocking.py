@@ -113,10 +113,10 @@ def adjacent(u, v) -> bool:
     """Whether batch part ``v`` starts in memory where ``u`` ends (one storage, the same layout,
     each sample's entries dense): the two read as one batch without a copy."""
     return (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dim() > 0 and v.dim() > 0
+            and v.data_ptr() == u.data_ptr() + len(u) * u.stride(0) * u.element_size()  # (the cheap test first)
             and u.shape[1:] == v.shape[1:] and u.stride() == v.stride() and u.dtype == v.dtype
             and u.stride(0) == math.prod(u.shape[1:])
-            and u.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
-            and v.storage_offset() == u.storage_offset() + len(u) * u.stride(0))
+            and u.untyped_storage().data_ptr() == v.untyped_storage().data_ptr())  # one allocation, not two that touch
 
 
 def in_batch(v) -> bool:
@@ -173,8 +173,10 @@ def tree_bytes(v) -> int:
 
 
 def unique_bytes(lists) -> int:
-    """Bytes of the distinct tensors in lists of values, parameters left out (the model holds them)."""
-    return distinct_bytes(v for vs in lists for v in vs if not isinstance(v, nn.Parameter))
+    """Bytes of the distinct tensors in lists of cached values (a value two cuts share is one
+    object), parameters left out (the model holds them)."""
+    seen = {id(v): v for vs in lists for v in vs}
+    return sum(nbytes(v) for v in seen.values() if not isinstance(v, nn.Parameter))
 
 
 def distinct_bytes(tensors) -> int:
