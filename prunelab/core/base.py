@@ -35,7 +35,7 @@ from .transitions import Transitions
 from .plan import Plan
 from .scores import SCORING_SAMPLES, ScoreCache, score_dense, scoring_context, scoring_samples
 
-__all__ = ["BasePruner", "Plan"]  # Plan lives in .planning; importable from here too
+__all__ = ["BasePruner", "Plan"]  # Plan lives in .plan; importable from here too
 
 
 class BasePruner(Measuring):

@@ -114,16 +114,20 @@ def adjacent(u, v) -> bool:
     each sample's entries dense): the two read as one batch without a copy."""
     return (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dim() > 0 and v.dim() > 0
             and v.data_ptr() == u.data_ptr() + len(u) * u.stride(0) * u.element_size()  # (the cheap test first)
-            and u.shape[1:] == v.shape[1:] and u.stride() == v.stride() and u.dtype == v.dtype
-            and u.stride(0) == math.prod(u.shape[1:])
+            and u.shape[1:] == v.shape[1:] and u.stride() == v.stride() and u.dtype == v.dtype and _dense_samples(u)
             and u.untyped_storage().data_ptr() == v.untyped_storage().data_ptr())  # one allocation, not two that touch
 
 
 def in_batch(v) -> bool:
     """Whether tensor ``v`` is a dense run of samples inside a bigger batch in memory (a block's
     share of a batch run as one), so that joining it with its neighbours needs no copy."""
-    return (isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.dim() > 0
-            and v.stride(0) == math.prod(v.shape[1:]) and v.untyped_storage().nbytes() > v.numel() * v.element_size())
+    return (isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.dim() > 0 and _dense_samples(v)
+            and v.untyped_storage().nbytes() > v.numel() * v.element_size())
+
+
+def _dense_samples(v: torch.Tensor) -> bool:
+    """Whether each sample's entries of ``v`` lie together in memory (so samples follow one another)."""
+    return v.stride(0) == math.prod(v.shape[1:])
 
 
 def split(value, counts: list[int]) -> list | None:

@@ -80,9 +80,9 @@ def requested_plans(pruner, amount, threshold, criterion, granularity: str, scop
                          f"{'both' if amount is not None else 'neither'}.")
     if round_to is not None:
         check_count(round_to, "round_to")
-    if round_to is not None and (granularity != "structured" or threshold is not None):
-        raise ValueError("round_to rounds the units each layer keeps, so it needs granularity='structured' and an "
-                         "amount; leave it out otherwise.")
+        if granularity != "structured" or threshold is not None:
+            raise ValueError("round_to rounds the units each layer keeps, so it needs granularity='structured' "
+                             "and an amount; leave it out otherwise.")
     if threshold is not None:
         return threshold_plans(pruner, threshold, criterion, granularity)
     return amount_plans(pruner, amount, criterion, granularity, scope, round_to)
@@ -138,7 +138,8 @@ def amount_plans(pruner, amount, criterion, granularity: str, scope: str,
         for root in roots:
             g = groups[root]
             a = next(amounts[n] for n in g.layers if n in amounts) if per_layer else amount
-            keep = _rounded(pruner, criterion, root, pruner.ranking(criterion, granularity, (root,)).masks(a)[0], round_to)
+            keep = pruner.ranking(criterion, granularity, (root,)).masks(a)[0]
+            keep = _rounded(pruner, criterion, root, keep, round_to)
             a = _pruned(keep) if round_to else a
             _set_group(plans, g, Plan(granularity, name, a, None, keep) if a > 0 else None)
     else:

@@ -21,9 +21,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.copies import ModelCopy, State, model_state
+from ..core.copies import ModelCopy, State
 from ..core.criteria import get_criterion
 from ..core.inputs import Inputs, select_output
+from ..core.meter import PROGRESSIVE_FLOPS
+from ..core.scores import SCORING_SAMPLES
+
+BIG_SCORE_SAMPLES = 64  # Taylor and attribution score on this many when 2,048 would take minutes (a big model)
+
+
+def score_subset(pruner, asked: int | None) -> int | None:
+    """How many samples the explorer's background scores use: ``asked``; else
+    :data:`BIG_SCORE_SAMPLES` for a model whose pass over the Pruner's own scoring samples
+    (:data:`~prunelab.core.scores.SCORING_SAMPLES`) would be slow; else None (those samples)."""
+    if asked or pruner.flops()[0] * SCORING_SAMPLES <= PROGRESSIVE_FLOPS:
+        return asked
+    return BIG_SCORE_SAMPLES
+
 
 def unit_and_weight_scores(shadow: ModelCopy, dense: State, ctx, criterion: str, weights: bool,
                            progress: Callable[[float], None] = lambda f: None) -> dict:

@@ -16,12 +16,11 @@ import html
 import ipywidgets as w
 
 from ..core.checks import check_count
-from ..core.meter import PROGRESSIVE_FLOPS
-from ..core.scores import SCORING_SAMPLES, scoring_context, scoring_samples
+from ..core.scores import scoring_context, scoring_samples
 from ..pruner import Pruner
 from .actions import Action
 from ..core.copies import ModelCopy, model_state
-from .analysis import Explainer, unit_and_weight_scores
+from .analysis import Explainer, score_subset, unit_and_weight_scores
 from .background import Scheduler, counting
 from .bokeh_loader import RERUN, load_bokehjs
 from .controls import Controls
@@ -39,7 +38,6 @@ from .views.sizes import TAB_CSS, reflowing
 from .views.weights import WeightsView
 
 SETTLE_S = 0.4      # quiet time after the last change before attributions are recomputed
-BIG_SCORE_SAMPLES = 64  # Taylor and attribution score on this many when 2,048 would take minutes (a big model)
 
 
 class Explorer(w.VBox):
@@ -54,7 +52,7 @@ class Explorer(w.VBox):
         pruner: the Pruner to drive. title: shown in the heading.
         image_shape: (height, width) to draw 1-D inputs as images. class_names: labels of the classes.
         score_samples: how many samples Taylor and attribution scores are computed on (in the background);
-            None: the Pruner's (up to 2,048), or :data:`BIG_SCORE_SAMPLES` for a big model (the busy line says).
+            None: the Pruner's (up to 2,048), or 64 for a big model (:func:`.analysis.score_subset`).
 
     Example:
         >>> ex = Explorer(pl.Pruner(model, val_data), title="my model")
@@ -66,7 +64,7 @@ class Explorer(w.VBox):
                  class_names: list[str] | None = None, score_samples: int | None = None):
         super().__init__()
         self.score_samples = check_count(score_samples, "score_samples", allow_none=True)
-        self._score_ctx = None                   # the scoring context on score_samples, taken once
+        self._score_ctx = None
         load_bokehjs()
         self.pruner = pruner
         self.add_class("prunelab-explorer")
@@ -287,8 +285,10 @@ class Explorer(w.VBox):
             return  # already on its way: a pending action runs when it lands
         try:
             shadow = self.shadow()
-            n = self.score_samples or (BIG_SCORE_SAMPLES if p.flops()[0] * SCORING_SAMPLES > PROGRESSIVE_FLOPS else None)
-            ctx = self._score_ctx = self._score_ctx or scoring_context(p, *scoring_samples(p, n or SCORING_SAMPLES))
+            n = score_subset(p, self.score_samples)
+            if self._score_ctx is None:  # taken once; the Pruner's own samples unless a subset is asked for
+                self._score_ctx = scoring_context(p, *scoring_samples(p, n)) if n else p.scoring_context()
+            ctx = self._score_ctx
         except (RuntimeError, ValueError) as e:
             self.state.score_errors = {**self.state.score_errors, criterion: str(e)}
             return

@@ -82,8 +82,9 @@ def threshold_range(pruner, reference, start: float = 0.0) -> tuple[float, float
     first :data:`FIRST_STEPS` steps spread the lowest 2% of the kept weights, and each of the first
     :data:`VISIBLE_STEPS` removes at least :data:`FIRST_STEP_SHARE` of all weights, so the readout
     moves: after a fine-tune the kept |w| thin out below the old threshold), with
-    :data:`MIN_STEPS` to :data:`LOG_STEPS` steps in all. The range runs from the smallest nonzero unmasked |w| (below
-    it no step changes anything; pruned weights fine-tuned to zero lie there) to the largest.
+    :data:`MIN_STEPS` to :data:`LOG_STEPS` steps in all. The range runs from the smallest nonzero
+    unmasked |w| (below it no step changes anything; pruned weights fine-tuned to zero lie there)
+    to the largest.
     Bounds and start lie on the step's grid (the page snaps to it), which runs through the start.
 
     Args:
