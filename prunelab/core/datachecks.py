@@ -14,6 +14,8 @@ from .inputs import Inputs, call, forward, select_output
 from .modes import untouched
 from .tokens import is_token_task, token_cross_entropy
 
+CHECK_BYTES = 64 * 2**20  # inputs checked for NaN and inf this many bytes at a time
+
 
 def forward_check(model: nn.Module, x, what: str, dtype: torch.dtype | None = None, output=None):
     """The model's output tensor on the first two of ``x`` in eval mode (every module's mode and
@@ -97,7 +99,10 @@ def check_finite_inputs(x, what: str) -> None:
         return
     if not x.is_floating_point() or len(x) == 0:
         return
-    bad = ~torch.isfinite(x).reshape(len(x), -1).all(1)
+    # isfinite's temporaries are the size of what it checks (|x| among them): checked in chunks
+    # of about 64 MB, the data's memory is not doubled on the way in
+    rows = max(1, CHECK_BYTES // max(x[:1].numel() * x.element_size(), 1))
+    bad = torch.cat([~torch.isfinite(part).reshape(len(part), -1).all(1) for part in x.split(rows)])
     if bool(bad.any()):
         rows = bad.nonzero().flatten()
         raise ValueError(f"{what} has {int(bad.sum())} of {len(x)} rows with NaN or inf inputs (rows "

@@ -31,6 +31,18 @@ def test_nan_or_inf_inputs_are_an_error_with_the_count_of_bad_rows(mlp, mlp_data
     assert_same_state(mlp, before)
 
 
+def test_inputs_are_checked_in_chunks_and_every_bad_row_is_still_found(mlp, mlp_data, monkeypatch):
+    from prunelab.core import datachecks
+
+    x, y = mlp_data
+    x = x.clone()
+    x[0, 0], x[13, 1], x[47, 2] = float("nan"), float("-inf"), float("nan")  # first, middle and last chunks
+    row = x[0].numel() * x.element_size()
+    monkeypatch.setattr(datachecks, "CHECK_BYTES", 5 * row)  # 48 rows in ten chunks, the last short
+    with pytest.raises(ValueError, match=r"3 of 48 rows with NaN or inf inputs \(rows \[0, 13, 47\]\)"):
+        Pruner(mlp, (x, y))
+
+
 @pytest.mark.parametrize("returned", [None, "0.9", torch.ones(3)])
 def test_a_metric_that_is_not_a_real_number_is_a_clear_error_at_first_use(returned, mlp, mlp_data):
     def odd(outputs, targets):
