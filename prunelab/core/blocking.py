@@ -40,7 +40,12 @@ def choose_cuts(cuts: dict[int, list], nodes: int, cost: dict, seconds: list[flo
     """Cut points whose values, for every block, fit ``budget`` bytes, chosen greedily by the
     time they save per byte: a move at any parametrised node resumes at the latest kept cut
     before it, so keeping cut ``c`` saves the probe's time from the previous kept cut to ``c``
-    for every cut point between ``c`` and the next kept one.
+    for every cut point between ``c`` and the next kept one. Each move's saving counts relative
+    to its own tail (the time from it to the output), the measure a move is judged by: a second
+    saved on a late move, whose tail is short, weighs more than a second on an early one.
+    (Counted in absolute time, at ResNet-50 size the last block's input lost to the middle
+    blocks' cuts at every budget from 0.5 to 2 GiB, and at 1 GiB a move in the last block reran
+    from layer3.)
 
     Args:
         cuts: ``{node index: the nodes live there}``. nodes: how many nodes the graph has.
@@ -53,6 +58,8 @@ def choose_cuts(cuts: dict[int, list], nodes: int, cost: dict, seconds: list[flo
     done = [0.0]
     for t in seconds:  # done[i]: time to reach node i from the start
         done.append(done[-1] + t)
+    total = done[nodes]
+    weight = [1.0 / max(total - done[d], 1e-9) for d in range(nodes + 1)]  # 1 / the tail of a move at d
     kept, have = set(), set()
 
     def extra(c):
@@ -66,7 +73,7 @@ def choose_cuts(cuts: dict[int, list], nodes: int, cost: dict, seconds: list[flo
                 continue
             before = max((m for m in marks if m < c), default=0)
             after = min((m for m in marks if m > c), default=nodes)
-            served = sum(1 for d in order[j:] if d < after)
+            served = sum(weight[d] for d in order[j:] if d < after)
             value = (done[c] - done[before]) * served / max(extra(c), 1)
             if value > best_value:
                 best, best_value = c, value
