@@ -125,13 +125,6 @@ def adjacent(u, v) -> bool:
             and u.untyped_storage().data_ptr() == v.untyped_storage().data_ptr())  # one allocation, not two that touch
 
 
-def in_batch(v) -> bool:
-    """Whether tensor ``v`` is a dense run of samples inside a bigger batch in memory (a block's
-    share of a batch run as one), so that joining it with its neighbours needs no copy."""
-    return (isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.dim() > 0 and _dense_samples(v)
-            and v.untyped_storage().nbytes() > v.numel() * v.element_size())
-
-
 def _dense_samples(v: torch.Tensor) -> bool:
     """Whether each sample's entries of ``v`` lie together in memory (so samples follow one another)."""
     return v.stride(0) == math.prod(v.shape[1:])
@@ -181,13 +174,6 @@ def tree_bytes(v) -> int:
     if isinstance(v, dict):
         v = list(v.values())
     return nbytes(v) if isinstance(v, torch.Tensor) else sum(map(tree_bytes, v)) if isinstance(v, (tuple, list)) else 0
-
-
-def unique_bytes(lists) -> int:
-    """Bytes of the distinct tensors in lists of cached values (a value two cuts share is one
-    object), parameters left out (the model holds them)."""
-    seen = {id(v): v for vs in lists for v in vs}
-    return sum(nbytes(v) for v in seen.values() if not isinstance(v, nn.Parameter))
 
 
 def distinct_bytes(tensors) -> int:

@@ -5,7 +5,8 @@ FLOP counting lives in :mod:`.flops`, Metrics and scoring in :mod:`.metrics`.
 
 Incremental evaluation: the model is traced once with torch.fx. After each evaluation the values
 alive just before every parametrised node (for a chain, the input of each layer; with residual
-connections, the skip tensors too) are kept per batch. When only some modules changed, the run
+connections, the skip tensors too) are kept for the cut points chosen within the budget (in
+:mod:`.cutcache`: one slab per value for all samples). When only some modules changed, the run
 resumes from the last cached point before the first node that reads them. Models that fx cannot
 trace are evaluated with a plain forward; both paths give the same outputs.
 """
@@ -17,13 +18,24 @@ import time
 import torch
 from torch import fx, nn
 
-from .blocking import (adjacent, aligned_bytes, batch_aligned, choose_cuts, count, in_batch, indices, join,
-                       joined_index, maybe_inplace, nbytes, output_bytes, plan_blocks, split, unique_bytes)
+from .blocking import (aligned_bytes, batch_aligned, choose_cuts, count, indices, join, joined_index, maybe_inplace,
+                       nbytes, output_bytes, plan_blocks, split)
+from .cutcache import CutCache
 from .inputs import Inputs, forward, select_output
 from .modes import forward_hooks, untouched
 from .tracing import TRACING, symbolic_trace
 
 BLOCK_SECONDS = 0.1  # progressive blocks: a full pass of one block takes about this long (the probe's rate)
+# One batch's live activations at most, by device. On CPU the small budget is also the fast one:
+# glibc maps freed blocks over 32 MB back to the OS and each new one costs fresh zeroed pages,
+# while a heap under about 64 MB is reused (ResNet-50 at 224 px, 2 cores: full passes in batches
+# of 3 samples, 32 MiB, ran 2.5x faster than in batches of 27, 256 MiB, with 1/50 of the page
+# faults). A GPU's caching allocator reuses memory at any size, and big batches keep it busy.
+BATCH_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
+# ... but every batch reads all the weights once: a batch's activations are allowed at least this
+# share of the weights' bytes, or a model with big weights and small activations spends its passes
+# reading weights (BERT-base, 0.44 GB, in batches of 6 sequences: a quarter slower than of 51).
+WEIGHTS_SHARE = 0.25
 
 class Evaluator:
     """Outputs of ``model`` on fixed inputs, block by block, recomputing from the first changed
@@ -42,7 +54,8 @@ class Evaluator:
         inputs: the inputs, one row per sample.
         batch_size: at most this many samples per block.
         cache_bytes: budget for the cached values of all blocks together.
-        batch_bytes: budget for one block's live activations (blocks shrink to fit it).
+        batch_bytes: budget for one batch's live activations (batches shrink to fit it); None: by
+            the model's device (:data:`BATCH_BYTES`).
         order: the order samples are measured in (a permutation of ``range(len(inputs))``, e.g.
             class-stratified); None: as given.
         progressive: blocks grow from two samples (2, 2, 4, 4, 8, ...) up to the size whose
@@ -58,7 +71,7 @@ class Evaluator:
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int = 1024,
-                 cache_bytes: int = 512 * 2**20, *, batch_bytes: int = 256 * 2**20,
+                 cache_bytes: int = 512 * 2**20, *, batch_bytes: int | None = None,
                  order: torch.Tensor | None = None, progressive: bool = False, output=None,
                  block_seconds: float = BLOCK_SECONDS):
         self.model, self.output = model, output
@@ -70,11 +83,11 @@ class Evaluator:
         self.progressive = progressive
         self.block_seconds = block_seconds
         self.group_cap = batch_size  # samples run as one batch at most (fixed by the probe)
+        self._caps: list[int] | None = None  # the same for a batch resuming at each node (its activations are smaller)
         self._splittable: set[int] = {0}  # cuts whose values split by sample (fixed by the probe)
         self._splits_output = False
         self.blocks: list | None = None  # sample indices of each block (slices or index tensors), planned once
-        self._caches: list[dict[int, list[torch.Tensor]]] = []
-        self._held: list[int] = []  # cached bytes per block
+        self._cache = CutCache([], False)  # the values kept at cut points, per block (made with the blocks)
         self._done: list[torch.Tensor | None] = []  # outputs per block, for the current state
         self._spent = [0.0, 0]  # seconds and samples run in the current state (the rate of the next block)
         self.peak_cached_bytes = 0
@@ -87,7 +100,7 @@ class Evaluator:
     @property
     def cached_bytes(self) -> int:
         """Bytes of the activations cached now (all blocks)."""
-        return sum(self._held)
+        return self._cache.held
 
     @property
     def output_bytes(self) -> int:
@@ -219,36 +232,29 @@ class Evaluator:
         group, total = todo[:1], count(self.blocks[todo[0]])
         if not first and ends(total):
             return None
+        cap = self.group_cap if plain or self._caps is None else self._caps[max(self._cache.cuts[todo[0]], default=0)]
         for b in todo[1:]:
             more = total + count(self.blocks[b])
-            if rate is None or more > self.group_cap or ends(more) or not self._joinable(group[-1], b, plain):
+            if rate is None or more > cap or ends(more) or not self._joinable(group[-1], b, plain):
                 break
             group.append(b)
             total = more
         return group
 
     def _joinable(self, a: int, b: int, plain: bool) -> bool:
-        """Whether block ``b`` can join a batch that ends with block ``a``: the same cuts cached,
-        every value at the cut they resume from splits by sample and, when resuming, ``b``'s
-        values follow ``a``'s in memory (they were stored from one batch: joined without a copy)."""
+        """Whether block ``b`` can join a batch that ends with block ``a``: the same cuts cached and
+        every value at the cut they resume from splits by sample (rows of the same slabs, so
+        neighbours join without a copy)."""
         if not self._splits_output:
             return False
-        if plain:
-            return True
-        keys = self._caches[a].keys()
-        resume = max(keys, default=0)
-        if keys != self._caches[b].keys() or resume not in self._splittable:
-            return False
-        if resume == 0 or self._inplace:  # (in-place graphs cache copies: joined by copying)
-            return True
-        return all(u is v or adjacent(u, v) or not (in_batch(u) or in_batch(v))  # a stored batch is kept whole
-                   for u, v in zip(self._caches[a][resume], self._caches[b][resume]))
+        keys = self._cache.cuts[a].keys()
+        return plain or (keys == self._cache.cuts[b].keys() and max(keys, default=0) in self._splittable)
 
     def _measure(self, group: list[int], plain: bool) -> None:
         """Run ``group`` (consecutive blocks) as one batch; their outputs and the rate updated."""
         began = time.perf_counter()
         counts = [count(self.blocks[b]) for b in group]
-        resumes = not plain and max(self._caches[group[0]], default=0) > 0
+        resumes = not plain and max(self._cache.cuts[group[0]], default=0) > 0
         x = None if resumes else self.inputs[joined_index([self.blocks[b] for b in group])]  # (a gather: a copy)
         out = self._call(x) if plain else select_output(self._run(group, x), self.output)
         parts = [out] if len(group) == 1 else split(out, counts)
@@ -266,11 +272,7 @@ class Evaluator:
             return
         self._done = [None] * len(self.blocks)
         self._spent = [0.0, 0]
-        start = 0 if (changed is None or plain) else self.first_reader(changed)
-        for b, cache in enumerate(self._caches):
-            for c in [c for c in cache if c > start]:
-                del cache[c]
-            self._held[b] = unique_bytes(cache.values())
+        self._cache.drop_after(0 if (changed is None or plain) else self.first_reader(changed))
 
     def _graph_hooks(self) -> dict[str, tuple]:
         """The forward hooks the traced graph cannot follow: global ones, on the root, and on the
@@ -279,8 +281,9 @@ class Evaluator:
 
     def forget(self) -> None:
         """Drop the cached outputs and activations: the next call recomputes everything."""
-        n = len(self.blocks or [])
-        self._caches, self._held, self._done = [{} for _ in range(n)], [0] * n, [None] * n
+        blocks = self.blocks or []
+        self._cache = CutCache([count(b) for b in blocks], self._graph is not None and self._inplace)
+        self._done = [None] * len(blocks)
         self._spent = [0.0, 0]
 
     # ------------------------------------------------------------------ planning the memory
@@ -300,6 +303,9 @@ class Evaluator:
             sizes: dict = {}
             out = self._run([-1], x, record=sizes)
             peak = sizes.pop("peak", (0, 0))
+            after = [0] * (len(self._nodes) + 1)  # bytes live per sample at most, from each node on
+            for i in reversed(range(len(self._nodes))):
+                after[i] = max(after[i + 1], sizes.pop(("live", i), 0) / k)
             aligned = sizes.pop("aligned", set())
             self._splittable = {0} | {c for c, live in self._cuts.items()
                                       if all(v in aligned or v.op == "get_attr" for v in live)}
@@ -307,7 +313,12 @@ class Evaluator:
             sizes, (peak, out) = {}, self._probe_plain(x)
         per_sample = (time.perf_counter() - began) / k
         self._splits_output = batch_aligned(select_output(out, self.output) if self._graph is not None else out, k)
-        self.group_cap = max(1, min(self.batch_size, int(self.batch_bytes // max(peak[0] / k, 1))))  # memory
+        budget = self.batch_bytes or max(BATCH_BYTES.get(x.device.type, BATCH_BYTES["cuda"]),
+                                         WEIGHTS_SHARE * sum(nbytes(p) for p in self.model.parameters()))
+        fit = lambda per_sample: max(1, min(self.batch_size, int(budget // max(per_sample, 1))))
+        self.group_cap = fit(peak[0] / k)  # memory
+        if self._graph is not None:
+            self._caps = [fit(p) for p in after]
         cap = self.group_cap
         if self.progressive and self._splits_output:
             cap = max(1, min(cap, int(self.block_seconds / max(per_sample, 1e-9))))
@@ -332,24 +343,18 @@ class Evaluator:
         planned cuts within the budget. ``record``: probe only, no cache: ``{node: (batch-aligned bytes, other bytes,
         seconds)}``, ``"peak"``: the live bytes at most, ``"aligned"``: the nodes whose value is
         one batch-aligned tensor."""
-        caches = [self._caches[b] for b in group] if record is None else [{}]
+        caches = [self._cache.cuts[b] for b in group] if record is None else [{}]
         resume = max(caches[0], default=0)
         interp = fx.Interpreter(self._gm, garbage_collect_values=False)
-        parts: dict = {}  # node -> its value per block (cached ones as cached: not split again)
-        if resume:
-            live = self._cuts[resume]
-            values = {n: [c[resume][j] for c in caches] for j, n in enumerate(live)}
-            if not self._inplace:  # (values written in place must be taken from the run, as they are then)
-                parts.update(values)
-            interp.env = {n: join(values[n], self._inplace) for n in live}
+        if resume:  # (in-place graphs resume from copies: the run must not write the cache)
+            interp.env = {n: join([c[resume][j] for c in caches], self._inplace) for j, n in enumerate(self._cuts[resume])}
         else:
             interp.args_iter = iter([x])
-        counts = [len(x)] if record is not None else [count(self.blocks[b]) for b in group]
         live = [0, 0]
         for i in range(resume, len(self._nodes)):
             node = self._nodes[i]
             if record is None and i > resume and i in self._kept_cuts and i not in caches[0]:
-                self._store(group, caches, i, parts, interp.env, counts)
+                self._store(group, i, interp.env)
             began = time.perf_counter()
             result = interp.run_node(node)
             if node.op == "output":
@@ -360,32 +365,16 @@ class Evaluator:
                 record[node] = (*size, time.perf_counter() - began)
                 live = [live[0] + size[0], live[1] + size[1]]
                 record["peak"] = max(record.get("peak", (0, 0)), tuple(live))
+                record["live", i] = live[0]
                 if batch_aligned(result, len(x)):
                     record.setdefault("aligned", set()).add(node)
             for n in self._free_after.get(i, ()):
-                parts.pop(n, None)
                 if interp.env.pop(n, None) is not None and record is not None:
                     live = [live[0] - record[n][0], live[1] - record[n][1]]
         raise RuntimeError("traced graph has no output node")
 
-    def _store(self, group: list[int], caches: list[dict], i: int, parts: dict, env: dict, counts: list[int]) -> None:
-        """Cache the live values at cut ``i`` for every block of ``group`` (each its own part of
-        a joined batch), unless that would pass the budget or a value does not split by sample."""
-        for n in self._cuts[i]:
-            if n not in parts:
-                whole = split(env[n], counts) if len(group) > 1 else [env[n]]
-                if whole is None:
-                    return
-                parts[n] = whole
-        values = [[parts[n][j] for n in self._cuts[i]] for j in range(len(group))]
-        extra = []
-        for cache, vs in zip(caches, values):
-            held = {id(v) for old in cache.values() for v in old}
-            fresh = {id(v): v for v in vs if id(v) not in held or self._inplace}
-            extra.append(sum(nbytes(v) for v in fresh.values() if not isinstance(v, nn.Parameter)))
-        if self.cached_bytes + sum(extra) > self.cache_bytes:
-            return
-        for b, cache, vs, e in zip(group, caches, values, extra):
-            cache[i] = [v.clone() for v in vs] if self._inplace else vs
-            self._held[b] += e
-        self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
+    def _store(self, group: list[int], i: int, env: dict) -> None:
+        """Keep the live values at cut ``i`` for every block of ``group``, unless that would pass
+        the budget or a value does not split by sample (:meth:`CutCache.store`)."""
+        if self._cache.store(group, i, self._cuts[i], [env[n] for n in self._cuts[i]], self.cache_bytes):
+            self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)

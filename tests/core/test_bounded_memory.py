@@ -87,6 +87,37 @@ def test_blocks_shrink_to_fit_their_activation_budget():
     assert torch.equal(out, blockwise(model, x, ev.blocks))
 
 
+def test_on_cpu_a_batch_keeps_its_activations_under_the_heaps_threshold_by_default():
+    from prunelab.core.evaluation import BATCH_BYTES
+
+    # 64 channels of 32x32 floats: 256 KiB a value per sample, a few such values live at once
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(64 * 32 * 32, 10)).eval()
+    x = torch.randn(600, 3, 32, 32)
+    ev = Evaluator(model, x, batch_size=1024)
+    out = ev.outputs()
+    value = 64 * 32 * 32 * 4
+    assert 1 < ev.group_cap <= BATCH_BYTES["cpu"] // value  # not the 1024 samples asked for: 256 MiB a value
+    assert torch.allclose(out, blockwise(model, x, [slice(0, 600)]), atol=1e-5)
+
+
+def test_a_batch_resuming_after_the_big_activations_holds_more_samples_in_the_same_budget():
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(8), nn.Conv2d(64, 64, 3, padding=1),
+                          nn.Flatten(), nn.Linear(64 * 4 * 4, 10)).eval()
+    x = torch.randn(512, 3, 32, 32)
+    batches = []
+    model[3].register_forward_hook(lambda m, i, o: batches.append(len(i[0])))
+    ev = Evaluator(model, x, batch_size=1024, batch_bytes=2**22)
+    ev.outputs()
+    early = max(batches)  # from the input: 256 KiB a sample for each 64x32x32 value
+    batches.clear()
+    with torch.no_grad():
+        model[3].weight.mul_(0.5)
+    out = ev.outputs({"3"})  # resumes at the pooled 64x4x4 values: 4 KiB a sample
+    assert max(batches) >= 8 * early and early <= 16
+    assert torch.allclose(out, blockwise(model, x, [slice(0, 512)]), atol=1e-5)
+
+
 def test_an_untraceable_model_also_runs_in_bounded_blocks():
     class Branchy(nn.Module):
         def __init__(self):
