@@ -2,11 +2,12 @@
 block of samples, within a byte budget.
 
 Each kept value (one traced node's output) lives in one tensor for all samples, a *slab*: a row per
-sample in measuring order, with the value's own strides, allocated on first store and freed when no
-cut names it any more. A block's value is a view of its rows, one view object that every cut of the
+sample in measuring order, with the value's own strides, allocated on first store and kept until the
+cache is cleared. A block's value is a view of its rows, one view object that every cut of the
 block names. So consecutive blocks read as one batch without a copy; the bytes held are the rows
-written, what memory holds; and the cache's memory comes and goes in whole slabs, apart from the
-heap that each pass's activations churn through. (Kept as views of each batch's own outputs, the
+written, what memory holds; rows a move makes stale are written again by the next pass in place
+(their memory neither handed back nor mapped afresh, which cost a fault per page); and the cache's
+memory stays apart from the heap that each pass's activations churn through. (Kept as views of each batch's own outputs, the
 values were scattered through that heap: at ResNet-50 size with 1.75 GiB cached, the peak resident
 memory was 0.3 GB higher.)
 
@@ -58,9 +59,9 @@ class CutCache:
         self.held = 0  # bytes of the rows written in the slabs alive
         self._keys: list[dict[int, list]] = [{} for _ in counts]  # the slab key of each value (None: a parameter)
         self._slabs: dict = {}  # key -> tensor of every sample's row
-        self._rows: dict = {}  # (key, block) -> the view of that block's rows, while a cut names it
+        self._rows: dict = {}  # (key, block) -> the view of that block's rows, while a cut names it (valid)
         self._named: dict = {}  # (key, block) -> the cuts naming it
-        self._written: dict = {}  # key -> blocks whose rows were written (resident) since the slab was made
+        self._written: dict = {}  # key -> blocks whose rows were ever written (resident, valid or not)
 
     def store(self, group: list[int], cut: int, live: list, values: list, budget: int) -> bool:
         """Keep ``values`` (the values of the nodes ``live`` over the batch of the consecutive
@@ -115,7 +116,8 @@ class CutCache:
                 self.held += c * _row_bytes(v)
 
     def drop_after(self, start: int) -> None:
-        """Forget the cuts after node ``start`` (their values are stale), and free the slabs no cut names."""
+        """Forget the cuts after node ``start`` (their values are stale). Their rows stay in memory,
+        counted as held, for the next pass to write again."""
         for b, cuts in enumerate(self.cuts):
             for c in [c for c in cuts if c > start]:
                 del cuts[c]
@@ -125,9 +127,6 @@ class CutCache:
                         named.discard(c)
                         if not named:
                             del self._named[key, b], self._rows[key, b]
-        for key in [key for key in self._slabs if not any((key, b) in self._rows for b in self._written[key])]:
-            slab = self._slabs.pop(key)
-            self.held -= sum(self.counts[b] for b in self._written.pop(key)) * _row_bytes(slab)
 
     def clear(self) -> None:
         """Forget everything (the slabs freed)."""

@@ -1,5 +1,5 @@
 """The evaluator's cut cache: each kept value in one slab for all samples, the bytes held the rows
-written, slabs freed with the last cut that names them, the budget never passed."""
+written, stale rows written again in place by the next pass, the budget never passed."""
 
 import torch
 from torch import nn
@@ -27,17 +27,19 @@ def test_blocks_of_separate_batches_land_in_one_slab_and_join_without_a_copy():
     assert cache.held == 12 * ROW
 
 
-def test_a_value_two_cuts_share_is_held_once_and_its_slab_goes_with_the_last_cut():
+def test_a_value_two_cuts_share_is_held_once_and_its_rows_are_named_until_the_last_cut_goes():
     cache = CutCache(COUNTS, inplace=False)
     h, w = batch(12), nn.Parameter(torch.ones(3))
     assert cache.store([0, 1, 2, 3], 3, ["h"], [h], budget=2**20)
     assert cache.store([0, 1, 2, 3], 5, ["h", "w"], [h, w], budget=2**20)
     assert cache.held == 12 * ROW  # the shared value once; the parameter not copied at all
     assert cache.cuts[2][5][1] is w and cache.cuts[2][5][0] is cache.cuts[2][3][0]
-    cache.drop_after(4)  # cut 5 stale, cut 3 kept: the slab stays
+    cache.drop_after(4)  # cut 5 stale, cut 3 kept: the value stays named
     assert cache.held == 12 * ROW and set(cache.cuts[0]) == {3}
     cache.drop_after(0)
-    assert cache.held == 0 and cache.cuts == [{}, {}, {}, {}]
+    assert cache.cuts == [{}, {}, {}, {}] and cache.held == 12 * ROW  # the memory stays for the next pass
+    cache.clear()
+    assert cache.held == 0
 
 
 def test_a_store_that_would_pass_the_budget_keeps_nothing():
@@ -47,15 +49,17 @@ def test_a_store_that_would_pass_the_budget_keeps_nothing():
     assert cache.held == 4 * ROW and cache.cuts[2] == {} and cache.cuts[3] == {}
 
 
-def test_rows_dropped_and_written_again_are_counted_once_and_hold_the_new_values():
+def test_stale_rows_are_written_again_in_place_counted_once_and_hold_the_new_values():
     cache = CutCache(COUNTS, inplace=False)
     assert cache.store([0, 1, 2, 3], 3, ["a"], [batch(12, 1)], budget=2**20)
     assert cache.store([0, 1], 5, ["b"], [batch(4, 2)], budget=2**20)
     assert cache.store([2, 3], 5, ["b"], [batch(8, 2)], budget=2**20)
-    cache.drop_after(4)  # b's slab freed
-    assert cache.held == 12 * ROW
-    assert cache.store([0, 1, 2, 3], 5, ["b"], [batch(12, 3)], budget=2**20)  # the next state's values
+    where = cache.cuts[2][5][0].data_ptr()
+    cache.drop_after(4)  # b's values stale
+    assert cache.cuts[2] == {3: cache.cuts[2][3]} and cache.held == 24 * ROW
+    assert cache.store([0, 1, 2, 3], 5, ["b"], [batch(12, 3)], budget=24 * ROW)  # the next state's values: no new bytes
     assert cache.held == 24 * ROW and torch.equal(cache.cuts[3][5][0], batch(4, 3))
+    assert cache.cuts[2][5][0].data_ptr() == where  # the same memory
 
 
 def test_a_graph_that_writes_in_place_keeps_a_copy_per_cut():
