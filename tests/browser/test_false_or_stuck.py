@@ -70,6 +70,10 @@ def fine_tune(nb, epochs: int = 1) -> str:
     box = panel.get_by_label("epochs", exact=True)
     box.fill(str(epochs))
     box.press("Enter")  # a text box sends its value on Enter (or leaving it)
+    # a fine-tune earlier in this kernel left its "fine-tuned" line: blanked in the page, so that
+    # only this run's messages can end the wait (the click reaches a busy kernel late)
+    nb.page.evaluate("(s) => { document.querySelector(s).innerText = ''; }",
+                     ".prunelab-training-status .widget-html-content")  # (the widget writes its value there)
     panel.locator("button.prunelab-training-finetune").click()
     nb.page.wait_for_function("(s) => /fine-tuned|fail|rror/.test(document.querySelector(s).innerText)",
                               arg=".prunelab-training-status", timeout=60_000)
