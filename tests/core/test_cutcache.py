@@ -57,9 +57,21 @@ def test_stale_rows_are_written_again_in_place_counted_once_and_hold_the_new_val
     where = cache.cuts[2][5][0].data_ptr()
     cache.drop_after(4)  # b's values stale
     assert cache.cuts[2] == {3: cache.cuts[2][3]} and cache.held == 24 * ROW
-    assert cache.store([0, 1, 2, 3], 5, ["b"], [batch(12, 3)], budget=24 * ROW)  # the next state's values: no new bytes
+    for group, value in (([0, 1], batch(4, 3)), ([2, 3], batch(8, 3))):  # the next state's values: no new bytes
+        assert cache.store(group, 5, ["b"], [value], budget=24 * ROW)
     assert cache.held == 24 * ROW and torch.equal(cache.cuts[3][5][0], batch(4, 3))
     assert cache.cuts[2][5][0].data_ptr() == where  # the same memory
+
+
+def test_a_batch_of_every_sample_is_kept_as_it_is_without_a_copy():
+    cache = CutCache(COUNTS, inplace=False)
+    h = batch(12)
+    assert cache.store([0, 1, 2, 3], 3, ["h"], [h], budget=12 * ROW)
+    assert cache.cuts[0][3][0].data_ptr() == h.data_ptr() and cache.held == 12 * ROW
+    cache.drop_after(0)
+    g = batch(12)
+    assert cache.store([0, 1, 2, 3], 3, ["h"], [g], budget=12 * ROW)  # the next state's: taken in its place
+    assert cache.cuts[3][3][0].data_ptr() == g[8:].data_ptr() and cache.held == 12 * ROW
 
 
 def test_a_graph_that_writes_in_place_keeps_a_copy_per_cut():
