@@ -147,7 +147,8 @@ def test_a_move_on_a_big_model_shows_a_first_readout_at_once_and_the_full_one_la
         numbers["longest_gap_s"] = gaps.longest
         numbers["slices"] = ex.live.slices - slices + 1
         full = ex.state.metrics
-        assert full.samples == SAMPLES and "refining" not in readout.value
+        await until(lambda: "refining" not in readout.value, 1)  # the readout is paced (READOUT_S): it follows within it
+        assert full.samples == SAMPLES
         assert f"on {SAMPLES:,} validation samples" in readout.value
         assert full == pruner.evaluate()  # the refined result is the whole measurement
         ex.close()
