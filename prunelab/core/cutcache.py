@@ -116,7 +116,8 @@ class CutCache:
                 continue
             start, c = self.starts[b], self.counts[b]
             rows = slab[start:start + c]
-            rows.copy_(v[start - first:start - first + c])
+            if slab is not v:  # (taken whole above: the rows are v's own)
+                rows.copy_(v[start - first:start - first + c])
             self._rows[key, b] = rows
             if b not in self._written[key]:
                 self._written[key].add(b)
